@@ -1,0 +1,159 @@
+//! Scanning an encoded `ExportTraceServiceRequest` into [`EncodedSpan`]s without decoding it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::span::{EncodedSpan, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId, read_meta};
+use crate::wire::{FieldReader, WireError};
+
+const REQUEST_RESOURCE_SPANS: u32 = 1;
+const RESOURCE_SPANS_RESOURCE: u32 = 1;
+const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2;
+const RESOURCE_SPANS_SCHEMA_URL: u32 = 3;
+const SCOPE_SPANS_SCOPE: u32 = 1;
+const SCOPE_SPANS_SPANS: u32 = 2;
+const SCOPE_SPANS_SCHEMA_URL: u32 = 3;
+
+/// How many rejection reasons one response spells out; the rest are only counted.
+const REJECTION_REASONS_MAX: usize = 3;
+
+/// The request is not a well-formed OTLP trace export; nothing in it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("malformed ExportTraceServiceRequest at {path}: {source}")]
+pub struct ScanError {
+    /// Where in the request the error sits, e.g. `resource_spans[0].scope_spans[2].spans[5]`.
+    pub path: String,
+    pub source: WireError,
+}
+
+/// The valid spans of a request and an account of the ones rejected for bad IDs.
+#[derive(Debug, Default)]
+pub struct ScannedRequest {
+    pub spans: Vec<EncodedSpan>,
+    /// Spans refused for a missing, wrongly sized or all-zero trace or span ID.
+    pub rejected_spans: u64,
+    /// Human-readable reasons for the first rejections, for OTLP partial success.
+    pub rejection_message: Option<String>,
+}
+
+/// Splits `body` into spans. Span bytes are zero-copy slices of `body`.
+///
+/// A malformed request is an error as a whole (the sender has a bug); a span with bad IDs is
+/// rejected alone and the rest of the request goes on, as OTLP partial success prescribes.
+pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
+    let mut out = ScannedRequest::default();
+    let mut reasons: Vec<String> = Vec::new();
+    let err = |path: String| move |source: WireError| ScanError { path, source };
+
+    for (ri, field) in FieldReader::new(body).filter(is_field(REQUEST_RESOURCE_SPANS)).enumerate() {
+        let rs_path = || format!("resource_spans[{ri}]");
+        let (num, value) = field.map_err(err(rs_path()))?;
+        let rs = value.as_len(num).map_err(err(rs_path()))?;
+        let mut resource: &[u8] = &[];
+        let mut resource_schema_url: &[u8] = &[];
+        for f in FieldReader::new(rs) {
+            let (num, value) = f.map_err(err(rs_path()))?;
+            match num {
+                RESOURCE_SPANS_RESOURCE => resource = value.as_len(num).map_err(err(rs_path()))?,
+                RESOURCE_SPANS_SCHEMA_URL => resource_schema_url = value.as_len(num).map_err(err(rs_path()))?,
+                _ => {}
+            }
+        }
+        let resource = body.slice_ref(resource);
+        let resource_schema_url = body.slice_ref(resource_schema_url);
+
+        for (si, f) in FieldReader::new(rs).filter(is_field(RESOURCE_SPANS_SCOPE_SPANS)).enumerate() {
+            let ss_path = || format!("resource_spans[{ri}].scope_spans[{si}]");
+            let (num, value) = f.map_err(err(ss_path()))?;
+            let ss = value.as_len(num).map_err(err(ss_path()))?;
+            let mut scope: &[u8] = &[];
+            let mut scope_schema_url: &[u8] = &[];
+            for f in FieldReader::new(ss) {
+                let (num, value) = f.map_err(err(ss_path()))?;
+                match num {
+                    SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(err(ss_path()))?,
+                    SCOPE_SPANS_SCHEMA_URL => scope_schema_url = value.as_len(num).map_err(err(ss_path()))?,
+                    _ => {}
+                }
+            }
+            let context = Arc::new(ResourceScope {
+                resource: resource.clone(),
+                resource_schema_url: resource_schema_url.clone(),
+                scope: body.slice_ref(scope),
+                scope_schema_url: body.slice_ref(scope_schema_url),
+            });
+            for (pi, f) in FieldReader::new(ss).filter(is_field(SCOPE_SPANS_SPANS)).enumerate() {
+                let span_path = || format!("resource_spans[{ri}].scope_spans[{si}].spans[{pi}]");
+                let (num, value) = f.map_err(err(span_path()))?;
+                let span = value.as_len(num).map_err(err(span_path()))?;
+                let raw = read_meta(span).map_err(err(span_path()))?;
+                match validate_ids(raw.trace_id, raw.span_id) {
+                    Ok((trace_id, span_id)) => {
+                        let parent_span_id = raw
+                            .parent_span_id
+                            .and_then(|p| <[u8; 8]>::try_from(p).ok())
+                            .filter(|p| p != &[0u8; 8])
+                            .map(SpanId);
+                        out.spans.push(EncodedSpan {
+                            context: Arc::clone(&context),
+                            bytes: body.slice_ref(span),
+                            meta: SpanMeta {
+                                trace_id,
+                                span_id,
+                                parent_span_id,
+                                start_time_unix_nano: raw.start,
+                                end_time_unix_nano: raw.end,
+                                status_code: StatusCode(raw.status),
+                                kind: raw.kind,
+                                flags: raw.flags,
+                            },
+                        });
+                    }
+                    Err(reason) => {
+                        out.rejected_spans += 1;
+                        if reasons.len() < REJECTION_REASONS_MAX {
+                            reasons.push(format!("{}: {reason}", span_path()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if out.rejected_spans > 0 {
+        let mut msg = format!("{} span(s) rejected: {}", out.rejected_spans, reasons.join("; "));
+        if out.rejected_spans as usize > reasons.len() {
+            msg.push_str("; ...");
+        }
+        out.rejection_message = Some(msg);
+    }
+    Ok(out)
+}
+
+fn is_field(
+    wanted: u32,
+) -> impl FnMut(&Result<(u32, crate::wire::FieldValue<'_>), WireError>) -> bool {
+    move |f| match f {
+        Ok((num, _)) => *num == wanted,
+        Err(_) => true,
+    }
+}
+
+fn validate_ids(trace_id: Option<&[u8]>, span_id: Option<&[u8]>) -> Result<(TraceId, SpanId), String> {
+    let trace_id = match trace_id {
+        None | Some([]) => return Err("trace_id is missing".into()),
+        Some(b) => <[u8; 16]>::try_from(b).map_err(|_| format!("trace_id has {} bytes, expected 16", b.len()))?,
+    };
+    if trace_id == [0; 16] {
+        return Err("trace_id is all zeros".into());
+    }
+    let span_id = match span_id {
+        None | Some([]) => return Err("span_id is missing".into()),
+        Some(b) => <[u8; 8]>::try_from(b).map_err(|_| format!("span_id has {} bytes, expected 8", b.len()))?,
+    };
+    if span_id == [0; 8] {
+        return Err("span_id is all zeros".into());
+    }
+    Ok((TraceId(trace_id), SpanId(span_id)))
+}

@@ -1,0 +1,301 @@
+//! Spans kept in their encoded form, with the few fields the pipeline routes and decides on
+//! extracted once at scan time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::wire::{FieldReader, FieldValue, WireError};
+
+/// A 16-byte W3C trace ID. Never all zeros once scanned (the scanner rejects those spans).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span ID. Never all zeros once scanned.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+impl TraceId {
+    /// The low 8 bytes as a big-endian integer: the part W3C requires to be random, used for
+    /// probabilistic sampling so every node decides alike.
+    pub fn low_u64(&self) -> u64 {
+        u64::from_be_bytes(self.0[8..].try_into().expect("8 bytes"))
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+/// OTLP `Status.code`: 0 unset, 1 ok, 2 error. Unknown values are kept as they came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusCode(pub i32);
+
+impl StatusCode {
+    pub const UNSET: StatusCode = StatusCode(0);
+    pub const OK: StatusCode = StatusCode(1);
+    pub const ERROR: StatusCode = StatusCode(2);
+}
+
+/// The fields of a span that routing and decisions need, read once when the request is scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanMeta {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// `None` for a root span (absent or all-zero parent ID).
+    pub parent_span_id: Option<SpanId>,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub status_code: StatusCode,
+    /// OTLP `SpanKind` as its enum number (0 unspecified .. 5 consumer).
+    pub kind: i32,
+    pub flags: u32,
+}
+
+impl SpanMeta {
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id.is_none()
+    }
+
+    /// End minus start, zero when the clock went backwards.
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano)
+    }
+}
+
+/// The resource and instrumentation scope a span was sent under, still encoded. Spans of one
+/// `ScopeSpans` share one `Arc`, so regrouping for export is cheap.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResourceScope {
+    /// The encoded `Resource` message (empty when the sender sent none).
+    pub resource: Bytes,
+    pub resource_schema_url: Bytes,
+    /// The encoded `InstrumentationScope` message (empty when absent).
+    pub scope: Bytes,
+    pub scope_schema_url: Bytes,
+}
+
+impl ResourceScope {
+    /// Bytes this context adds to a request when written once.
+    pub fn encoded_len(&self) -> usize {
+        self.resource.len() + self.resource_schema_url.len() + self.scope.len() + self.scope_schema_url.len()
+    }
+}
+
+/// One span: its encoded `Span` message, the extracted [`SpanMeta`], and its shared context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedSpan {
+    pub context: Arc<ResourceScope>,
+    pub bytes: Bytes,
+    pub meta: SpanMeta,
+}
+
+impl EncodedSpan {
+    /// A span attribute by key, read from the encoded span.
+    pub fn attribute(&self, key: &str) -> Option<AnyValueRef<'_>> {
+        find_attribute(&self.bytes, SPAN_ATTRIBUTES, key)
+    }
+
+    /// A resource attribute by key.
+    pub fn resource_attribute(&self, key: &str) -> Option<AnyValueRef<'_>> {
+        find_attribute(&self.context.resource, RESOURCE_ATTRIBUTES, key)
+    }
+
+    /// Span attribute first, then resource attribute: the lookup order sampling policies use.
+    pub fn attribute_or_resource(&self, key: &str) -> Option<AnyValueRef<'_>> {
+        self.attribute(key).or_else(|| self.resource_attribute(key))
+    }
+
+    /// The span name (empty if absent or not UTF-8).
+    pub fn name(&self) -> &str {
+        string_field(&self.bytes, SPAN_NAME).unwrap_or("")
+    }
+
+    /// The W3C trace state string (empty if absent).
+    pub fn trace_state(&self) -> &str {
+        string_field(&self.bytes, SPAN_TRACE_STATE).unwrap_or("")
+    }
+
+    /// `service.name` from the resource, if set.
+    pub fn service_name(&self) -> Option<&str> {
+        match self.resource_attribute("service.name") {
+            Some(AnyValueRef::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The span's events, each as its encoded `Span.Event` message.
+    pub fn events(&self) -> impl Iterator<Item = &[u8]> {
+        FieldReader::new(&self.bytes).filter_map(|f| match f {
+            Ok((SPAN_EVENTS, FieldValue::Len(b))) => Some(b),
+            _ => None,
+        })
+    }
+}
+
+pub(crate) const SPAN_TRACE_ID: u32 = 1;
+pub(crate) const SPAN_SPAN_ID: u32 = 2;
+pub(crate) const SPAN_TRACE_STATE: u32 = 3;
+pub(crate) const SPAN_PARENT_SPAN_ID: u32 = 4;
+pub(crate) const SPAN_NAME: u32 = 5;
+pub(crate) const SPAN_KIND: u32 = 6;
+pub(crate) const SPAN_START: u32 = 7;
+pub(crate) const SPAN_END: u32 = 8;
+pub(crate) const SPAN_ATTRIBUTES: u32 = 9;
+pub(crate) const SPAN_EVENTS: u32 = 11;
+pub(crate) const SPAN_STATUS: u32 = 15;
+pub(crate) const SPAN_FLAGS: u32 = 16;
+pub(crate) const STATUS_CODE: u32 = 3;
+/// `Resource.attributes`.
+pub const RESOURCE_ATTRIBUTES: u32 = 1;
+/// `Span.Event.attributes`.
+pub const EVENT_ATTRIBUTES: u32 = 3;
+/// `Span.Event.name`.
+pub const EVENT_NAME: u32 = 2;
+const KEY_VALUE_KEY: u32 = 1;
+const KEY_VALUE_VALUE: u32 = 2;
+
+/// An attribute value borrowed from an encoded message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnyValueRef<'a> {
+    String(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    /// An encoded `ArrayValue`.
+    Array(&'a [u8]),
+    /// An encoded `KeyValueList`.
+    KvList(&'a [u8]),
+    /// A value with no field set.
+    Empty,
+}
+
+impl<'a> AnyValueRef<'a> {
+    /// Decodes an encoded `AnyValue`. Malformed or unknown content reads as `Empty`.
+    pub fn parse(buf: &'a [u8]) -> AnyValueRef<'a> {
+        let mut out = AnyValueRef::Empty;
+        for field in FieldReader::new(buf) {
+            let Ok((num, value)) = field else { return AnyValueRef::Empty };
+            out = match (num, value) {
+                (1, FieldValue::Len(b)) => match std::str::from_utf8(b) {
+                    Ok(s) => AnyValueRef::String(s),
+                    Err(_) => AnyValueRef::Empty,
+                },
+                (2, FieldValue::Varint(v)) => AnyValueRef::Bool(v != 0),
+                (3, FieldValue::Varint(v)) => AnyValueRef::Int(v as i64),
+                (4, FieldValue::Fixed64(v)) => AnyValueRef::Double(f64::from_bits(v)),
+                (5, FieldValue::Len(b)) => AnyValueRef::Array(b),
+                (6, FieldValue::Len(b)) => AnyValueRef::KvList(b),
+                (7, FieldValue::Len(b)) => AnyValueRef::Bytes(b),
+                _ => out,
+            };
+        }
+        out
+    }
+}
+
+/// Looks up `key` among the `KeyValue` entries stored in field `field` of an encoded message.
+/// When a key repeats, the last entry wins, as in a decoded map.
+pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<AnyValueRef<'a>> {
+    let mut found = None;
+    for_each_attribute(message, field, |k, v| {
+        if k == key {
+            found = Some(AnyValueRef::parse(v));
+        }
+    });
+    found
+}
+
+/// Calls `f(key, encoded AnyValue)` for each attribute in field `field` of `message`.
+pub fn for_each_attribute<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&'a str, &'a [u8])) {
+    for entry in FieldReader::new(message) {
+        let Ok((num, FieldValue::Len(kv))) = entry else { continue };
+        if num != field {
+            continue;
+        }
+        let mut key: Option<&str> = None;
+        let mut value: &[u8] = &[];
+        for part in FieldReader::new(kv) {
+            match part {
+                Ok((KEY_VALUE_KEY, FieldValue::Len(b))) => key = std::str::from_utf8(b).ok(),
+                Ok((KEY_VALUE_VALUE, FieldValue::Len(b))) => value = b,
+                _ => {}
+            }
+        }
+        if let Some(k) = key {
+            f(k, value);
+        }
+    }
+}
+
+/// The last occurrence of a string field, if present and UTF-8.
+pub fn string_field(message: &[u8], field: u32) -> Option<&str> {
+    let mut out = None;
+    for entry in FieldReader::new(message) {
+        if let Ok((num, FieldValue::Len(b))) = entry
+            && num == field
+        {
+            out = std::str::from_utf8(b).ok();
+        }
+    }
+    out
+}
+
+/// Reads the routing metadata of one encoded span. `Err` for malformed bytes; the caller
+/// separately rejects well-formed spans whose IDs are missing.
+pub(crate) fn read_meta(span: &[u8]) -> Result<RawMeta<'_>, WireError> {
+    let mut m = RawMeta::default();
+    for field in FieldReader::new(span) {
+        let (num, value) = field?;
+        match num {
+            SPAN_TRACE_ID => m.trace_id = Some(value.as_len(num)?),
+            SPAN_SPAN_ID => m.span_id = Some(value.as_len(num)?),
+            SPAN_PARENT_SPAN_ID => m.parent_span_id = Some(value.as_len(num)?),
+            SPAN_KIND => m.kind = value.as_varint(num)? as i32,
+            SPAN_START => m.start = value.as_fixed64(num)?,
+            SPAN_END => m.end = value.as_fixed64(num)?,
+            SPAN_FLAGS => m.flags = value.as_fixed32(num)?,
+            SPAN_STATUS => {
+                for status_field in FieldReader::new(value.as_len(num)?) {
+                    let (snum, svalue) = status_field?;
+                    if snum == STATUS_CODE {
+                        m.status = svalue.as_varint(snum)? as i32;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
+#[derive(Default)]
+pub(crate) struct RawMeta<'a> {
+    pub trace_id: Option<&'a [u8]>,
+    pub span_id: Option<&'a [u8]>,
+    pub parent_span_id: Option<&'a [u8]>,
+    pub kind: i32,
+    pub start: u64,
+    pub end: u64,
+    pub flags: u32,
+    pub status: i32,
+}

@@ -1,0 +1,174 @@
+use bytes::Bytes;
+use proptest::prelude::*;
+use prost::Message;
+
+use crate::proto::collector::trace::v1::ExportTraceServiceRequest;
+use crate::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use crate::proto::resource::v1::Resource;
+use crate::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use crate::*;
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+
+fn span(trace: u8, span: u8, parent: Option<u8>, status: i32) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![span; 8],
+        parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+        name: format!("op-{span}"),
+        kind: 2,
+        start_time_unix_nano: 1_000,
+        end_time_unix_nano: 5_000,
+        attributes: vec![
+            kv("http.route", any_value::Value::StringValue("/checkout".into())),
+            kv("retries", any_value::Value::IntValue(-3)),
+            kv("ratio", any_value::Value::DoubleValue(0.5)),
+            kv("cached", any_value::Value::BoolValue(true)),
+        ],
+        status: Some(Status { message: String::new(), code: status }),
+        flags: 0x301,
+        ..Default::default()
+    }
+}
+
+fn request(spans_per_scope: Vec<Vec<Span>>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", any_value::Value::StringValue("checkout".into()))],
+                ..Default::default()
+            }),
+            scope_spans: spans_per_scope
+                .into_iter()
+                .enumerate()
+                .map(|(i, spans)| ScopeSpans {
+                    scope: Some(InstrumentationScope { name: format!("scope-{i}"), ..Default::default() }),
+                    spans,
+                    schema_url: String::new(),
+                })
+                .collect(),
+            schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+        }],
+    }
+}
+
+#[test]
+fn scan_extracts_meta_and_attributes() {
+    let body = Bytes::from(request(vec![vec![span(1, 1, None, 2), span(1, 2, Some(1), 0)]]).encode_to_vec());
+    let scanned = scan_export_request(&body).unwrap();
+    assert_eq!(scanned.rejected_spans, 0);
+    assert_eq!(scanned.spans.len(), 2);
+    let root = &scanned.spans[0];
+    assert_eq!(root.meta.trace_id, TraceId([1; 16]));
+    assert_eq!(root.meta.span_id, SpanId([1; 8]));
+    assert!(root.meta.is_root());
+    assert_eq!(root.meta.status_code, StatusCode::ERROR);
+    assert_eq!(root.meta.duration_nanos(), 4_000);
+    assert_eq!(root.meta.kind, 2);
+    assert_eq!(root.meta.flags, 0x301);
+    assert_eq!(root.name(), "op-1");
+    assert_eq!(root.attribute("http.route"), Some(AnyValueRef::String("/checkout")));
+    assert_eq!(root.attribute("retries"), Some(AnyValueRef::Int(-3)));
+    assert_eq!(root.attribute("ratio"), Some(AnyValueRef::Double(0.5)));
+    assert_eq!(root.attribute("cached"), Some(AnyValueRef::Bool(true)));
+    assert_eq!(root.attribute("missing"), None);
+    assert_eq!(root.service_name(), Some("checkout"));
+    assert_eq!(root.attribute_or_resource("service.name"), Some(AnyValueRef::String("checkout")));
+    let child = &scanned.spans[1];
+    assert_eq!(child.meta.parent_span_id, Some(SpanId([1; 8])));
+    assert!(std::sync::Arc::ptr_eq(&root.context, &child.context));
+}
+
+#[test]
+fn encode_round_trips_through_prost() {
+    let original = request(vec![vec![span(1, 1, None, 0), span(2, 2, None, 0)], vec![span(3, 3, Some(9), 1)]]);
+    let body = Bytes::from(original.encode_to_vec());
+    let scanned = scan_export_request(&body).unwrap();
+    let rebuilt = encode_export_request(&scanned.spans);
+    let decoded = ExportTraceServiceRequest::decode(rebuilt).unwrap();
+    assert_eq!(decoded, original);
+}
+
+#[test]
+fn encode_merges_equal_contexts_from_separate_requests() {
+    let a = Bytes::from(request(vec![vec![span(1, 1, None, 0)]]).encode_to_vec());
+    let b = Bytes::from(request(vec![vec![span(2, 2, None, 0)]]).encode_to_vec());
+    let mut spans = scan_export_request(&a).unwrap().spans;
+    spans.extend(scan_export_request(&b).unwrap().spans);
+    let decoded = ExportTraceServiceRequest::decode(encode_export_request(&spans)).unwrap();
+    assert_eq!(decoded.resource_spans.len(), 1);
+    assert_eq!(decoded.resource_spans[0].scope_spans.len(), 1);
+    assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 2);
+}
+
+#[test]
+fn bad_ids_are_rejected_one_by_one() {
+    let mut zero_trace = span(1, 1, None, 0);
+    zero_trace.trace_id = vec![0; 16];
+    let mut missing_span = span(2, 2, None, 0);
+    missing_span.span_id.clear();
+    let mut short_trace = span(3, 3, None, 0);
+    short_trace.trace_id = vec![3; 8];
+    let good = span(4, 4, None, 0);
+    let body = Bytes::from(request(vec![vec![zero_trace, missing_span, short_trace, good]]).encode_to_vec());
+    let scanned = scan_export_request(&body).unwrap();
+    assert_eq!(scanned.spans.len(), 1);
+    assert_eq!(scanned.spans[0].meta.trace_id, TraceId([4; 16]));
+    assert_eq!(scanned.rejected_spans, 3);
+    assert_eq!(
+        scanned.rejection_message.as_deref(),
+        Some(
+            "3 span(s) rejected: resource_spans[0].scope_spans[0].spans[0]: trace_id is all zeros; \
+             resource_spans[0].scope_spans[0].spans[1]: span_id is missing; \
+             resource_spans[0].scope_spans[0].spans[2]: trace_id has 8 bytes, expected 16"
+        )
+    );
+}
+
+#[test]
+fn garbage_is_a_scan_error_with_a_path() {
+    let body = Bytes::from_static(b"\x0a\x05\x12\x10garbage-garbage");
+    let err = scan_export_request(&body).unwrap_err();
+    assert!(err.path.starts_with("resource_spans[0]"), "{err}");
+}
+
+#[test]
+fn json_round_trip() {
+    let original = request(vec![vec![span(7, 7, None, 2)]]);
+    let json = json::request_to_json(&original.encode_to_vec()).unwrap();
+    assert!(json.contains("\"traceId\":\"07070707070707070707070707070707\""), "{json}");
+    let back = json::request_from_json(json.as_bytes()).unwrap();
+    assert_eq!(ExportTraceServiceRequest::decode(back).unwrap(), original);
+}
+
+#[test]
+fn json_errors_name_the_problem() {
+    let err = json::request_from_json(b"{\"resourceSpans\": 5}").unwrap_err();
+    assert!(err.to_string().starts_with("invalid OTLP/JSON trace request"), "{err}");
+}
+
+proptest! {
+    #[test]
+    fn scanning_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = scan_export_request(&Bytes::from(data));
+    }
+
+    #[test]
+    fn scan_then_encode_preserves_every_valid_span(
+        ids in proptest::collection::vec((1u8..=255, 1u8..=255, proptest::option::of(1u8..=255), 0i32..3), 1..40),
+        split in 0usize..40,
+    ) {
+        let spans: Vec<Span> = ids.iter().map(|&(t, s, p, st)| span(t, s, p, st)).collect();
+        let split = split.min(spans.len());
+        let (a, b) = spans.split_at(split);
+        let original = request(vec![a.to_vec(), b.to_vec()]);
+        let body = Bytes::from(original.encode_to_vec());
+        let scanned = scan_export_request(&body).unwrap();
+        prop_assert_eq!(scanned.spans.len(), spans.len());
+        let decoded = ExportTraceServiceRequest::decode(encode_export_request(&scanned.spans)).unwrap();
+        let flat: Vec<Span> = decoded.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans).collect();
+        prop_assert_eq!(flat, spans);
+    }
+}
