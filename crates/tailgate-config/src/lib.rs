@@ -1,1 +1,24 @@
+//! Tailgate's configuration, in the OpenTelemetry Collector's YAML shape.
+//!
+//! `receivers` / `processors` / `exporters` / `extensions` / `service` with `type/name`
+//! component IDs, `${env:NAME}` substitution, every component's settings typed with the
+//! collector's names and defaults ([`components`]), and validation that reports every problem
+//! with the file, the YAML path and what is allowed ([`ConfigError`]).
+//!
+//! **Boundary:** this crate decides what a valid config is; runtime crates receive only a
+//! validated [`Config`] and never re-check it. **Invariant:** no I/O but reading the file.
 
+pub mod components;
+mod env;
+mod load;
+mod types;
+mod validate;
+
+pub use load::{
+    ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig, PipelineConfig, ProcessorConfig,
+    ReceiverConfig, ServiceConfig, load_file, load_str,
+};
+pub use types::{AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, parse_go_duration};
+
+#[cfg(test)]
+mod tests;
