@@ -228,9 +228,6 @@ pub struct ClientTlsConfig {
     /// Plaintext connection. Default false.
     #[serde(default)]
     pub insecure: bool,
-    /// Skip server certificate verification. Default false.
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
     /// PEM bundle of CAs to trust instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<String>,
@@ -240,9 +237,6 @@ pub struct ClientTlsConfig {
     /// Client key (PEM) for mutual TLS; needs `cert_file`.
     #[serde(default)]
     pub key_file: Option<String>,
-    /// Server name to verify instead of the endpoint host.
-    #[serde(default)]
-    pub server_name_override: Option<String>,
 }
 
 /// Payload compression.

@@ -1,0 +1,61 @@
+//! The link between pipeline stages: a [`Consumer`] takes a batch of spans or refuses it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tailgate_otlp::EncodedSpan;
+use thiserror::Error;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a stage did not take a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConsumeError {
+    /// Temporarily out of capacity: nothing was kept, the sender should retry after the delay.
+    /// Receivers answer RESOURCE_EXHAUSTED (gRPC, with RetryInfo) or 429/503 (HTTP, with
+    /// Retry-After).
+    #[error("refused ({reason}); retry after {retry_after:?}")]
+    Refused { reason: RefuseReason, retry_after: Duration },
+    /// The data could not be delivered and retrying will not help (an inline export failed
+    /// permanently). Already counted as failed by the stage that failed.
+    #[error("export failed: {0}")]
+    Failed(String),
+    /// The pipeline is shutting down and takes nothing more.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// What ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// `memory_limiter` measured memory above its soft limit.
+    MemoryLimit,
+    /// A batch processor's input queue is full.
+    BatchQueueFull,
+    /// An exporter's `sending_queue` is full.
+    ExporterQueueFull,
+    /// An inline export failed with a retryable error.
+    ExportRetryable,
+}
+
+impl std::fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefuseReason::MemoryLimit => "memory limit reached",
+            RefuseReason::BatchQueueFull => "batch queue full",
+            RefuseReason::ExporterQueueFull => "exporter queue full",
+            RefuseReason::ExportRetryable => "export failed, retryable",
+        })
+    }
+}
+
+/// A pipeline stage. `consume` returns once the stage has taken responsibility for the spans
+/// (queued, exported or intentionally dropped and counted) or has refused them whole.
+pub trait Consumer: Send + Sync {
+    fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>>;
+
+    /// Stops taking data, hands everything buffered downstream, then shuts the next stage
+    /// down. Must finish by `deadline`; what cannot be delivered by then is counted as failed.
+    fn shutdown(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,306 @@
+//! Exporters and the machinery around them: retry with backoff, the bounded sending queue, and
+//! fan-out to several exporters.
+//!
+//! ```text
+//! FanOut ──try_reserve all──> [sending_queue exporter A] ─ num_consumers ─> retry ─> A.export
+//!        └─────────────────> [inline exporter B (queue disabled)] ────────> retry ─> B.export
+//! ```
+//!
+//! A batch is encoded once and shared by every exporter. Fan-out reserves a slot in every
+//! queue before sending to any, so a full queue refuses the batch whole (retryable, counted
+//! as `otelcol_exporter_enqueue_failed_spans_total`) and no exporter gets a duplicate when
+//! the sender retries. A slow exporter blocks the others only once its own queue is full.
+
+mod debug;
+mod file;
+mod otlp_grpc;
+mod otlp_http;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{counter, gauge};
+use tailgate_config::components::{QueueConfig, RetryConfig};
+use tailgate_config::{ComponentId, ExporterConfig};
+use tailgate_otlp::{EncodedSpan, encode_export_request};
+use thiserror::Error;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::consumer::{BoxFuture, ConsumeError, Consumer, RefuseReason};
+use crate::telemetry::*;
+
+pub use otlp_grpc::{grpc_status_with_retry_info, retry_info_delay};
+pub use retry::Backoff;
+
+/// One encoded request on its way out, shared by every exporter of a pipeline.
+#[derive(Debug, Clone)]
+pub struct ExportBatch {
+    /// An encoded `ExportTraceServiceRequest`.
+    pub request: Bytes,
+    pub spans: u64,
+}
+
+impl ExportBatch {
+    pub fn from_spans(spans: &[EncodedSpan]) -> ExportBatch {
+        ExportBatch { request: encode_export_request(spans), spans: spans.len() as u64 }
+    }
+}
+
+/// How an export attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ExportError {
+    /// Worth retrying; `retry_after` is the server's throttle hint.
+    #[error("retryable: {message}")]
+    Retryable { message: String, retry_after: Option<Duration> },
+    /// Retrying the same data will fail again.
+    #[error("permanent: {message}")]
+    Permanent { message: String },
+}
+
+/// The backend accepted the request, possibly rejecting some spans (OTLP partial success).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub rejected_spans: u64,
+    pub message: String,
+}
+
+/// Sends one batch somewhere. Implementations do one attempt; retries live outside.
+pub trait Exporter: Send + Sync {
+    fn export<'a>(&'a self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<ExportOutcome, ExportError>>;
+}
+
+/// Builds the exporter a config describes.
+pub fn build_exporter(id: &ComponentId, cfg: &ExporterConfig) -> anyhow::Result<Arc<dyn Exporter>> {
+    Ok(match cfg {
+        ExporterConfig::Otlp(c) => Arc::new(otlp_grpc::OtlpGrpcExporter::new(id, c)?),
+        ExporterConfig::OtlpHttp(c) => Arc::new(otlp_http::OtlpHttpExporter::new(id, c)?),
+        ExporterConfig::File(c) => Arc::new(file::FileExporter::new(c)?),
+        ExporterConfig::Debug(c) => Arc::new(debug::DebugExporter::new(id, c)),
+    })
+}
+
+/// Queue and retry settings of an exporter config (the `file` and `debug` exporters have
+/// neither: they write locally, inline, without retries).
+pub fn queue_and_retry(cfg: &ExporterConfig) -> (QueueConfig, RetryConfig) {
+    match cfg {
+        ExporterConfig::Otlp(c) => (c.sending_queue.clone(), c.retry_on_failure.clone()),
+        ExporterConfig::OtlpHttp(c) => (c.sending_queue.clone(), c.retry_on_failure.clone()),
+        ExporterConfig::File(_) | ExporterConfig::Debug(_) => (
+            QueueConfig { enabled: false, ..QueueConfig::default() },
+            RetryConfig { enabled: false, ..RetryConfig::default() },
+        ),
+    }
+}
+
+/// An exporter with its retry policy and (optionally) its sending queue.
+pub struct ManagedExporter {
+    name: String,
+    exporter: Arc<dyn Exporter>,
+    retry: RetryConfig,
+    seed: u64,
+    queue: std::sync::Mutex<Option<mpsc::Sender<ExportBatch>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Deadline after which retries stop; set at shutdown.
+    deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl ManagedExporter {
+    /// `seed` drives retry jitter, so runs are reproducible.
+    pub fn start(name: String, exporter: Arc<dyn Exporter>, queue: &QueueConfig, retry: RetryConfig, seed: u64) -> Arc<Self> {
+        let deadline = Arc::new(std::sync::Mutex::new(None));
+        let me = Arc::new(ManagedExporter {
+            name: name.clone(),
+            exporter,
+            retry,
+            seed,
+            queue: std::sync::Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
+            deadline,
+        });
+        if queue.enabled {
+            let (tx, rx) = mpsc::channel::<ExportBatch>(queue.queue_size);
+            gauge!(EXPORTER_QUEUE_CAPACITY, "exporter" => name.clone()).set(queue.queue_size as f64);
+            gauge!(EXPORTER_QUEUE_SIZE, "exporter" => name.clone()).set(0.0);
+            let rx = Arc::new(Mutex::new(rx));
+            let mut workers = Vec::with_capacity(queue.num_consumers);
+            for worker in 0..queue.num_consumers {
+                let me2 = Arc::clone(&me);
+                let rx = Arc::clone(&rx);
+                workers.push(tokio::spawn(async move {
+                    let mut backoff = Backoff::new(&me2.retry, me2.seed.wrapping_add(worker as u64));
+                    loop {
+                        let next = { rx.lock().await.recv().await };
+                        let Some(batch) = next else { break };
+                        gauge!(EXPORTER_QUEUE_SIZE, "exporter" => me2.name.clone()).decrement(1.0);
+                        // Failures are counted inside; a queued batch has no caller to tell.
+                        let _ = me2.send_with_retry(&batch, &mut backoff).await;
+                    }
+                }));
+            }
+            *me.queue.lock().expect("queue lock") = Some(tx);
+            me.workers.try_lock().expect("nobody else holds a fresh exporter's lock").extend(workers);
+        }
+        me
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue_sender(&self) -> Option<mpsc::Sender<ExportBatch>> {
+        self.queue.lock().expect("queue lock").clone()
+    }
+
+    fn is_queued(&self) -> bool {
+        self.queue.lock().expect("queue lock").is_some()
+    }
+
+    /// True while new data would be accepted (queue not full).
+    pub fn has_capacity(&self) -> bool {
+        match self.queue_sender() {
+            Some(tx) => tx.capacity() > 0,
+            None => true,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().expect("deadline lock")
+    }
+
+    /// One batch through retries to a final outcome, counted either way.
+    async fn send_with_retry(&self, batch: &ExportBatch, backoff: &mut Backoff) -> Result<(), ExportError> {
+        backoff.reset();
+        let started = Instant::now();
+        loop {
+            let attempt = match self.deadline() {
+                Some(d) => match tokio::time::timeout_at(d, self.exporter.export(batch)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ExportError::Permanent { message: "shutdown deadline passed".into() }),
+                },
+                None => self.exporter.export(batch).await,
+            };
+            match attempt {
+                Ok(outcome) => {
+                    let accepted = batch.spans.saturating_sub(outcome.rejected_spans);
+                    counter!(EXPORTER_SENT_SPANS, "exporter" => self.name.clone()).increment(accepted);
+                    if outcome.rejected_spans > 0 {
+                        tracing::warn!(exporter = %self.name, rejected = outcome.rejected_spans, message = %outcome.message, "backend rejected spans (partial success)");
+                        counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => "partial_success")
+                            .increment(outcome.rejected_spans);
+                    }
+                    return Ok(());
+                }
+                Err(ExportError::Permanent { message }) => {
+                    let reason = if self.deadline().is_some_and(|d| Instant::now() >= d) { "shutdown" } else { "permanent" };
+                    tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed permanently; dropping batch");
+                    counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => reason).increment(batch.spans);
+                    return Err(ExportError::Permanent { message });
+                }
+                Err(ExportError::Retryable { message, retry_after }) => {
+                    let wait = backoff.next_wait(started.elapsed(), retry_after);
+                    let past_deadline = |w: Duration| self.deadline().is_some_and(|d| Instant::now() + w >= d);
+                    match wait {
+                        Some(w) if !past_deadline(w) => {
+                            tracing::warn!(exporter = %self.name, %message, retry_in = ?w, "export failed, will retry");
+                            counter!(EXPORTER_RETRIES, "exporter" => self.name.clone()).increment(1);
+                            tokio::time::sleep(w).await;
+                        }
+                        _ => {
+                            let reason = if self.deadline().is_some() { "shutdown" } else { "retries_exhausted" };
+                            tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed, no retries left; dropping batch");
+                            counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => reason)
+                                .increment(batch.spans);
+                            return Err(ExportError::Retryable { message, retry_after });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the queue, lets the workers drain it until `deadline`, and waits for them.
+    pub async fn shutdown(&self, deadline: Instant) {
+        *self.deadline.lock().expect("deadline lock") = Some(deadline);
+        drop(self.queue.lock().expect("queue lock").take());
+        let workers: Vec<JoinHandle<()>> = std::mem::take(&mut *self.workers.lock().await);
+        for w in workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// The last stage of a pipeline: every exporter gets every batch.
+pub struct FanOut {
+    exporters: Vec<Arc<ManagedExporter>>,
+    seed: u64,
+}
+
+impl FanOut {
+    pub fn new(exporters: Vec<Arc<ManagedExporter>>, seed: u64) -> Self {
+        assert!(!exporters.is_empty(), "validated pipelines have at least one exporter");
+        FanOut { exporters, seed }
+    }
+
+    pub fn exporters(&self) -> &[Arc<ManagedExporter>] {
+        &self.exporters
+    }
+}
+
+impl Consumer for FanOut {
+    fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            if spans.is_empty() {
+                return Ok(());
+            }
+            let batch = ExportBatch::from_spans(&spans);
+            // Reserve a slot in every queue first: all or nothing.
+            let mut permits = Vec::new();
+            for e in &self.exporters {
+                if !e.is_queued() {
+                    continue;
+                }
+                let Some(tx) = e.queue_sender() else { return Err(ConsumeError::ShuttingDown) };
+                match tx.try_reserve_owned() {
+                    Ok(p) => permits.push((Arc::clone(e), p)),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        counter!(EXPORTER_ENQUEUE_FAILED_SPANS, "exporter" => e.name.clone()).increment(batch.spans);
+                        return Err(ConsumeError::Refused {
+                            reason: RefuseReason::ExporterQueueFull,
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(ConsumeError::ShuttingDown),
+                }
+            }
+            for (e, permit) in permits {
+                gauge!(EXPORTER_QUEUE_SIZE, "exporter" => e.name.clone()).increment(1.0);
+                permit.send(batch.clone());
+            }
+            // Exporters without a queue export inline; the caller waits for them.
+            let mut first_error = None;
+            for e in self.exporters.iter().filter(|e| !e.is_queued()) {
+                let mut backoff = Backoff::new(&e.retry, self.seed);
+                if let Err(err) = e.send_with_retry(&batch, &mut backoff).await {
+                    first_error.get_or_insert(err);
+                }
+            }
+            match first_error {
+                None => Ok(()),
+                Some(ExportError::Permanent { message }) => Err(ConsumeError::Failed(message)),
+                Some(ExportError::Retryable { message, .. }) => Err(ConsumeError::Failed(message)),
+            }
+        })
+    }
+
+    fn shutdown(&self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for e in &self.exporters {
+                e.shutdown(deadline).await;
+            }
+        })
+    }
+}

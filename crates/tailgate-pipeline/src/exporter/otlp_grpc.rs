@@ -1,0 +1,130 @@
+//! `otlp` exporter: OTLP/gRPC with the raw-bytes codec.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use prost::Message;
+use tailgate_config::ComponentId;
+use tailgate_config::components::{ClientTlsConfig, Compression, OtlpExporterConfig};
+use tailgate_otlp::codec::{RawCodec, TRACE_EXPORT_PATH};
+use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::transport::{Certificate, Channel, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use super::{ExportBatch, ExportError, ExportOutcome, Exporter};
+use crate::consumer::BoxFuture;
+use crate::rpc;
+
+pub struct OtlpGrpcExporter {
+    channel: Channel,
+    headers: Vec<(MetadataKey<tonic::metadata::Ascii>, MetadataValue<tonic::metadata::Ascii>)>,
+    gzip: bool,
+}
+
+/// `host:port` gets a scheme from the TLS settings; URLs keep theirs.
+pub(crate) fn endpoint_uri(endpoint: &str, tls: &ClientTlsConfig) -> String {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.to_string()
+    } else if tls.insecure {
+        format!("http://{endpoint}")
+    } else {
+        format!("https://{endpoint}")
+    }
+}
+
+pub(crate) fn read_pem(path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {what} `{path}`: {e}"))
+}
+
+impl OtlpGrpcExporter {
+    pub fn new(id: &ComponentId, cfg: &OtlpExporterConfig) -> anyhow::Result<Self> {
+        let uri = endpoint_uri(&cfg.endpoint, &cfg.tls);
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| anyhow::anyhow!("exporters.{id}.endpoint: invalid endpoint `{uri}`: {e}"))?
+            .connect_timeout(cfg.timeout.0.min(Duration::from_secs(10)))
+            .timeout(cfg.timeout.0)
+            .tcp_nodelay(true);
+        if uri.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            match &cfg.tls.ca_file {
+                Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?)),
+                None => tls = tls.with_native_roots(),
+            }
+            if let (Some(cert), Some(key)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
+                tls = tls.identity(Identity::from_pem(read_pem(cert, "certificate")?, read_pem(key, "key")?));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("exporters.{id}.tls: {e}"))?;
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &cfg.headers {
+            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|e| anyhow::anyhow!("exporters.{id}.headers: invalid header name `{k}`: {e}"))?;
+            let value = MetadataValue::try_from(v.as_str())
+                .map_err(|e| anyhow::anyhow!("exporters.{id}.headers.{k}: invalid header value: {e}"))?;
+            headers.push((key, value));
+        }
+        Ok(OtlpGrpcExporter { channel: endpoint.connect_lazy(), headers, gzip: cfg.compression == Compression::Gzip })
+    }
+}
+
+impl Exporter for OtlpGrpcExporter {
+    fn export<'a>(&'a self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
+        Box::pin(async move {
+            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+            if self.gzip {
+                grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+            }
+            grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
+            grpc.ready().await.map_err(|e| ExportError::Retryable { message: format!("not connected: {e}"), retry_after: None })?;
+            let mut req = tonic::Request::new(batch.request.clone());
+            for (k, v) in &self.headers {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+            let path = PathAndQuery::from_static(TRACE_EXPORT_PATH);
+            match grpc.unary::<Bytes, Bytes, _>(req, path, RawCodec::default()).await {
+                Ok(resp) => Ok(partial_success(resp.get_ref())),
+                Err(status) => Err(classify(&status)),
+            }
+        })
+    }
+}
+
+fn partial_success(body: &[u8]) -> ExportOutcome {
+    match ExportTraceServiceResponse::decode(body) {
+        Ok(r) => match r.partial_success {
+            Some(p) => ExportOutcome { rejected_spans: p.rejected_spans.max(0) as u64, message: p.error_message },
+            None => ExportOutcome::default(),
+        },
+        Err(_) => ExportOutcome::default(),
+    }
+}
+
+/// OTLP/gRPC's retry rules: these codes are transient; RESOURCE_EXHAUSTED only with RetryInfo.
+fn classify(status: &Status) -> ExportError {
+    let retry_after = retry_info_delay(status);
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss => {
+            ExportError::Retryable { message, retry_after }
+        }
+        // A call cut by a crashed peer comes back as Unknown: treat it as transient.
+        Code::Unknown if status.message().contains("transport") || status.message().contains("connection") => {
+            ExportError::Retryable { message, retry_after }
+        }
+        Code::ResourceExhausted if retry_after.is_some() => ExportError::Retryable { message, retry_after },
+        _ => ExportError::Permanent { message },
+    }
+}
+
+/// The RetryInfo delay a status carries.
+pub fn retry_info_delay(status: &Status) -> Option<Duration> {
+    rpc::retry_delay(status.details())
+}
+
+/// A status with a RetryInfo detail, as receivers refuse retryably.
+pub fn grpc_status_with_retry_info(code: Code, message: &str, delay: Duration) -> Status {
+    Status::with_details(code, message.to_string(), Bytes::from(rpc::status_with_retry_info(code as i32, message, delay)))
+}

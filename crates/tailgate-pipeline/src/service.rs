@@ -1,0 +1,266 @@
+//! Building and running everything a [`Config`] describes, and shutting it down in order.
+//!
+//! Start: exporters → processor stages (built back to front) → receivers → extensions.
+//! Shutdown: receivers stop taking requests (in-flight ones finish) → each pipeline flushes
+//! stage by stage into its exporters → exporters drain their queues until the deadline, and
+//! count what they could not send as failed (`reason="shutdown"`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use metrics::gauge;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tailgate_config::components::MetricsLevel;
+use tailgate_config::{ComponentId, Config, ExtensionConfig, ProcessorConfig, ReceiverConfig};
+use tailgate_processors::attributes::AttributesProcessor;
+use tailgate_processors::batch::Batcher;
+use tailgate_processors::filter::FilterProcessor;
+use tailgate_processors::memory::MemoryLimits;
+use tailgate_processors::resource::ResourceProcessor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::consumer::Consumer;
+use crate::exporter::{FanOut, ManagedExporter, build_exporter, queue_and_retry};
+use crate::extension::health::Health;
+use crate::receiver::Ingest;
+use crate::receiver::grpc::OtlpGrpcService;
+use crate::stages::{BatchStage, MemorySource, MemoryStage, ProcessRss, SyncStage, Tee, process_rss_bytes, total_memory_bytes};
+use crate::telemetry::{PROCESS_MEMORY_RSS, PROCESS_UPTIME};
+
+/// Knobs that are not in the config file.
+#[derive(Clone)]
+pub struct ServiceOptions {
+    /// Seeds every random choice (retry jitter), so a run can be replayed.
+    pub seed: u64,
+    /// Where the memory limiter reads memory use; `None` = this process's RSS.
+    pub memory_source: Option<Arc<dyn MemorySource>>,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions { seed: 0x7a11_9a7e, memory_source: None }
+    }
+}
+
+/// Where each listener actually bound (ports may be 0 in the config).
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddresses {
+    /// Receiver ID → OTLP/gRPC address.
+    pub otlp_grpc: BTreeMap<String, SocketAddr>,
+    /// Receiver ID → OTLP/HTTP address.
+    pub otlp_http: BTreeMap<String, SocketAddr>,
+    pub health: Option<SocketAddr>,
+    pub pprof: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// A started service. Dropping it without [`RunningService::shutdown`] aborts nothing
+/// gracefully; always shut down.
+pub struct RunningService {
+    addresses: BoundAddresses,
+    receivers: Vec<Server>,
+    auxiliary: Vec<Server>,
+    pipelines: Vec<Arc<dyn Consumer>>,
+    health: Arc<Health>,
+}
+
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0])
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program); then we only render ours.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+async fn bind(endpoint: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(endpoint).await.with_context(|| format!("{what}: cannot listen on {endpoint}"))
+}
+
+fn spawn_axum(listener: TcpListener, router: Router) -> Server {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Server { stop, task }
+}
+
+/// Starts the pipelines, receivers and extensions of a validated config.
+pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<RunningService> {
+    let started = Instant::now();
+    let metrics = recorder().clone();
+
+    // Exporters, shared by every pipeline that names them.
+    let mut exporters: BTreeMap<ComponentId, Arc<ManagedExporter>> = BTreeMap::new();
+    for (i, (id, ecfg)) in cfg.exporters.iter().enumerate() {
+        let used = cfg.service.pipelines.iter().any(|p| p.exporters.contains(id));
+        if !used {
+            continue;
+        }
+        let exporter = build_exporter(id, ecfg)?;
+        let (queue, retry) = queue_and_retry(ecfg);
+        let seed = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
+        exporters.insert(id.clone(), ManagedExporter::start(id.to_string(), exporter, &queue, retry, seed));
+    }
+
+    // Pipelines, built back to front.
+    let memory_source: Arc<dyn MemorySource> = opts.memory_source.clone().unwrap_or_else(|| Arc::new(ProcessRss));
+    let mut heads: Vec<(ComponentId, Arc<dyn Consumer>)> = Vec::new();
+    for p in &cfg.service.pipelines {
+        let fan_out = FanOut::new(p.exporters.iter().map(|id| Arc::clone(&exporters[id])).collect(), opts.seed);
+        let mut next: Arc<dyn Consumer> = Arc::new(fan_out);
+        for id in p.processors.iter().rev() {
+            let name = id.to_string();
+            next = match &cfg.processors[id] {
+                ProcessorConfig::MemoryLimiter(m) => {
+                    let limits = MemoryLimits::resolve(m, total_memory_bytes());
+                    Arc::new(MemoryStage::start(name, limits, m.check_interval.0, Arc::clone(&memory_source), next))
+                }
+                ProcessorConfig::Batch(b) => Arc::new(BatchStage::start(name, Batcher::new(b), b.timeout.0, next)),
+                ProcessorConfig::Attributes(a) => Arc::new(SyncStage::new(name, Box::new(AttributesProcessor::new(a)), next)),
+                ProcessorConfig::Resource(r) => Arc::new(SyncStage::new(name, Box::new(ResourceProcessor::new(r)), next)),
+                ProcessorConfig::Filter(f) => Arc::new(SyncStage::new(name, Box::new(FilterProcessor::new(f)), next)),
+            };
+        }
+        heads.push((p.id.clone(), next));
+    }
+
+    let health = Health::new(exporters.values().cloned().collect());
+    let mut addresses = BoundAddresses::default();
+    let mut receivers = Vec::new();
+    for (id, rcfg) in &cfg.receivers {
+        let pipelines: Vec<Arc<dyn Consumer>> = cfg
+            .service
+            .pipelines
+            .iter()
+            .zip(&heads)
+            .filter(|(p, _)| p.receivers.contains(id))
+            .map(|(_, (_, head))| Arc::clone(head))
+            .collect();
+        if pipelines.is_empty() {
+            continue;
+        }
+        let consumer: Arc<dyn Consumer> =
+            if pipelines.len() == 1 { Arc::clone(&pipelines[0]) } else { Arc::new(Tee { pipelines }) };
+        let ingest = Arc::new(Ingest { receiver: id.to_string(), consumer });
+        let ReceiverConfig::Otlp(otlp) = rcfg;
+        if let Some(grpc) = &otlp.protocols.grpc {
+            let listener = bind(&grpc.endpoint, &format!("receivers.{id}.protocols.grpc")).await?;
+            addresses.otlp_grpc.insert(id.to_string(), listener.local_addr()?);
+            let svc = OtlpGrpcService::new(Arc::clone(&ingest), grpc.max_recv_msg_size_mib);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let result = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "OTLP/gRPC server stopped");
+                }
+            });
+            receivers.push(Server { stop, task });
+        }
+        if let Some(http) = &otlp.protocols.http {
+            let listener = bind(&http.endpoint, &format!("receivers.{id}.protocols.http")).await?;
+            addresses.otlp_http.insert(id.to_string(), listener.local_addr()?);
+            receivers.push(spawn_axum(listener, crate::receiver::http::router(Arc::clone(&ingest), http)));
+        }
+    }
+    health.receivers_listening.store(true, Ordering::Release);
+
+    let mut auxiliary = Vec::new();
+    for id in &cfg.service.extensions {
+        match &cfg.extensions[id] {
+            ExtensionConfig::HealthCheck(h) => {
+                let listener = bind(&h.endpoint, &format!("extensions.{id}")).await?;
+                addresses.health = Some(listener.local_addr()?);
+                let state = Arc::clone(&health);
+                let router = Router::new().route(&h.path, get(move || async move { state.respond() }));
+                auxiliary.push(spawn_axum(listener, router));
+            }
+            ExtensionConfig::Pprof(p) => {
+                let listener = bind(&p.endpoint, &format!("extensions.{id}")).await?;
+                addresses.pprof = Some(listener.local_addr()?);
+                let router = Router::new().route("/debug/pprof/profile", get(crate::extension::pprof::profile_handler));
+                auxiliary.push(spawn_axum(listener, router));
+            }
+        }
+    }
+    let telemetry = &cfg.service.telemetry.metrics;
+    if telemetry.level != MetricsLevel::None {
+        let listener = bind(&telemetry.address, "service.telemetry.metrics.address").await?;
+        addresses.metrics = Some(listener.local_addr()?);
+        let router = Router::new().route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    gauge!(PROCESS_MEMORY_RSS).set(process_rss_bytes() as f64);
+                    gauge!(PROCESS_UPTIME).set(started.elapsed().as_secs_f64());
+                    metrics.render()
+                }
+            }),
+        );
+        auxiliary.push(spawn_axum(listener, router));
+    }
+
+    Ok(RunningService { addresses, receivers, auxiliary, pipelines: heads.into_iter().map(|(_, h)| h).collect(), health })
+}
+
+impl RunningService {
+    pub fn addresses(&self) -> &BoundAddresses {
+        &self.addresses
+    }
+
+    /// Graceful shutdown within `timeout`: see the module docs for the order.
+    pub async fn shutdown(self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.health.receivers_listening.store(false, Ordering::Release);
+        for r in &self.receivers {
+            let _ = &r.task;
+        }
+        let mut tasks = Vec::new();
+        for r in self.receivers {
+            let _ = r.stop.send(());
+            tasks.push(r.task);
+        }
+        for t in tasks {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                tracing::warn!("a receiver did not stop before the shutdown deadline");
+            }
+        }
+        for p in &self.pipelines {
+            p.shutdown(deadline).await;
+        }
+        for s in self.auxiliary {
+            let _ = s.stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.task).await;
+        }
+    }
+}
