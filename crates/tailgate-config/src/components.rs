@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::types::{AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, present};
+use crate::types::{
+    AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, present,
+};
 
 // ---------------------------------------------------------------- receivers
 
@@ -42,7 +44,10 @@ pub struct GrpcServerConfig {
 
 impl Default for GrpcServerConfig {
     fn default() -> Self {
-        GrpcServerConfig { endpoint: default_grpc_endpoint(), max_recv_msg_size_mib: default_max_recv_msg_size_mib() }
+        GrpcServerConfig {
+            endpoint: default_grpc_endpoint(),
+            max_recv_msg_size_mib: default_max_recv_msg_size_mib(),
+        }
     }
 }
 
@@ -127,7 +132,11 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { send_batch_size: default_send_batch_size(), send_batch_max_size: 0, timeout: default_batch_timeout() }
+        BatchConfig {
+            send_batch_size: default_send_batch_size(),
+            send_batch_max_size: 0,
+            timeout: default_batch_timeout(),
+        }
     }
 }
 
@@ -320,7 +329,11 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { enabled: true, num_consumers: default_num_consumers(), queue_size: default_queue_size() }
+        QueueConfig {
+            enabled: true,
+            num_consumers: default_num_consumers(),
+            queue_size: default_queue_size(),
+        }
     }
 }
 
@@ -439,7 +452,10 @@ pub struct HealthCheckConfig {
 
 impl Default for HealthCheckConfig {
     fn default() -> Self {
-        HealthCheckConfig { endpoint: default_health_endpoint(), path: default_health_path() }
+        HealthCheckConfig {
+            endpoint: default_health_endpoint(),
+            path: default_health_path(),
+        }
     }
 }
 
@@ -461,7 +477,9 @@ pub struct PprofConfig {
 
 impl Default for PprofConfig {
     fn default() -> Self {
-        PprofConfig { endpoint: default_pprof_endpoint() }
+        PprofConfig {
+            endpoint: default_pprof_endpoint(),
+        }
     }
 }
 
@@ -505,7 +523,10 @@ pub struct MetricsTelemetry {
 
 impl Default for MetricsTelemetry {
     fn default() -> Self {
-        MetricsTelemetry { address: default_metrics_address(), level: MetricsLevel::default() }
+        MetricsTelemetry {
+            address: default_metrics_address(),
+            level: MetricsLevel::default(),
+        }
     }
 }
 

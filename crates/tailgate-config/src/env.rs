@@ -6,12 +6,20 @@
 
 use serde_json::Value;
 
-pub(crate) fn substitute(value: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+pub(crate) fn substitute(
+    value: &mut Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
     match value {
         Value::String(s) if s.contains('$') => {
-            let whole_ref = s.starts_with("${") && s.ends_with('}') && s[2..].find('}') == Some(s.len() - 3);
+            let whole_ref =
+                s.starts_with("${") && s.ends_with('}') && s[2..].find('}') == Some(s.len() - 3);
             let replaced = expand(s, env)?;
-            *value = if whole_ref { typed_scalar(replaced) } else { Value::String(replaced) };
+            *value = if whole_ref {
+                typed_scalar(replaced)
+            } else {
+                Value::String(replaced)
+            };
             Ok(())
         }
         Value::Array(items) => items.iter_mut().try_for_each(|v| substitute(v, env)),
@@ -46,7 +54,9 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
             out.push('$');
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
             let reference = &after[..end];
             let reference = reference.strip_prefix("env:").unwrap_or(reference);
             let (name, default) = match reference.split_once(":-") {
@@ -54,7 +64,10 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
                 None => (reference, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable reference `${{{}}}` in `{s}`", &after[..end]));
+                return Err(format!(
+                    "invalid variable reference `${{{}}}` in `{s}`",
+                    &after[..end]
+                ));
             }
             match (env(name), default) {
                 (Some(v), _) if !v.is_empty() => out.push_str(&v),
@@ -99,6 +112,10 @@ mod tests {
     #[test]
     fn bad_reference() {
         let mut v = serde_json::json!("${env:bad name}");
-        assert!(substitute(&mut v, &env).unwrap_err().contains("invalid variable reference"));
+        assert!(
+            substitute(&mut v, &env)
+                .unwrap_err()
+                .contains("invalid variable reference")
+        );
     }
 }

@@ -15,10 +15,12 @@ mod types;
 mod validate;
 
 pub use load::{
-    ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig, PipelineConfig, ProcessorConfig,
-    ReceiverConfig, ServiceConfig, load_file, load_str,
+    ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig,
+    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig, load_file, load_str,
 };
-pub use types::{AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, parse_go_duration};
+pub use types::{
+    AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, parse_go_duration,
+};
 
 #[cfg(test)]
 mod tests;

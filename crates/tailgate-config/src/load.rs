@@ -25,11 +25,20 @@ impl ComponentId {
             Some((k, n)) => (k, Some(n)),
             None => (s, None),
         };
-        let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let valid = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        };
         if !valid(kind) || name.is_some_and(|n| !valid(n)) {
-            return Err(format!("invalid component ID `{s}`: expected `type` or `type/name` of letters, digits, `_`, `-`, `.`"));
+            return Err(format!(
+                "invalid component ID `{s}`: expected `type` or `type/name` of letters, digits, `_`, `-`, `.`"
+            ));
         }
-        Ok(ComponentId { kind: kind.to_string(), name: name.map(str::to_string) })
+        Ok(ComponentId {
+            kind: kind.to_string(),
+            name: name.map(str::to_string),
+        })
     }
 }
 
@@ -125,7 +134,13 @@ impl fmt::Display for ConfigErrors {
 }
 
 const RECEIVER_TYPES: &[&str] = &["otlp"];
-const PROCESSOR_TYPES: &[&str] = &["attributes", "batch", "filter", "memory_limiter", "resource"];
+const PROCESSOR_TYPES: &[&str] = &[
+    "attributes",
+    "batch",
+    "filter",
+    "memory_limiter",
+    "resource",
+];
 const EXPORTER_TYPES: &[&str] = &["debug", "file", "otlp", "otlphttp"];
 const EXTENSION_TYPES: &[&str] = &["health_check", "pprof"];
 /// Types a later Tailgate component will own; naming one is a clear "not yet", not a typo.
@@ -142,24 +157,40 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: self.file.to_string(), path: path.into(), message: message.into() });
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     /// Deserializes `value` into `T`, reporting the failing field's full path.
     fn typed<T: DeserializeOwned>(&mut self, base: &str, value: Value) -> Option<T> {
-        let value = if value.is_null() { Value::Object(Default::default()) } else { value };
+        let value = if value.is_null() {
+            Value::Object(Default::default())
+        } else {
+            value
+        };
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(t) => Some(t),
             Err(e) => {
                 let inner = e.path().to_string();
-                let path = if inner == "." || inner.is_empty() { base.to_string() } else { format!("{base}.{inner}") };
+                let path = if inner == "." || inner.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}.{inner}")
+                };
                 self.error(path, e.into_inner().to_string());
                 None
             }
         }
     }
 
-    fn section(&mut self, root: &mut serde_json::Map<String, Value>, name: &str) -> Vec<(ComponentId, Value)> {
+    fn section(
+        &mut self,
+        root: &mut serde_json::Map<String, Value>,
+        name: &str,
+    ) -> Vec<(ComponentId, Value)> {
         let mut out = Vec::new();
         match root.remove(name) {
             None | Some(Value::Null) => {}
@@ -171,7 +202,13 @@ impl Loader<'_> {
                     }
                 }
             }
-            Some(other) => self.error(name, format!("expected a mapping of component IDs, found {}", kind_of(&other))),
+            Some(other) => self.error(
+                name,
+                format!(
+                    "expected a mapping of component IDs, found {}",
+                    kind_of(&other)
+                ),
+            ),
         }
         out
     }
@@ -190,23 +227,39 @@ fn kind_of(v: &Value) -> &'static str {
 
 fn unknown_type(section: &str, singular: &str, kind: &str, supported: &[&str]) -> String {
     if let Some((_, owner)) = PLANNED_TYPES.iter().find(|(t, _)| *t == kind) {
-        return format!("{singular} type `{kind}` is not available in this build yet (it belongs to {owner})");
+        return format!(
+            "{singular} type `{kind}` is not available in this build yet (it belongs to {owner})"
+        );
     }
     let _ = section;
-    format!("unknown {singular} type `{kind}`; supported: {}", supported.join(", "))
+    format!(
+        "unknown {singular} type `{kind}`; supported: {}",
+        supported.join(", ")
+    )
 }
 
 /// Reads and loads a config file, with variables from the process environment.
 pub fn load_file(path: &str) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: path.to_string(), path: "(file)".into(), message: format!("cannot read: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: path.to_string(),
+            path: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }])
     })?;
     load_str(&text, path, &|name| std::env::var(name).ok())
 }
 
 /// Loads a config from text. `env` resolves `${env:NAME}` references (injected for tests).
-pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    let mut l = Loader { file, errors: Vec::new() };
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut l = Loader {
+        file,
+        errors: Vec::new(),
+    };
     let parsed: Value = match serde_saphyr::from_str::<Value>(text) {
         Ok(v) => v,
         Err(e) => {
@@ -218,7 +271,13 @@ pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) ->
         Value::Object(m) => m,
         Value::Null => serde_json::Map::new(),
         other => {
-            l.error("(document)", format!("expected a mapping at the top level, found {}", kind_of(&other)));
+            l.error(
+                "(document)",
+                format!(
+                    "expected a mapping at the top level, found {}",
+                    kind_of(&other)
+                ),
+            );
             return Err(ConfigErrors(l.errors));
         }
     };
@@ -228,7 +287,10 @@ pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) ->
         }
     }
 
-    let mut cfg = Config { source: file.to_string(), ..Default::default() };
+    let mut cfg = Config {
+        source: file.to_string(),
+        ..Default::default()
+    };
     for (id, value) in l.section(&mut root, "receivers") {
         let base = format!("receivers.{id}");
         let parsed = match id.kind.as_str() {
@@ -304,19 +366,35 @@ pub fn load_str(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) ->
         let msg = if key == "connectors" {
             "connectors are not supported; allowed top-level keys: receivers, processors, exporters, extensions, service".to_string()
         } else {
-            "unknown top-level key; allowed: receivers, processors, exporters, extensions, service".to_string()
+            "unknown top-level key; allowed: receivers, processors, exporters, extensions, service"
+                .to_string()
         };
-        l.errors.push(ConfigError { file: file.to_string(), path: key.clone(), message: msg });
+        l.errors.push(ConfigError {
+            file: file.to_string(),
+            path: key.clone(),
+            message: msg,
+        });
     }
     match service {
-        None | Some(Value::Null) => l.error("service", "missing: a config needs `service.pipelines.traces`"),
+        None | Some(Value::Null) => l.error(
+            "service",
+            "missing: a config needs `service.pipelines.traces`",
+        ),
         Some(v) => load_service(&mut l, v, &mut cfg),
     }
-    if l.errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(l.errors)) }
+    if l.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(l.errors))
+    }
 }
 
 fn join(base: &str, sub: &str) -> String {
-    if sub.is_empty() { base.to_string() } else { format!("{base}.{sub}") }
+    if sub.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{sub}")
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -342,7 +420,9 @@ struct RawPipeline {
 }
 
 fn load_service(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
-    let Some(raw) = l.typed::<RawService>("service", value) else { return };
+    let Some(raw) = l.typed::<RawService>("service", value) else {
+        return;
+    };
     cfg.service.telemetry = raw.telemetry;
     for (i, ext) in raw.extensions.iter().enumerate() {
         let path = format!("service.extensions[{i}]");
@@ -356,18 +436,30 @@ fn load_service(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
         }
     }
     if raw.pipelines.is_empty() {
-        l.error("service.pipelines", "no pipelines: define `service.pipelines.traces`");
+        l.error(
+            "service.pipelines",
+            "no pipelines: define `service.pipelines.traces`",
+        );
     }
     for (name, p) in raw.pipelines {
         let base = format!("service.pipelines.{name}");
         let id = match ComponentId::parse(&name) {
             Ok(id) if id.kind == "traces" => id,
             Ok(id) if id.kind == "metrics" || id.kind == "logs" || id.kind == "profiles" => {
-                l.error(base, format!("{} pipelines are not supported: Tailgate handles traces only", id.kind));
+                l.error(
+                    base,
+                    format!(
+                        "{} pipelines are not supported: Tailgate handles traces only",
+                        id.kind
+                    ),
+                );
                 continue;
             }
             Ok(_) => {
-                l.error(base, "unknown pipeline type; allowed: traces, traces/<name>");
+                l.error(
+                    base,
+                    "unknown pipeline type; allowed: traces, traces/<name>",
+                );
                 continue;
             }
             Err(msg) => {
@@ -375,21 +467,60 @@ fn load_service(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
                 continue;
             }
         };
-        let mut pipeline = PipelineConfig { id, receivers: vec![], processors: vec![], exporters: vec![] };
+        let mut pipeline = PipelineConfig {
+            id,
+            receivers: vec![],
+            processors: vec![],
+            exporters: vec![],
+        };
         if p.receivers.is_empty() {
-            l.error(format!("{base}.receivers"), "a pipeline needs at least one receiver");
+            l.error(
+                format!("{base}.receivers"),
+                "a pipeline needs at least one receiver",
+            );
         }
         if p.exporters.is_empty() {
-            l.error(format!("{base}.exporters"), "a pipeline needs at least one exporter");
+            l.error(
+                format!("{base}.exporters"),
+                "a pipeline needs at least one exporter",
+            );
         }
-        pipeline.receivers = refs(l, &base, "receivers", "receiver", &p.receivers, &cfg.receivers);
-        pipeline.processors = refs(l, &base, "processors", "processor", &p.processors, &cfg.processors);
-        pipeline.exporters = refs(l, &base, "exporters", "exporter", &p.exporters, &cfg.exporters);
-        let positions: Vec<(usize, &ComponentId)> = pipeline.processors.iter().enumerate().collect();
+        pipeline.receivers = refs(
+            l,
+            &base,
+            "receivers",
+            "receiver",
+            &p.receivers,
+            &cfg.receivers,
+        );
+        pipeline.processors = refs(
+            l,
+            &base,
+            "processors",
+            "processor",
+            &p.processors,
+            &cfg.processors,
+        );
+        pipeline.exporters = refs(
+            l,
+            &base,
+            "exporters",
+            "exporter",
+            &p.exporters,
+            &cfg.exporters,
+        );
+        let positions: Vec<(usize, &ComponentId)> =
+            pipeline.processors.iter().enumerate().collect();
         for (i, id) in &positions {
-            let is_memory_limiter = matches!(cfg.processors.get(*id), Some(ProcessorConfig::MemoryLimiter(_)));
+            let is_memory_limiter = matches!(
+                cfg.processors.get(*id),
+                Some(ProcessorConfig::MemoryLimiter(_))
+            );
             if is_memory_limiter && *i != 0 {
-                l.error(format!("{base}.processors[{i}]"), "memory_limiter must be the first processor of a pipeline");
+                l.error(
+                    format!("{base}.processors[{i}]"),
+                    "memory_limiter must be the first processor of a pipeline",
+                );
             }
         }
         cfg.service.pipelines.push(pipeline);
@@ -414,15 +545,25 @@ fn refs<T>(
                 let msg = undefined(singular, &id, defined.keys());
                 l.error(path, msg);
             }
-            Ok(id) if !seen.insert(id.clone()) => l.error(path, format!("{singular} `{id}` is listed twice")),
+            Ok(id) if !seen.insert(id.clone()) => {
+                l.error(path, format!("{singular} `{id}` is listed twice"))
+            }
             Ok(id) => out.push(id),
         }
     }
     out
 }
 
-fn undefined<'a>(singular: &str, id: &ComponentId, defined: impl Iterator<Item = &'a ComponentId>) -> String {
+fn undefined<'a>(
+    singular: &str,
+    id: &ComponentId,
+    defined: impl Iterator<Item = &'a ComponentId>,
+) -> String {
     let names: Vec<String> = defined.map(|d| d.to_string()).collect();
-    let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+    let list = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
     format!("{singular} `{id}` is not defined; defined {singular}s: {list}")
 }

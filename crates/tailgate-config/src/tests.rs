@@ -24,10 +24,16 @@ service:
 
 #[test]
 fn minimal_config_gets_collector_defaults() {
-    let text = format!("receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\n{MINIMAL_SERVICE}");
+    let text = format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\n{MINIMAL_SERVICE}"
+    );
     let cfg = load_str(&text, "test.yaml", &no_env).unwrap();
     let ReceiverConfig::Otlp(otlp) = &cfg.receivers[&ComponentId::parse("otlp").unwrap()];
-    let grpc = otlp.protocols.grpc.as_ref().expect("grpc enabled by presence");
+    let grpc = otlp
+        .protocols
+        .grpc
+        .as_ref()
+        .expect("grpc enabled by presence");
     assert_eq!(grpc.endpoint, "0.0.0.0:4317");
     assert_eq!(grpc.max_recv_msg_size_mib, 4);
     assert!(otlp.protocols.http.is_none());
@@ -128,7 +134,10 @@ fn bad_configs_give_exact_errors() {
         let got = errors(&text);
         if want.is_empty() {
             assert_eq!(got.len(), 1, "{got:?}");
-            assert!(got[0].starts_with("test.yaml: (document): not valid YAML"), "{got:?}");
+            assert!(
+                got[0].starts_with("test.yaml: (document): not valid YAML"),
+                "{got:?}"
+            );
         } else {
             assert_eq!(got, want, "config:\n{text}");
         }

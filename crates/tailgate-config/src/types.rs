@@ -34,13 +34,21 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let mut total_nanos: f64 = 0.0;
     let mut rest = t;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("invalid duration `{text}`: expected a number before `{rest}`"));
+            return Err(format!(
+                "invalid duration `{text}`: expected a number before `{rest}`"
+            ));
         }
-        let number: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration `{text}`"))?;
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration `{text}`"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale = match unit {
@@ -50,8 +58,16 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("invalid duration `{text}`: missing unit (use ns, us, ms, s, m or h)")),
-            other => return Err(format!("invalid duration `{text}`: unknown unit `{other}` (use ns, us, ms, s, m or h)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration `{text}`: missing unit (use ns, us, ms, s, m or h)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration `{text}`: unknown unit `{other}` (use ns, us, ms, s, m or h)"
+                ));
+            }
         };
         total_nanos += number * scale;
     }
@@ -74,7 +90,9 @@ impl<'de> Deserialize<'de> for GoDuration {
                 Ok(GoDuration(Duration::from_nanos(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<GoDuration, E> {
-                u64::try_from(v).map(|v| GoDuration(Duration::from_nanos(v))).map_err(|_| E::custom("negative duration"))
+                u64::try_from(v)
+                    .map(|v| GoDuration(Duration::from_nanos(v)))
+                    .map_err(|_| E::custom("negative duration"))
             }
         }
         d.deserialize_any(V)
@@ -94,7 +112,9 @@ pub struct ConfigRegex(pub regex::Regex);
 impl<'de> Deserialize<'de> for ConfigRegex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        regex::Regex::new(&s).map(ConfigRegex).map_err(|e| de::Error::custom(format!("invalid regex `{s}`: {e}")))
+        regex::Regex::new(&s)
+            .map(ConfigRegex)
+            .map_err(|e| de::Error::custom(format!("invalid regex `{s}`: {e}")))
     }
 }
 
@@ -109,14 +129,18 @@ pub struct SpanEventCondition(pub Condition);
 impl<'de> Deserialize<'de> for SpanCondition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Condition::parse(&s, Scope::Span).map(SpanCondition).map_err(de::Error::custom)
+        Condition::parse(&s, Scope::Span)
+            .map(SpanCondition)
+            .map_err(de::Error::custom)
     }
 }
 
 impl<'de> Deserialize<'de> for SpanEventCondition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Condition::parse(&s, Scope::SpanEvent).map(SpanEventCondition).map_err(de::Error::custom)
+        Condition::parse(&s, Scope::SpanEvent)
+            .map(SpanEventCondition)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -147,7 +171,9 @@ impl<'de> Deserialize<'de> for AttributeValue {
                 Some(i) => Ok(AttributeValue::Int(i)),
                 None => Ok(AttributeValue::Double(n.as_f64().unwrap_or(f64::NAN))),
             },
-            other => Err(de::Error::custom(format!("expected a string, number or boolean, found {other}"))),
+            other => Err(de::Error::custom(format!(
+                "expected a string, number or boolean, found {other}"
+            ))),
         }
     }
 }
@@ -159,11 +185,21 @@ mod tests {
     #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_go_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(
+            parse_go_duration("200ms").unwrap(),
+            Duration::from_millis(200)
+        );
         assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_go_duration("1.5h").unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("5").unwrap_err().contains("missing unit"));
-        assert!(parse_go_duration("5 days").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_go_duration("5 days")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 }

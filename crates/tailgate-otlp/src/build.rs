@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::span::{EncodedSpan, ResourceScope};
-use crate::wire::{len_field_size, put_len_field, put_varint, put_key, WIRE_LEN};
+use crate::wire::{WIRE_LEN, len_field_size, put_key, put_len_field, put_varint};
 
 struct ScopeGroup<'a> {
     context: &'a ResourceScope,
@@ -35,15 +35,25 @@ pub fn encode_export_request<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan
                 let ctx: &'a ResourceScope = &span.context;
                 let key = (&ctx.resource[..], &ctx.resource_schema_url[..]);
                 let ri = *by_resource.entry(key).or_insert_with(|| {
-                    groups.push(ResourceGroup { resource: key.0, schema_url: key.1, scopes: Vec::new() });
+                    groups.push(ResourceGroup {
+                        resource: key.0,
+                        schema_url: key.1,
+                        scopes: Vec::new(),
+                    });
                     groups.len() - 1
                 });
                 // Two Arcs can carry equal contexts (separate requests); merge those too.
                 let scopes = &mut groups[ri].scopes;
-                let si = match scopes.iter().position(|s| s.context.scope == ctx.scope && s.context.scope_schema_url == ctx.scope_schema_url) {
+                let si = match scopes.iter().position(|s| {
+                    s.context.scope == ctx.scope
+                        && s.context.scope_schema_url == ctx.scope_schema_url
+                }) {
                     Some(si) => si,
                     None => {
-                        scopes.push(ScopeGroup { context: ctx, spans: Vec::new() });
+                        scopes.push(ScopeGroup {
+                            context: ctx,
+                            spans: Vec::new(),
+                        });
                         scopes.len() - 1
                     }
                 };
@@ -59,7 +69,11 @@ pub fn encode_export_request<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan
         if !s.context.scope.is_empty() {
             n += len_field_size(1, s.context.scope.len());
         }
-        n += s.spans.iter().map(|b| len_field_size(2, b.len())).sum::<usize>();
+        n += s
+            .spans
+            .iter()
+            .map(|b| len_field_size(2, b.len()))
+            .sum::<usize>();
         if !s.context.scope_schema_url.is_empty() {
             n += len_field_size(3, s.context.scope_schema_url.len());
         }
@@ -70,13 +84,20 @@ pub fn encode_export_request<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan
         if !g.resource.is_empty() {
             n += len_field_size(1, g.resource.len());
         }
-        n += g.scopes.iter().map(|s| len_field_size(2, scope_len(s))).sum::<usize>();
+        n += g
+            .scopes
+            .iter()
+            .map(|s| len_field_size(2, scope_len(s)))
+            .sum::<usize>();
         if !g.schema_url.is_empty() {
             n += len_field_size(3, g.schema_url.len());
         }
         n
     };
-    let total: usize = groups.iter().map(|g| len_field_size(1, resource_len(g))).sum();
+    let total: usize = groups
+        .iter()
+        .map(|g| len_field_size(1, resource_len(g)))
+        .sum();
 
     let mut out = Vec::with_capacity(total);
     for g in &groups {

@@ -39,7 +39,9 @@ impl Codec for RawCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder { max_decode_bytes: self.max_decode_bytes }
+        RawDecoder {
+            max_decode_bytes: self.max_decode_bytes,
+        }
     }
 }
 

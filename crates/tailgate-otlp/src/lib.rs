@@ -13,9 +13,9 @@
 //!
 //! **Invariant:** no I/O and no clock here; every function is a pure transform of bytes.
 
+mod build;
 pub mod codec;
 pub mod json;
-mod build;
 mod scan;
 mod span;
 pub mod wire;
@@ -23,8 +23,8 @@ pub mod wire;
 pub use build::encode_export_request;
 pub use scan::{ScanError, ScannedRequest, scan_export_request};
 pub use span::{
-    AnyValueRef, EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope, SpanId, SpanMeta,
-    StatusCode, TraceId, find_attribute, for_each_attribute, string_field,
+    AnyValueRef, EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope,
+    SpanId, SpanMeta, StatusCode, TraceId, find_attribute, for_each_attribute, string_field,
 };
 
 /// The generated OTLP message types, for the code paths that must decode (redaction, JSON).

@@ -47,7 +47,10 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
     let mut reasons: Vec<String> = Vec::new();
     let err = |path: String| move |source: WireError| ScanError { path, source };
 
-    for (ri, field) in FieldReader::new(body).filter(is_field(REQUEST_RESOURCE_SPANS)).enumerate() {
+    for (ri, field) in FieldReader::new(body)
+        .filter(is_field(REQUEST_RESOURCE_SPANS))
+        .enumerate()
+    {
         let rs_path = || format!("resource_spans[{ri}]");
         let (num, value) = field.map_err(err(rs_path()))?;
         let rs = value.as_len(num).map_err(err(rs_path()))?;
@@ -57,14 +60,19 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
             let (num, value) = f.map_err(err(rs_path()))?;
             match num {
                 RESOURCE_SPANS_RESOURCE => resource = value.as_len(num).map_err(err(rs_path()))?,
-                RESOURCE_SPANS_SCHEMA_URL => resource_schema_url = value.as_len(num).map_err(err(rs_path()))?,
+                RESOURCE_SPANS_SCHEMA_URL => {
+                    resource_schema_url = value.as_len(num).map_err(err(rs_path()))?
+                }
                 _ => {}
             }
         }
         let resource = body.slice_ref(resource);
         let resource_schema_url = body.slice_ref(resource_schema_url);
 
-        for (si, f) in FieldReader::new(rs).filter(is_field(RESOURCE_SPANS_SCOPE_SPANS)).enumerate() {
+        for (si, f) in FieldReader::new(rs)
+            .filter(is_field(RESOURCE_SPANS_SCOPE_SPANS))
+            .enumerate()
+        {
             let ss_path = || format!("resource_spans[{ri}].scope_spans[{si}]");
             let (num, value) = f.map_err(err(ss_path()))?;
             let ss = value.as_len(num).map_err(err(ss_path()))?;
@@ -74,7 +82,9 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 let (num, value) = f.map_err(err(ss_path()))?;
                 match num {
                     SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(err(ss_path()))?,
-                    SCOPE_SPANS_SCHEMA_URL => scope_schema_url = value.as_len(num).map_err(err(ss_path()))?,
+                    SCOPE_SPANS_SCHEMA_URL => {
+                        scope_schema_url = value.as_len(num).map_err(err(ss_path()))?
+                    }
                     _ => {}
                 }
             }
@@ -84,7 +94,10 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 scope: body.slice_ref(scope),
                 scope_schema_url: body.slice_ref(scope_schema_url),
             });
-            for (pi, f) in FieldReader::new(ss).filter(is_field(SCOPE_SPANS_SPANS)).enumerate() {
+            for (pi, f) in FieldReader::new(ss)
+                .filter(is_field(SCOPE_SPANS_SPANS))
+                .enumerate()
+            {
                 let span_path = || format!("resource_spans[{ri}].scope_spans[{si}].spans[{pi}]");
                 let (num, value) = f.map_err(err(span_path()))?;
                 let span = value.as_len(num).map_err(err(span_path()))?;
@@ -122,7 +135,11 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
         }
     }
     if out.rejected_spans > 0 {
-        let mut msg = format!("{} span(s) rejected: {}", out.rejected_spans, reasons.join("; "));
+        let mut msg = format!(
+            "{} span(s) rejected: {}",
+            out.rejected_spans,
+            reasons.join("; ")
+        );
         if out.rejected_spans as usize > reasons.len() {
             msg.push_str("; ...");
         }
@@ -140,17 +157,22 @@ fn is_field(
     }
 }
 
-fn validate_ids(trace_id: Option<&[u8]>, span_id: Option<&[u8]>) -> Result<(TraceId, SpanId), String> {
+fn validate_ids(
+    trace_id: Option<&[u8]>,
+    span_id: Option<&[u8]>,
+) -> Result<(TraceId, SpanId), String> {
     let trace_id = match trace_id {
         None | Some([]) => return Err("trace_id is missing".into()),
-        Some(b) => <[u8; 16]>::try_from(b).map_err(|_| format!("trace_id has {} bytes, expected 16", b.len()))?,
+        Some(b) => <[u8; 16]>::try_from(b)
+            .map_err(|_| format!("trace_id has {} bytes, expected 16", b.len()))?,
     };
     if trace_id == [0; 16] {
         return Err("trace_id is all zeros".into());
     }
     let span_id = match span_id {
         None | Some([]) => return Err("span_id is missing".into()),
-        Some(b) => <[u8; 8]>::try_from(b).map_err(|_| format!("span_id has {} bytes, expected 8", b.len()))?,
+        Some(b) => <[u8; 8]>::try_from(b)
+            .map_err(|_| format!("span_id has {} bytes, expected 8", b.len()))?,
     };
     if span_id == [0; 8] {
         return Err("span_id is all zeros".into());

@@ -77,7 +77,8 @@ impl SpanMeta {
 
     /// End minus start, zero when the clock went backwards.
     pub fn duration_nanos(&self) -> u64 {
-        self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano)
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
     }
 }
 
@@ -96,7 +97,10 @@ pub struct ResourceScope {
 impl ResourceScope {
     /// Bytes this context adds to a request when written once.
     pub fn encoded_len(&self) -> usize {
-        self.resource.len() + self.resource_schema_url.len() + self.scope.len() + self.scope_schema_url.len()
+        self.resource.len()
+            + self.resource_schema_url.len()
+            + self.scope.len()
+            + self.scope_schema_url.len()
     }
 }
 
@@ -194,7 +198,9 @@ impl<'a> AnyValueRef<'a> {
     pub fn parse(buf: &'a [u8]) -> AnyValueRef<'a> {
         let mut out = AnyValueRef::Empty;
         for field in FieldReader::new(buf) {
-            let Ok((num, value)) = field else { return AnyValueRef::Empty };
+            let Ok((num, value)) = field else {
+                return AnyValueRef::Empty;
+            };
             out = match (num, value) {
                 (1, FieldValue::Len(b)) => match std::str::from_utf8(b) {
                     Ok(s) => AnyValueRef::String(s),
@@ -228,7 +234,9 @@ pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<An
 /// Calls `f(key, encoded AnyValue)` for each attribute in field `field` of `message`.
 pub fn for_each_attribute<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&'a str, &'a [u8])) {
     for entry in FieldReader::new(message) {
-        let Ok((num, FieldValue::Len(kv))) = entry else { continue };
+        let Ok((num, FieldValue::Len(kv))) = entry else {
+            continue;
+        };
         if num != field {
             continue;
         }

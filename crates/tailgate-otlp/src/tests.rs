@@ -9,7 +9,11 @@ use crate::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use crate::*;
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 fn span(trace: u8, span: u8, parent: Option<u8>, status: i32) -> Span {
@@ -22,12 +26,18 @@ fn span(trace: u8, span: u8, parent: Option<u8>, status: i32) -> Span {
         start_time_unix_nano: 1_000,
         end_time_unix_nano: 5_000,
         attributes: vec![
-            kv("http.route", any_value::Value::StringValue("/checkout".into())),
+            kv(
+                "http.route",
+                any_value::Value::StringValue("/checkout".into()),
+            ),
             kv("retries", any_value::Value::IntValue(-3)),
             kv("ratio", any_value::Value::DoubleValue(0.5)),
             kv("cached", any_value::Value::BoolValue(true)),
         ],
-        status: Some(Status { message: String::new(), code: status }),
+        status: Some(Status {
+            message: String::new(),
+            code: status,
+        }),
         flags: 0x301,
         ..Default::default()
     }
@@ -37,14 +47,20 @@ fn request(spans_per_scope: Vec<Vec<Span>>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", any_value::Value::StringValue("checkout".into()))],
+                attributes: vec![kv(
+                    "service.name",
+                    any_value::Value::StringValue("checkout".into()),
+                )],
                 ..Default::default()
             }),
             scope_spans: spans_per_scope
                 .into_iter()
                 .enumerate()
                 .map(|(i, spans)| ScopeSpans {
-                    scope: Some(InstrumentationScope { name: format!("scope-{i}"), ..Default::default() }),
+                    scope: Some(InstrumentationScope {
+                        name: format!("scope-{i}"),
+                        ..Default::default()
+                    }),
                     spans,
                     schema_url: String::new(),
                 })
@@ -56,7 +72,9 @@ fn request(spans_per_scope: Vec<Vec<Span>>) -> ExportTraceServiceRequest {
 
 #[test]
 fn scan_extracts_meta_and_attributes() {
-    let body = Bytes::from(request(vec![vec![span(1, 1, None, 2), span(1, 2, Some(1), 0)]]).encode_to_vec());
+    let body = Bytes::from(
+        request(vec![vec![span(1, 1, None, 2), span(1, 2, Some(1), 0)]]).encode_to_vec(),
+    );
     let scanned = scan_export_request(&body).unwrap();
     assert_eq!(scanned.rejected_spans, 0);
     assert_eq!(scanned.spans.len(), 2);
@@ -69,13 +87,19 @@ fn scan_extracts_meta_and_attributes() {
     assert_eq!(root.meta.kind, 2);
     assert_eq!(root.meta.flags, 0x301);
     assert_eq!(root.name(), "op-1");
-    assert_eq!(root.attribute("http.route"), Some(AnyValueRef::String("/checkout")));
+    assert_eq!(
+        root.attribute("http.route"),
+        Some(AnyValueRef::String("/checkout"))
+    );
     assert_eq!(root.attribute("retries"), Some(AnyValueRef::Int(-3)));
     assert_eq!(root.attribute("ratio"), Some(AnyValueRef::Double(0.5)));
     assert_eq!(root.attribute("cached"), Some(AnyValueRef::Bool(true)));
     assert_eq!(root.attribute("missing"), None);
     assert_eq!(root.service_name(), Some("checkout"));
-    assert_eq!(root.attribute_or_resource("service.name"), Some(AnyValueRef::String("checkout")));
+    assert_eq!(
+        root.attribute_or_resource("service.name"),
+        Some(AnyValueRef::String("checkout"))
+    );
     let child = &scanned.spans[1];
     assert_eq!(child.meta.parent_span_id, Some(SpanId([1; 8])));
     assert!(std::sync::Arc::ptr_eq(&root.context, &child.context));
@@ -83,7 +107,10 @@ fn scan_extracts_meta_and_attributes() {
 
 #[test]
 fn encode_round_trips_through_prost() {
-    let original = request(vec![vec![span(1, 1, None, 0), span(2, 2, None, 0)], vec![span(3, 3, Some(9), 1)]]);
+    let original = request(vec![
+        vec![span(1, 1, None, 0), span(2, 2, None, 0)],
+        vec![span(3, 3, Some(9), 1)],
+    ]);
     let body = Bytes::from(original.encode_to_vec());
     let scanned = scan_export_request(&body).unwrap();
     let rebuilt = encode_export_request(&scanned.spans);
@@ -112,7 +139,9 @@ fn bad_ids_are_rejected_one_by_one() {
     let mut short_trace = span(3, 3, None, 0);
     short_trace.trace_id = vec![3; 8];
     let good = span(4, 4, None, 0);
-    let body = Bytes::from(request(vec![vec![zero_trace, missing_span, short_trace, good]]).encode_to_vec());
+    let body = Bytes::from(
+        request(vec![vec![zero_trace, missing_span, short_trace, good]]).encode_to_vec(),
+    );
     let scanned = scan_export_request(&body).unwrap();
     assert_eq!(scanned.spans.len(), 1);
     assert_eq!(scanned.spans[0].meta.trace_id, TraceId([4; 16]));
@@ -138,7 +167,10 @@ fn garbage_is_a_scan_error_with_a_path() {
 fn json_round_trip() {
     let original = request(vec![vec![span(7, 7, None, 2)]]);
     let json = json::request_to_json(&original.encode_to_vec()).unwrap();
-    assert!(json.contains("\"traceId\":\"07070707070707070707070707070707\""), "{json}");
+    assert!(
+        json.contains("\"traceId\":\"07070707070707070707070707070707\""),
+        "{json}"
+    );
     let back = json::request_from_json(json.as_bytes()).unwrap();
     assert_eq!(ExportTraceServiceRequest::decode(back).unwrap(), original);
 }
@@ -146,7 +178,11 @@ fn json_round_trip() {
 #[test]
 fn json_errors_name_the_problem() {
     let err = json::request_from_json(b"{\"resourceSpans\": 5}").unwrap_err();
-    assert!(err.to_string().starts_with("invalid OTLP/JSON trace request"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid OTLP/JSON trace request"),
+        "{err}"
+    );
 }
 
 proptest! {

@@ -14,7 +14,11 @@ pub enum WireError {
     #[error("varint longer than 10 bytes at offset {offset}")]
     VarintOverflow { offset: usize },
     #[error("unsupported wire type {wire_type} for field {field} at offset {offset}")]
-    BadWireType { field: u32, wire_type: u8, offset: usize },
+    BadWireType {
+        field: u32,
+        wire_type: u8,
+        offset: usize,
+    },
     #[error("field number 0 at offset {offset}")]
     ZeroField { offset: usize },
     #[error("field {field} has wire type {got}, expected {expected}")]
@@ -50,28 +54,44 @@ impl<'a> FieldValue<'a> {
     pub fn as_len(&self, field: u32) -> Result<&'a [u8], WireError> {
         match *self {
             FieldValue::Len(b) => Ok(b),
-            other => Err(WireError::UnexpectedWireType { field, got: other.wire_type(), expected: WIRE_LEN }),
+            other => Err(WireError::UnexpectedWireType {
+                field,
+                got: other.wire_type(),
+                expected: WIRE_LEN,
+            }),
         }
     }
 
     pub fn as_varint(&self, field: u32) -> Result<u64, WireError> {
         match *self {
             FieldValue::Varint(v) => Ok(v),
-            other => Err(WireError::UnexpectedWireType { field, got: other.wire_type(), expected: WIRE_VARINT }),
+            other => Err(WireError::UnexpectedWireType {
+                field,
+                got: other.wire_type(),
+                expected: WIRE_VARINT,
+            }),
         }
     }
 
     pub fn as_fixed64(&self, field: u32) -> Result<u64, WireError> {
         match *self {
             FieldValue::Fixed64(v) => Ok(v),
-            other => Err(WireError::UnexpectedWireType { field, got: other.wire_type(), expected: WIRE_FIXED64 }),
+            other => Err(WireError::UnexpectedWireType {
+                field,
+                got: other.wire_type(),
+                expected: WIRE_FIXED64,
+            }),
         }
     }
 
     pub fn as_fixed32(&self, field: u32) -> Result<u32, WireError> {
         match *self {
             FieldValue::Fixed32(v) => Ok(v),
-            other => Err(WireError::UnexpectedWireType { field, got: other.wire_type(), expected: WIRE_FIXED32 }),
+            other => Err(WireError::UnexpectedWireType {
+                field,
+                got: other.wire_type(),
+                expected: WIRE_FIXED32,
+            }),
         }
     }
 
@@ -101,7 +121,10 @@ impl<'a> FieldReader<'a> {
         let mut value: u64 = 0;
         for i in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(WireError::Truncated { offset: self.pos, needed: 1 });
+                return Err(WireError::Truncated {
+                    offset: self.pos,
+                    needed: 1,
+                });
             };
             self.pos += 1;
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -115,7 +138,10 @@ impl<'a> FieldReader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let available = self.buf.len() - self.pos;
         if n > available {
-            return Err(WireError::Truncated { offset: self.pos, needed: n - available });
+            return Err(WireError::Truncated {
+                offset: self.pos,
+                needed: n - available,
+            });
         }
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -146,15 +172,23 @@ impl<'a> FieldReader<'a> {
             }
             WIRE_LEN => {
                 let len = self.varint()?;
-                let len = usize::try_from(len)
-                    .map_err(|_| WireError::Truncated { offset: self.pos, needed: usize::MAX })?;
+                let len = usize::try_from(len).map_err(|_| WireError::Truncated {
+                    offset: self.pos,
+                    needed: usize::MAX,
+                })?;
                 FieldValue::Len(self.take(len)?)
             }
             WIRE_FIXED32 => {
                 let b = self.take(4)?;
                 FieldValue::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes taken")))
             }
-            other => return Err(WireError::BadWireType { field, wire_type: other, offset }),
+            other => {
+                return Err(WireError::BadWireType {
+                    field,
+                    wire_type: other,
+                    offset,
+                });
+            }
         };
         Ok((field, value))
     }
@@ -232,13 +266,21 @@ mod tests {
     fn group_wire_types_are_rejected() {
         let buf = [(1 << 3) | 3u8];
         let mut r = FieldReader::new(&buf);
-        assert!(matches!(r.next(), Some(Err(WireError::BadWireType { wire_type: 3, .. }))));
+        assert!(matches!(
+            r.next(),
+            Some(Err(WireError::BadWireType { wire_type: 3, .. }))
+        ));
     }
 
     #[test]
     fn overlong_varint_is_rejected() {
-        let buf = [0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let buf = [
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
         let mut r = FieldReader::new(&buf);
-        assert!(matches!(r.next(), Some(Err(WireError::VarintOverflow { .. }))));
+        assert!(matches!(
+            r.next(),
+            Some(Err(WireError::VarintOverflow { .. }))
+        ));
     }
 }

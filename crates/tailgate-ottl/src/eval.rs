@@ -54,13 +54,28 @@ fn eval_value<'c>(e: &Expr, ctx: &'c dyn Context) -> Value<'c> {
         Expr::Float(f) => Value::Float(*f),
         Expr::Bool(b) => Value::Bool(*b),
         Expr::Nil => Value::Nil,
-        Expr::Add(a, b) => arith(eval_value(a, ctx), eval_value(b, ctx), i64::checked_add, |x, y| x + y),
-        Expr::Sub(a, b) => arith(eval_value(a, ctx), eval_value(b, ctx), i64::checked_sub, |x, y| x - y),
+        Expr::Add(a, b) => arith(
+            eval_value(a, ctx),
+            eval_value(b, ctx),
+            i64::checked_add,
+            |x, y| x + y,
+        ),
+        Expr::Sub(a, b) => arith(
+            eval_value(a, ctx),
+            eval_value(b, ctx),
+            i64::checked_sub,
+            |x, y| x - y,
+        ),
     }
 }
 
 /// Integer arithmetic stays integral; anything involving a float is float; other types give nil.
-fn arith<'a>(a: Value<'_>, b: Value<'_>, int_op: fn(i64, i64) -> Option<i64>, float_op: fn(f64, f64) -> f64) -> Value<'a> {
+fn arith<'a>(
+    a: Value<'_>,
+    b: Value<'_>,
+    int_op: fn(i64, i64) -> Option<i64>,
+    float_op: fn(f64, f64) -> f64,
+) -> Value<'a> {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => int_op(x, y).map(Value::Int).unwrap_or(Value::Nil),
         (Value::Int(x), Value::Float(y)) => Value::Float(float_op(x as f64, y)),

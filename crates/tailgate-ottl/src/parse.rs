@@ -74,12 +74,26 @@ impl Condition {
     /// Parses `source` for evaluation in `scope`.
     pub fn parse(source: &str, scope: Scope) -> Result<Condition, ParseError> {
         let tokens = tokenize(source)?;
-        let mut p = Parser { tokens, pos: 0, scope };
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            scope,
+        };
         let expr = p.or_expr()?;
         if let Some(t) = p.peek() {
-            return Err(p.error(t.offset, format!("unexpected {} after the end of the condition", t.kind.describe())));
+            return Err(p.error(
+                t.offset,
+                format!(
+                    "unexpected {} after the end of the condition",
+                    t.kind.describe()
+                ),
+            ));
         }
-        Ok(Condition { source: source.to_string(), scope, expr })
+        Ok(Condition {
+            source: source.to_string(),
+            scope,
+            expr,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -94,7 +108,9 @@ impl Condition {
     pub fn attribute_keys(&self) -> Vec<&str> {
         fn walk_expr<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
             match e {
-                Expr::Path(Path::Attribute(k) | Path::ResourceAttribute(k) | Path::SpanAttribute(k)) => out.push(k),
+                Expr::Path(
+                    Path::Attribute(k) | Path::ResourceAttribute(k) | Path::SpanAttribute(k),
+                ) => out.push(k),
                 Expr::Add(a, b) | Expr::Sub(a, b) => {
                     walk_expr(a, out);
                     walk_expr(b, out);
@@ -173,7 +189,11 @@ struct Token {
 }
 
 fn err_at(source: &str, offset: usize, message: impl Into<String>) -> ParseError {
-    ParseError { condition: source.to_string(), column: source[..offset].chars().count() + 1, message: message.into() }
+    ParseError {
+        condition: source.to_string(),
+        column: source[..offset].chars().count() + 1,
+        message: message.into(),
+    }
 }
 
 fn tokenize(src: &str) -> Result<(String, Vec<Token>), ParseError> {
@@ -205,10 +225,22 @@ fn tokenize(src: &str) -> Result<(String, Vec<Token>), ParseError> {
                     (b'>', true) => ">=",
                     (b'<', false) => "<",
                     (b'>', false) => ">",
-                    _ => return Err(err_at(src, i, format!("unexpected `{}`; comparisons are == != < > <= >=", c as char))),
+                    _ => {
+                        return Err(err_at(
+                            src,
+                            i,
+                            format!(
+                                "unexpected `{}`; comparisons are == != < > <= >=",
+                                c as char
+                            ),
+                        ));
+                    }
                 };
                 i += op.len();
-                out.push(Token { kind: TokenKind::Op(op), offset: start });
+                out.push(Token {
+                    kind: TokenKind::Op(op),
+                    offset: start,
+                });
                 continue;
             }
             b'"' => {
@@ -224,7 +256,13 @@ fn tokenize(src: &str) -> Result<(String, Vec<Token>), ParseError> {
                                 Some(b'\\') => s.push('\\'),
                                 Some(b'n') => s.push('\n'),
                                 Some(b't') => s.push('\t'),
-                                _ => return Err(err_at(src, i, "unsupported escape in string; allowed: \\\" \\\\ \\n \\t")),
+                                _ => {
+                                    return Err(err_at(
+                                        src,
+                                        i,
+                                        "unsupported escape in string; allowed: \\\" \\\\ \\n \\t",
+                                    ));
+                                }
                             }
                             i += 2;
                         }
@@ -236,7 +274,10 @@ fn tokenize(src: &str) -> Result<(String, Vec<Token>), ParseError> {
                     }
                 }
                 i += 1;
-                out.push(Token { kind: TokenKind::Str(s), offset: start });
+                out.push(Token {
+                    kind: TokenKind::Str(s),
+                    offset: start,
+                });
                 continue;
             }
             b'0'..=b'9' => {
@@ -245,18 +286,30 @@ fn tokenize(src: &str) -> Result<(String, Vec<Token>), ParseError> {
                 }
                 let text = &src[start..i];
                 let kind = if text.contains('.') {
-                    TokenKind::Float(text.parse().map_err(|_| err_at(src, start, format!("bad number `{text}`")))?)
+                    TokenKind::Float(
+                        text.parse()
+                            .map_err(|_| err_at(src, start, format!("bad number `{text}`")))?,
+                    )
                 } else {
-                    TokenKind::Int(text.parse().map_err(|_| err_at(src, start, format!("bad number `{text}`")))?)
+                    TokenKind::Int(
+                        text.parse()
+                            .map_err(|_| err_at(src, start, format!("bad number `{text}`")))?,
+                    )
                 };
-                out.push(Token { kind, offset: start });
+                out.push(Token {
+                    kind,
+                    offset: start,
+                });
                 continue;
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                     i += 1;
                 }
-                out.push(Token { kind: TokenKind::Ident(src[start..i].to_string()), offset: start });
+                out.push(Token {
+                    kind: TokenKind::Ident(src[start..i].to_string()),
+                    offset: start,
+                });
                 continue;
             }
             _ => {
@@ -265,7 +318,10 @@ fn tokenize(src: &str) -> Result<(String, Vec<Token>), ParseError> {
             }
         };
         i += 1;
-        out.push(Token { kind, offset: start });
+        out.push(Token {
+            kind,
+            offset: start,
+        });
     }
     Ok((src.to_string(), out))
 }
@@ -276,8 +332,7 @@ struct Parser {
     scope: Scope,
 }
 
-const SPAN_PATHS: &str =
-    "name, kind, status.code, trace_state, start_time_unix_nano, end_time_unix_nano, attributes[\"key\"], resource.attributes[\"key\"]";
+const SPAN_PATHS: &str = "name, kind, status.code, trace_state, start_time_unix_nano, end_time_unix_nano, attributes[\"key\"], resource.attributes[\"key\"]";
 const EVENT_PATHS: &str = "name, time_unix_nano, attributes[\"key\"], span.name, span.kind, span.status.code, span.attributes[\"key\"], resource.attributes[\"key\"]";
 
 impl Parser {
@@ -308,8 +363,14 @@ impl Parser {
     fn expect(&mut self, kind: TokenKind) -> Result<Token, ParseError> {
         match self.next() {
             Some(t) if t.kind == kind => Ok(t),
-            Some(t) => Err(self.error(t.offset, format!("expected {}, found {}", kind.describe(), t.kind.describe()))),
-            None => Err(self.error(self.end_offset(), format!("expected {}, found the end", kind.describe()))),
+            Some(t) => Err(self.error(
+                t.offset,
+                format!("expected {}, found {}", kind.describe(), t.kind.describe()),
+            )),
+            None => Err(self.error(
+                self.end_offset(),
+                format!("expected {}, found the end", kind.describe()),
+            )),
         }
     }
 
@@ -363,10 +424,18 @@ impl Parser {
                 let target = self.value_expr()?;
                 self.expect(TokenKind::Comma)?;
                 let pat_tok = self.next();
-                let Some(Token { kind: TokenKind::Str(pattern), offset }) = pat_tok else {
-                    return Err(self.error(t.offset, "IsMatch takes a string literal pattern as its second argument"));
+                let Some(Token {
+                    kind: TokenKind::Str(pattern),
+                    offset,
+                }) = pat_tok
+                else {
+                    return Err(self.error(
+                        t.offset,
+                        "IsMatch takes a string literal pattern as its second argument",
+                    ));
                 };
-                let regex = Regex::new(&pattern).map_err(|e| self.error(offset, format!("invalid regex: {e}")))?;
+                let regex = Regex::new(&pattern)
+                    .map_err(|e| self.error(offset, format!("invalid regex: {e}")))?;
                 self.expect(TokenKind::RParen)?;
                 return Ok(BoolExpr::IsMatch(target, regex));
             }
@@ -380,22 +449,37 @@ impl Parser {
         }
         let left = self.value_expr()?;
         let op = match self.next() {
-            Some(Token { kind: TokenKind::Op(op), offset }) => match op {
+            Some(Token {
+                kind: TokenKind::Op(op),
+                offset,
+            }) => match op {
                 "==" => CmpOp::Eq,
                 "!=" => CmpOp::Ne,
                 "<" => CmpOp::Lt,
                 ">" => CmpOp::Gt,
                 "<=" => CmpOp::Le,
                 ">=" => CmpOp::Ge,
-                other => return Err(self.error(offset, format!("expected a comparison, found `{other}`"))),
+                other => {
+                    return Err(
+                        self.error(offset, format!("expected a comparison, found `{other}`"))
+                    );
+                }
             },
             Some(other) => {
                 return Err(self.error(
                     other.offset,
-                    format!("expected a comparison (== != < > <= >=), found {}", other.kind.describe()),
+                    format!(
+                        "expected a comparison (== != < > <= >=), found {}",
+                        other.kind.describe()
+                    ),
                 ));
             }
-            None => return Err(self.error(self.end_offset(), "expected a comparison (== != < > <= >=), found the end")),
+            None => {
+                return Err(self.error(
+                    self.end_offset(),
+                    "expected a comparison (== != < > <= >=), found the end",
+                ));
+            }
         };
         let right = self.value_expr()?;
         Ok(BoolExpr::Cmp(left, op, right))
@@ -405,11 +489,17 @@ impl Parser {
         let mut left = self.value()?;
         loop {
             match self.peek() {
-                Some(Token { kind: TokenKind::Op("+"), .. }) => {
+                Some(Token {
+                    kind: TokenKind::Op("+"),
+                    ..
+                }) => {
                     self.pos += 1;
                     left = Expr::Add(Box::new(left), Box::new(self.value()?));
                 }
-                Some(Token { kind: TokenKind::Op("-"), .. }) => {
+                Some(Token {
+                    kind: TokenKind::Op("-"),
+                    ..
+                }) => {
                     self.pos += 1;
                     left = Expr::Sub(Box::new(left), Box::new(self.value()?));
                 }
@@ -427,12 +517,21 @@ impl Parser {
             TokenKind::Int(i) => Ok(Expr::Int(i)),
             TokenKind::Float(f) => Ok(Expr::Float(f)),
             TokenKind::Op("-") => match self.next() {
-                Some(Token { kind: TokenKind::Int(i), .. }) => Ok(Expr::Int(-i)),
-                Some(Token { kind: TokenKind::Float(f), .. }) => Ok(Expr::Float(-f)),
+                Some(Token {
+                    kind: TokenKind::Int(i),
+                    ..
+                }) => Ok(Expr::Int(-i)),
+                Some(Token {
+                    kind: TokenKind::Float(f),
+                    ..
+                }) => Ok(Expr::Float(-f)),
                 _ => Err(self.error(t.offset, "`-` must be followed by a number")),
             },
             TokenKind::Ident(word) => self.ident_value(word, t.offset),
-            other => Err(self.error(t.offset, format!("expected a value, found {}", other.describe()))),
+            other => Err(self.error(
+                t.offset,
+                format!("expected a value, found {}", other.describe()),
+            )),
         }
     }
 
@@ -454,18 +553,36 @@ impl Parser {
         }
         // Collect a dotted path, then an optional ["key"].
         let mut segments = vec![word];
-        while matches!(self.peek(), Some(Token { kind: TokenKind::Dot, .. })) {
+        while matches!(
+            self.peek(),
+            Some(Token {
+                kind: TokenKind::Dot,
+                ..
+            })
+        ) {
             self.pos += 1;
             match self.next() {
-                Some(Token { kind: TokenKind::Ident(s), .. }) => segments.push(s),
+                Some(Token {
+                    kind: TokenKind::Ident(s),
+                    ..
+                }) => segments.push(s),
                 _ => return Err(self.error(offset, "expected a name after `.`")),
             }
         }
         let mut key = None;
-        if matches!(self.peek(), Some(Token { kind: TokenKind::LBracket, .. })) {
+        if matches!(
+            self.peek(),
+            Some(Token {
+                kind: TokenKind::LBracket,
+                ..
+            })
+        ) {
             self.pos += 1;
             match self.next() {
-                Some(Token { kind: TokenKind::Str(s), .. }) => key = Some(s),
+                Some(Token {
+                    kind: TokenKind::Str(s),
+                    ..
+                }) => key = Some(s),
                 _ => return Err(self.error(offset, "expected a string key inside `[...]`")),
             }
             self.expect(TokenKind::RBracket)?;
@@ -481,7 +598,10 @@ impl Parser {
                 Scope::Span => "span",
                 Scope::SpanEvent => "spanevent",
             };
-            self.error(offset, format!("unsupported path `{dotted}` in the {scope} context; allowed: {allowed}"))
+            self.error(
+                offset,
+                format!("unsupported path `{dotted}` in the {scope} context; allowed: {allowed}"),
+            )
         })
     }
 }

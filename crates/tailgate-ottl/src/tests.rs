@@ -30,16 +30,27 @@ impl Context for FakeSpan {
 }
 
 fn span() -> FakeSpan {
-    let mut s = FakeSpan { name: "GET /healthz".into(), kind: 2, status: 2, start: 1_000, end: 3_000_001_000, ..Default::default() };
-    s.attrs.insert("http.route".into(), Value::Str("/healthz".into()));
+    let mut s = FakeSpan {
+        name: "GET /healthz".into(),
+        kind: 2,
+        status: 2,
+        start: 1_000,
+        end: 3_000_001_000,
+        ..Default::default()
+    };
+    s.attrs
+        .insert("http.route".into(), Value::Str("/healthz".into()));
     s.attrs.insert("http.status_code".into(), Value::Int(503));
     s.attrs.insert("sampled".into(), Value::Bool(true));
-    s.resource.insert("service.name".into(), Value::Str("api".into()));
+    s.resource
+        .insert("service.name".into(), Value::Str("api".into()));
     s
 }
 
 fn check(src: &str) -> bool {
-    Condition::parse(src, Scope::Span).unwrap_or_else(|e| panic!("{e}")).eval(&span())
+    Condition::parse(src, Scope::Span)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .eval(&span())
 }
 
 #[test]
@@ -63,8 +74,14 @@ fn comparison_table() {
         (r#"kind == SPAN_KIND_SERVER"#, true),
         (r#"kind == 3"#, false),
         (r#"status.code == STATUS_CODE_ERROR"#, true),
-        (r#"end_time_unix_nano - start_time_unix_nano > 2000000000"#, true),
-        (r#"end_time_unix_nano - start_time_unix_nano < 2000000000"#, false),
+        (
+            r#"end_time_unix_nano - start_time_unix_nano > 2000000000"#,
+            true,
+        ),
+        (
+            r#"end_time_unix_nano - start_time_unix_nano < 2000000000"#,
+            false,
+        ),
         (r#"name < "Z""#, true),
     ];
     for (src, want) in cases {
@@ -84,7 +101,9 @@ fn boolean_operators_and_precedence() {
 
 #[test]
 fn is_match_converter() {
-    assert!(check(r#"IsMatch(attributes["http.route"], "^/(healthz|readyz)$")"#));
+    assert!(check(
+        r#"IsMatch(attributes["http.route"], "^/(healthz|readyz)$")"#
+    ));
     assert!(!check(r#"IsMatch(attributes["missing"], ".*")"#));
     assert!(check(r#"IsMatch(attributes["http.status_code"], "^5")"#));
 }
@@ -104,10 +123,22 @@ fn errors_name_what_is_allowed() {
             r#"Concat(name, "x") == "y""#,
             "invalid OTTL condition `Concat(name, \"x\") == \"y\"` at column 1: unsupported function or enum `Concat`; supported: IsMatch, SPAN_KIND_*, STATUS_CODE_*",
         ),
-        (r#"name == "x" and"#, "invalid OTTL condition `name == \"x\" and` at column 16: expected a condition, found the end"),
-        (r#"name"#, "invalid OTTL condition `name` at column 5: expected a comparison (== != < > <= >=), found the end"),
-        (r#"name == "unterminated"#, "invalid OTTL condition `name == \"unterminated` at column 9: unterminated string"),
-        (r#"name == "x" name"#, "invalid OTTL condition `name == \"x\" name` at column 13: unexpected `name` after the end of the condition"),
+        (
+            r#"name == "x" and"#,
+            "invalid OTTL condition `name == \"x\" and` at column 16: expected a condition, found the end",
+        ),
+        (
+            r#"name"#,
+            "invalid OTTL condition `name` at column 5: expected a comparison (== != < > <= >=), found the end",
+        ),
+        (
+            r#"name == "unterminated"#,
+            "invalid OTTL condition `name == \"unterminated` at column 9: unterminated string",
+        ),
+        (
+            r#"name == "x" name"#,
+            "invalid OTTL condition `name == \"x\" name` at column 13: unexpected `name` after the end of the condition",
+        ),
     ];
     for (src, want) in cases {
         let err = Condition::parse(src, Scope::Span).unwrap_err();
@@ -117,7 +148,11 @@ fn errors_name_what_is_allowed() {
 
 #[test]
 fn spanevent_scope_has_its_own_paths() {
-    let c = Condition::parse(r#"name == "exception" and span.attributes["x"] == nil"#, Scope::SpanEvent).unwrap();
+    let c = Condition::parse(
+        r#"name == "exception" and span.attributes["x"] == nil"#,
+        Scope::SpanEvent,
+    )
+    .unwrap();
     assert_eq!(c.attribute_keys(), vec!["x"]);
     assert!(Condition::parse("status.code == 2", Scope::SpanEvent).is_err());
 }

@@ -16,7 +16,10 @@ pub enum ConsumeError {
     /// Receivers answer RESOURCE_EXHAUSTED (gRPC, with RetryInfo) or 429/503 (HTTP, with
     /// Retry-After).
     #[error("refused ({reason}); retry after {retry_after:?}")]
-    Refused { reason: RefuseReason, retry_after: Duration },
+    Refused {
+        reason: RefuseReason,
+        retry_after: Duration,
+    },
     /// The data could not be delivered and retrying will not help (an inline export failed
     /// permanently). Already counted as failed by the stage that failed.
     #[error("export failed: {0}")]

@@ -41,12 +41,18 @@ pub const RETRY_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.RetryInfo"
 /// Encodes a `google.rpc.Status` carrying a `RetryInfo` with `delay`.
 pub fn status_with_retry_info(code: i32, message: &str, delay: Duration) -> Vec<u8> {
     let info = RetryInfo {
-        retry_delay: Some(ProtoDuration { seconds: delay.as_secs() as i64, nanos: delay.subsec_nanos() as i32 }),
+        retry_delay: Some(ProtoDuration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        }),
     };
     RpcStatus {
         code,
         message: message.to_string(),
-        details: vec![ProtoAny { type_url: RETRY_INFO_TYPE_URL.into(), value: info.encode_to_vec() }],
+        details: vec![ProtoAny {
+            type_url: RETRY_INFO_TYPE_URL.into(),
+            value: info.encode_to_vec(),
+        }],
     }
     .encode_to_vec()
 }
@@ -54,7 +60,13 @@ pub fn status_with_retry_info(code: i32, message: &str, delay: Duration) -> Vec<
 /// The `RetryInfo` delay inside an encoded `google.rpc.Status`, if any.
 pub fn retry_delay(status_details: &[u8]) -> Option<Duration> {
     let status = RpcStatus::decode(status_details).ok()?;
-    let any = status.details.iter().find(|d| d.type_url == RETRY_INFO_TYPE_URL)?;
+    let any = status
+        .details
+        .iter()
+        .find(|d| d.type_url == RETRY_INFO_TYPE_URL)?;
     let d = RetryInfo::decode(any.value.as_slice()).ok()?.retry_delay?;
-    Some(Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+    Some(Duration::new(
+        d.seconds.max(0) as u64,
+        d.nanos.max(0) as u32,
+    ))
 }

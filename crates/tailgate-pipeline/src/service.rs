@@ -33,7 +33,10 @@ use crate::exporter::{FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::extension::health::Health;
 use crate::receiver::Ingest;
 use crate::receiver::grpc::OtlpGrpcService;
-use crate::stages::{BatchStage, MemorySource, MemoryStage, ProcessRss, SyncStage, Tee, process_rss_bytes, total_memory_bytes};
+use crate::stages::{
+    BatchStage, MemorySource, MemoryStage, ProcessRss, SyncStage, Tee, process_rss_bytes,
+    total_memory_bytes,
+};
 use crate::telemetry::{PROCESS_MEMORY_RSS, PROCESS_UPTIME};
 
 /// Knobs that are not in the config file.
@@ -47,7 +50,10 @@ pub struct ServiceOptions {
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        ServiceOptions { seed: 0x7a11_9a7e, memory_source: None }
+        ServiceOptions {
+            seed: 0x7a11_9a7e,
+            memory_source: None,
+        }
     }
 }
 
@@ -78,11 +84,14 @@ pub struct RunningService {
     health: Arc<Health>,
 }
 
-fn recorder() -> &'static PrometheusHandle {
+/// The process-wide metrics recorder (installed on first use).
+pub fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets(&[1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0])
+            .set_buckets(&[
+                1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+            ])
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
@@ -93,7 +102,9 @@ fn recorder() -> &'static PrometheusHandle {
 }
 
 async fn bind(endpoint: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(endpoint).await.with_context(|| format!("{what}: cannot listen on {endpoint}"))
+    TcpListener::bind(endpoint)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {endpoint}"))
 }
 
 fn spawn_axum(listener: TcpListener, router: Router) -> Server {
@@ -116,33 +127,72 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
     // Exporters, shared by every pipeline that names them.
     let mut exporters: BTreeMap<ComponentId, Arc<ManagedExporter>> = BTreeMap::new();
     for (i, (id, ecfg)) in cfg.exporters.iter().enumerate() {
-        let used = cfg.service.pipelines.iter().any(|p| p.exporters.contains(id));
+        let used = cfg
+            .service
+            .pipelines
+            .iter()
+            .any(|p| p.exporters.contains(id));
         if !used {
             continue;
         }
         let exporter = build_exporter(id, ecfg)?;
         let (queue, retry) = queue_and_retry(ecfg);
-        let seed = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
-        exporters.insert(id.clone(), ManagedExporter::start(id.to_string(), exporter, &queue, retry, seed));
+        let seed = opts
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(i as u64);
+        exporters.insert(
+            id.clone(),
+            ManagedExporter::start(id.to_string(), exporter, &queue, retry, seed),
+        );
     }
 
     // Pipelines, built back to front.
-    let memory_source: Arc<dyn MemorySource> = opts.memory_source.clone().unwrap_or_else(|| Arc::new(ProcessRss));
+    let memory_source: Arc<dyn MemorySource> = opts
+        .memory_source
+        .clone()
+        .unwrap_or_else(|| Arc::new(ProcessRss));
     let mut heads: Vec<(ComponentId, Arc<dyn Consumer>)> = Vec::new();
     for p in &cfg.service.pipelines {
-        let fan_out = FanOut::new(p.exporters.iter().map(|id| Arc::clone(&exporters[id])).collect(), opts.seed);
+        let fan_out = FanOut::new(
+            p.exporters
+                .iter()
+                .map(|id| Arc::clone(&exporters[id]))
+                .collect(),
+            opts.seed,
+        );
         let mut next: Arc<dyn Consumer> = Arc::new(fan_out);
         for id in p.processors.iter().rev() {
             let name = id.to_string();
             next = match &cfg.processors[id] {
                 ProcessorConfig::MemoryLimiter(m) => {
                     let limits = MemoryLimits::resolve(m, total_memory_bytes());
-                    Arc::new(MemoryStage::start(name, limits, m.check_interval.0, Arc::clone(&memory_source), next))
+                    Arc::new(MemoryStage::start(
+                        name,
+                        limits,
+                        m.check_interval.0,
+                        Arc::clone(&memory_source),
+                        next,
+                    ))
                 }
-                ProcessorConfig::Batch(b) => Arc::new(BatchStage::start(name, Batcher::new(b), b.timeout.0, next)),
-                ProcessorConfig::Attributes(a) => Arc::new(SyncStage::new(name, Box::new(AttributesProcessor::new(a)), next)),
-                ProcessorConfig::Resource(r) => Arc::new(SyncStage::new(name, Box::new(ResourceProcessor::new(r)), next)),
-                ProcessorConfig::Filter(f) => Arc::new(SyncStage::new(name, Box::new(FilterProcessor::new(f)), next)),
+                ProcessorConfig::Batch(b) => {
+                    Arc::new(BatchStage::start(name, Batcher::new(b), b.timeout.0, next))
+                }
+                ProcessorConfig::Attributes(a) => Arc::new(SyncStage::new(
+                    name,
+                    Box::new(AttributesProcessor::new(a)),
+                    next,
+                )),
+                ProcessorConfig::Resource(r) => Arc::new(SyncStage::new(
+                    name,
+                    Box::new(ResourceProcessor::new(r)),
+                    next,
+                )),
+                ProcessorConfig::Filter(f) => Arc::new(SyncStage::new(
+                    name,
+                    Box::new(FilterProcessor::new(f)),
+                    next,
+                )),
             };
         }
         heads.push((p.id.clone(), next));
@@ -163,13 +213,21 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         if pipelines.is_empty() {
             continue;
         }
-        let consumer: Arc<dyn Consumer> =
-            if pipelines.len() == 1 { Arc::clone(&pipelines[0]) } else { Arc::new(Tee { pipelines }) };
-        let ingest = Arc::new(Ingest { receiver: id.to_string(), consumer });
+        let consumer: Arc<dyn Consumer> = if pipelines.len() == 1 {
+            Arc::clone(&pipelines[0])
+        } else {
+            Arc::new(Tee { pipelines })
+        };
+        let ingest = Arc::new(Ingest {
+            receiver: id.to_string(),
+            consumer,
+        });
         let ReceiverConfig::Otlp(otlp) = rcfg;
         if let Some(grpc) = &otlp.protocols.grpc {
             let listener = bind(&grpc.endpoint, &format!("receivers.{id}.protocols.grpc")).await?;
-            addresses.otlp_grpc.insert(id.to_string(), listener.local_addr()?);
+            addresses
+                .otlp_grpc
+                .insert(id.to_string(), listener.local_addr()?);
             let svc = OtlpGrpcService::new(Arc::clone(&ingest), grpc.max_recv_msg_size_mib);
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -188,8 +246,13 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         }
         if let Some(http) = &otlp.protocols.http {
             let listener = bind(&http.endpoint, &format!("receivers.{id}.protocols.http")).await?;
-            addresses.otlp_http.insert(id.to_string(), listener.local_addr()?);
-            receivers.push(spawn_axum(listener, crate::receiver::http::router(Arc::clone(&ingest), http)));
+            addresses
+                .otlp_http
+                .insert(id.to_string(), listener.local_addr()?);
+            receivers.push(spawn_axum(
+                listener,
+                crate::receiver::http::router(Arc::clone(&ingest), http),
+            ));
         }
     }
     health.receivers_listening.store(true, Ordering::Release);
@@ -201,13 +264,17 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                 let listener = bind(&h.endpoint, &format!("extensions.{id}")).await?;
                 addresses.health = Some(listener.local_addr()?);
                 let state = Arc::clone(&health);
-                let router = Router::new().route(&h.path, get(move || async move { state.respond() }));
+                let router =
+                    Router::new().route(&h.path, get(move || async move { state.respond() }));
                 auxiliary.push(spawn_axum(listener, router));
             }
             ExtensionConfig::Pprof(p) => {
                 let listener = bind(&p.endpoint, &format!("extensions.{id}")).await?;
                 addresses.pprof = Some(listener.local_addr()?);
-                let router = Router::new().route("/debug/pprof/profile", get(crate::extension::pprof::profile_handler));
+                let router = Router::new().route(
+                    "/debug/pprof/profile",
+                    get(crate::extension::pprof::profile_handler),
+                );
                 auxiliary.push(spawn_axum(listener, router));
             }
         }
@@ -230,7 +297,13 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         auxiliary.push(spawn_axum(listener, router));
     }
 
-    Ok(RunningService { addresses, receivers, auxiliary, pipelines: heads.into_iter().map(|(_, h)| h).collect(), health })
+    Ok(RunningService {
+        addresses,
+        receivers,
+        auxiliary,
+        pipelines: heads.into_iter().map(|(_, h)| h).collect(),
+        health,
+    })
 }
 
 impl RunningService {
@@ -241,7 +314,9 @@ impl RunningService {
     /// Graceful shutdown within `timeout`: see the module docs for the order.
     pub async fn shutdown(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        self.health.receivers_listening.store(false, Ordering::Release);
+        self.health
+            .receivers_listening
+            .store(false, Ordering::Release);
         for r in &self.receivers {
             let _ = &r.task;
         }

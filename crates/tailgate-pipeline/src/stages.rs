@@ -45,8 +45,14 @@ impl MemorySource for ProcessRss {
 }
 
 pub fn process_rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -57,7 +63,9 @@ pub fn total_memory_bytes() -> u64 {
     {
         return v;
     }
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else { return 0 };
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
     meminfo
         .lines()
         .find(|l| l.starts_with("MemTotal:"))
@@ -101,10 +109,20 @@ impl MemoryStage {
                         tracing::info!(processor = %task_name, used_bytes = used, "memory back under soft limit: accepting data");
                     }
                 }
-                gauge!(MEMORY_LIMITER_REFUSING, "processor" => task_name.clone()).set(if refuse { 1.0 } else { 0.0 });
+                gauge!(MEMORY_LIMITER_REFUSING, "processor" => task_name.clone()).set(if refuse {
+                    1.0
+                } else {
+                    0.0
+                });
             }
         });
-        MemoryStage { name, refusing, retry_after: check_interval.max(Duration::from_secs(1)), next, task }
+        MemoryStage {
+            name,
+            refusing,
+            retry_after: check_interval.max(Duration::from_secs(1)),
+            next,
+            task,
+        }
     }
 }
 
@@ -121,7 +139,10 @@ impl Consumer for MemoryStage {
             counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone()).increment(n);
             if self.refusing.load(Ordering::Acquire) {
                 counter!(PROCESSOR_REFUSED_SPANS, "processor" => self.name.clone()).increment(n);
-                return Err(ConsumeError::Refused { reason: RefuseReason::MemoryLimit, retry_after: self.retry_after });
+                return Err(ConsumeError::Refused {
+                    reason: RefuseReason::MemoryLimit,
+                    retry_after: self.retry_after,
+                });
             }
             counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone()).increment(n);
             self.next.consume(spans).await
@@ -143,23 +164,30 @@ pub struct SyncStage {
 
 impl SyncStage {
     pub fn new(name: String, processor: Box<dyn SpanProcessor>, next: Arc<dyn Consumer>) -> Self {
-        SyncStage { name, processor, next }
+        SyncStage {
+            name,
+            processor,
+            next,
+        }
     }
 }
 
 impl Consumer for SyncStage {
     fn consume(&self, mut spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(async move {
-            counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone()).increment(spans.len() as u64);
+            counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone())
+                .increment(spans.len() as u64);
             let done = self.processor.process(&mut spans);
             if done.spans_dropped > 0 {
-                counter!(PROCESSOR_FILTER_SPANS_FILTERED, "processor" => self.name.clone()).increment(done.spans_dropped as u64);
+                counter!(PROCESSOR_FILTER_SPANS_FILTERED, "processor" => self.name.clone())
+                    .increment(done.spans_dropped as u64);
             }
             if done.events_dropped > 0 {
                 counter!(PROCESSOR_FILTER_SPANEVENTS_FILTERED, "processor" => self.name.clone())
                     .increment(done.events_dropped as u64);
             }
-            counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone()).increment(spans.len() as u64);
+            counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone())
+                .increment(spans.len() as u64);
             if spans.is_empty() {
                 return Ok(());
             }
@@ -183,9 +211,15 @@ pub struct BatchStage {
 }
 
 impl BatchStage {
-    pub fn start(name: String, mut batcher: Batcher, timeout: Duration, next: Arc<dyn Consumer>) -> Self {
+    pub fn start(
+        name: String,
+        mut batcher: Batcher,
+        timeout: Duration,
+        next: Arc<dyn Consumer>,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Vec<EncodedSpan>>(BATCH_QUEUE_REQUESTS_MAX);
-        let deadline: Arc<std::sync::Mutex<Option<Instant>>> = Arc::new(std::sync::Mutex::new(None));
+        let deadline: Arc<std::sync::Mutex<Option<Instant>>> =
+            Arc::new(std::sync::Mutex::new(None));
         let send_to = Arc::clone(&next);
         let task_name = name.clone();
         let task_deadline = Arc::clone(&deadline);
@@ -195,7 +229,8 @@ impl BatchStage {
                 let name = task_name.clone();
                 let deadline = Arc::clone(&task_deadline);
                 async move {
-                    histogram!(PROCESSOR_BATCH_SEND_SIZE, "processor" => name.clone()).record(batch.len() as f64);
+                    histogram!(PROCESSOR_BATCH_SEND_SIZE, "processor" => name.clone())
+                        .record(batch.len() as f64);
                     counter!(trigger, "processor" => name.clone()).increment(1);
                     deliver(&name, next.as_ref(), batch, &deadline).await;
                 }
@@ -223,7 +258,8 @@ impl BatchStage {
                         flush_at = None;
                     }
                 }
-                gauge!(PROCESSOR_BATCH_PENDING_SPANS, "processor" => task_name.clone()).set(batcher.pending_spans() as f64);
+                gauge!(PROCESSOR_BATCH_PENDING_SPANS, "processor" => task_name.clone())
+                    .set(batcher.pending_spans() as f64);
             }
             for batch in batcher.flush() {
                 send(batch, PROCESSOR_BATCH_TIMEOUT_TRIGGER).await;
@@ -241,7 +277,12 @@ impl BatchStage {
 }
 
 /// Hands a cut batch to the next stage, waiting out refusals until the shutdown deadline.
-async fn deliver(name: &str, next: &dyn Consumer, batch: Vec<EncodedSpan>, deadline: &std::sync::Mutex<Option<Instant>>) {
+async fn deliver(
+    name: &str,
+    next: &dyn Consumer,
+    batch: Vec<EncodedSpan>,
+    deadline: &std::sync::Mutex<Option<Instant>>,
+) {
     loop {
         let n = batch.len() as u64;
         match next.consume(batch.clone()).await {
@@ -252,7 +293,10 @@ async fn deliver(name: &str, next: &dyn Consumer, batch: Vec<EncodedSpan>, deadl
             }
             Err(ConsumeError::Refused { retry_after, .. }) => {
                 let pause = retry_after.min(BATCH_RETRY_PAUSE_MAX);
-                let past = deadline.lock().expect("deadline lock").is_some_and(|d| Instant::now() + pause >= d);
+                let past = deadline
+                    .lock()
+                    .expect("deadline lock")
+                    .is_some_and(|d| Instant::now() + pause >= d);
                 if past {
                     tracing::error!(processor = %name, spans = n, "next stage still refusing at the shutdown deadline; dropping batch");
                     counter!(PROCESSOR_DROPPED_SPANS, "processor" => name.to_string(), "reason" => "shutdown").increment(n);
@@ -269,15 +313,22 @@ impl Consumer for BatchStage {
         Box::pin(async move {
             let n = spans.len() as u64;
             counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone()).increment(n);
-            let Some(tx) = self.tx.lock().expect("tx lock").clone() else { return Err(ConsumeError::ShuttingDown) };
+            let Some(tx) = self.tx.lock().expect("tx lock").clone() else {
+                return Err(ConsumeError::ShuttingDown);
+            };
             match tx.try_send(spans) {
                 Ok(()) => {
-                    counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone()).increment(n);
+                    counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone())
+                        .increment(n);
                     Ok(())
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    counter!(PROCESSOR_REFUSED_SPANS, "processor" => self.name.clone()).increment(n);
-                    Err(ConsumeError::Refused { reason: RefuseReason::BatchQueueFull, retry_after: Duration::from_secs(1) })
+                    counter!(PROCESSOR_REFUSED_SPANS, "processor" => self.name.clone())
+                        .increment(n);
+                    Err(ConsumeError::Refused {
+                        reason: RefuseReason::BatchQueueFull,
+                        retry_after: Duration::from_secs(1),
+                    })
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(ConsumeError::ShuttingDown),
             }
@@ -304,7 +355,10 @@ pub struct Tee {
 impl Consumer for Tee {
     fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(async move {
-            let (last, rest) = self.pipelines.split_last().expect("a receiver feeds at least one pipeline");
+            let (last, rest) = self
+                .pipelines
+                .split_last()
+                .expect("a receiver feeds at least one pipeline");
             for p in rest {
                 p.consume(spans.clone()).await?;
             }

@@ -5,11 +5,6 @@
 //! alerts keep working. Tailgate's own metrics start with `tailgate_`. `docs/metrics.md` lists
 //! them all; keep it in step with this file.
 
-use std::net::SocketAddr;
-
-use anyhow::Context as _;
-use metrics_exporter_prometheus::PrometheusBuilder;
-
 // Receivers. Labels: receiver, transport (grpc | http).
 pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans_total";
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans_total";
@@ -23,10 +18,13 @@ pub const PROCESSOR_INCOMING_ITEMS: &str = "otelcol_processor_incoming_items_tot
 pub const PROCESSOR_OUTGOING_ITEMS: &str = "otelcol_processor_outgoing_items_total";
 pub const PROCESSOR_REFUSED_SPANS: &str = "otelcol_processor_refused_spans_total";
 pub const PROCESSOR_FILTER_SPANS_FILTERED: &str = "otelcol_processor_filter_spans_filtered_total";
-pub const PROCESSOR_FILTER_SPANEVENTS_FILTERED: &str = "otelcol_processor_filter_spanevents_filtered_total";
+pub const PROCESSOR_FILTER_SPANEVENTS_FILTERED: &str =
+    "otelcol_processor_filter_spanevents_filtered_total";
 pub const PROCESSOR_BATCH_SEND_SIZE: &str = "otelcol_processor_batch_batch_send_size";
-pub const PROCESSOR_BATCH_SIZE_TRIGGER: &str = "otelcol_processor_batch_batch_size_trigger_send_total";
-pub const PROCESSOR_BATCH_TIMEOUT_TRIGGER: &str = "otelcol_processor_batch_timeout_trigger_send_total";
+pub const PROCESSOR_BATCH_SIZE_TRIGGER: &str =
+    "otelcol_processor_batch_batch_size_trigger_send_total";
+pub const PROCESSOR_BATCH_TIMEOUT_TRIGGER: &str =
+    "otelcol_processor_batch_timeout_trigger_send_total";
 /// Spans held in a batch processor waiting to be cut. Label: processor.
 pub const PROCESSOR_BATCH_PENDING_SPANS: &str = "tailgate_processor_batch_pending_spans";
 
@@ -46,25 +44,31 @@ pub const PROCESS_UPTIME: &str = "otelcol_process_uptime";
 /// The memory limiter's state: 1 while refusing.
 pub const MEMORY_LIMITER_REFUSING: &str = "tailgate_memory_limiter_refusing";
 
-/// Installs the global Prometheus recorder serving `/metrics` on `address`. Only the first
-/// call in a process installs; later calls (tests running several services) reuse it.
-pub fn install_prometheus(address: SocketAddr) -> anyhow::Result<()> {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    if INSTALLED.get().is_some() {
-        return Ok(());
-    }
-    PrometheusBuilder::new()
-        .with_http_listener(address)
-        .set_buckets(&[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0])
-        .context("metrics buckets")?
-        .install()
-        .with_context(|| format!("cannot serve metrics on {address}"))?;
-    let _ = INSTALLED.set(());
-    Ok(())
+/// The current metrics in Prometheus text format.
+pub fn render() -> String {
+    crate::service::recorder().render()
 }
 
-/// Installs a recorder that keeps metrics in memory without serving them, so `metrics::*`
-/// calls cost the same when `service.telemetry.metrics.level: none`.
-pub fn handle_only() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    PrometheusBuilder::new().install_recorder().ok()
+/// Sum of the series of `name` whose labels contain `label_filter` (e.g. `exporter="file"`;
+/// empty for all), from a Prometheus text rendering. For summaries and tests.
+pub fn sum_metric(text: &str, name: &str, label_filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| l.contains(label_filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_series_of_one_metric_only() {
+        let text = "# TYPE a counter\na{x=\"1\"} 2\na{x=\"2\"} 3\nab 100\na 1\n";
+        assert_eq!(super::sum_metric(text, "a", ""), 6.0);
+        assert_eq!(super::sum_metric(text, "a", "x=\"2\""), 3.0);
+    }
 }

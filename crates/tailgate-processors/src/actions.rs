@@ -18,7 +18,9 @@ pub struct AttributeActions {
 
 impl AttributeActions {
     pub fn new(actions: &[AttributeAction]) -> Self {
-        AttributeActions { actions: actions.to_vec() }
+        AttributeActions {
+            actions: actions.to_vec(),
+        }
     }
 
     /// Whether applying the actions to the attributes in field `field` of the encoded
@@ -75,7 +77,11 @@ fn new_value(a: &AttributeAction, attrs: &[KeyValue]) -> Option<AnyValue> {
 }
 
 fn kv(key: &str, value: AnyValue) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(value), ..Default::default() }
+    KeyValue {
+        key: key.to_string(),
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
 fn apply_one(a: &AttributeAction, attrs: &mut Vec<KeyValue>) -> bool {
@@ -85,18 +91,26 @@ fn apply_one(a: &AttributeAction, attrs: &mut Vec<KeyValue>) -> bool {
             if position(attrs, key).is_some() {
                 return false;
             }
-            let Some(v) = new_value(a, attrs) else { return false };
+            let Some(v) = new_value(a, attrs) else {
+                return false;
+            };
             attrs.push(kv(key, v));
             true
         }
         ActionKind::Update => {
-            let Some(i) = position(attrs, key) else { return false };
-            let Some(v) = new_value(a, attrs) else { return false };
+            let Some(i) = position(attrs, key) else {
+                return false;
+            };
+            let Some(v) = new_value(a, attrs) else {
+                return false;
+            };
             attrs[i].value = Some(v);
             true
         }
         ActionKind::Upsert => {
-            let Some(v) = new_value(a, attrs) else { return false };
+            let Some(v) = new_value(a, attrs) else {
+                return false;
+            };
             match position(attrs, key) {
                 Some(i) => attrs[i].value = Some(v),
                 None => attrs.push(kv(key, v)),
@@ -119,21 +133,36 @@ fn apply_one(a: &AttributeAction, attrs: &mut Vec<KeyValue>) -> bool {
                     None => kv.key == key,
                 };
                 if matches && let Some(v) = &mut kv.value {
-                    *v = AnyValue { value: Some(Value::StringValue(sha256_hex(v))) };
+                    *v = AnyValue {
+                        value: Some(Value::StringValue(sha256_hex(v))),
+                    };
                     changed = true;
                 }
             }
             changed
         }
         ActionKind::Extract => {
-            let Some(pattern) = &a.pattern else { return false };
-            let Some(i) = position(attrs, key) else { return false };
-            let Some(AnyValue { value: Some(Value::StringValue(s)) }) = attrs[i].value.clone() else { return false };
-            let Some(caps) = pattern.0.captures(&s) else { return false };
+            let Some(pattern) = &a.pattern else {
+                return false;
+            };
+            let Some(i) = position(attrs, key) else {
+                return false;
+            };
+            let Some(AnyValue {
+                value: Some(Value::StringValue(s)),
+            }) = attrs[i].value.clone()
+            else {
+                return false;
+            };
+            let Some(caps) = pattern.0.captures(&s) else {
+                return false;
+            };
             let mut changed = false;
             for name in pattern.0.capture_names().flatten() {
                 if let Some(m) = caps.name(name) {
-                    let v = AnyValue { value: Some(Value::StringValue(m.as_str().to_string())) };
+                    let v = AnyValue {
+                        value: Some(Value::StringValue(m.as_str().to_string())),
+                    };
                     match position(attrs, name) {
                         Some(j) => attrs[j].value = Some(v),
                         None => attrs.push(kv(name, v)),

@@ -18,7 +18,9 @@ pub struct AttributesProcessor {
 
 impl AttributesProcessor {
     pub fn new(cfg: &AttributesConfig) -> Self {
-        AttributesProcessor { actions: AttributeActions::new(&cfg.actions) }
+        AttributesProcessor {
+            actions: AttributeActions::new(&cfg.actions),
+        }
     }
 }
 

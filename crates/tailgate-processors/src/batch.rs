@@ -14,8 +14,15 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(cfg: &BatchConfig) -> Self {
-        assert!(cfg.send_batch_size > 0, "validated config has send_batch_size > 0");
-        Batcher { send_batch_size: cfg.send_batch_size, send_batch_max_size: cfg.send_batch_max_size, pending: Vec::new() }
+        assert!(
+            cfg.send_batch_size > 0,
+            "validated config has send_batch_size > 0"
+        );
+        Batcher {
+            send_batch_size: cfg.send_batch_size,
+            send_batch_max_size: cfg.send_batch_max_size,
+            pending: Vec::new(),
+        }
     }
 
     pub fn pending_spans(&self) -> usize {

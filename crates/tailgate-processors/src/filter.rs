@@ -6,7 +6,9 @@ use bytes::Bytes;
 use prost::Message;
 use tailgate_config::components::FilterConfig;
 use tailgate_otlp::proto::trace::v1::Span;
-use tailgate_otlp::{EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, find_attribute, string_field};
+use tailgate_otlp::{
+    EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, find_attribute, string_field,
+};
 use tailgate_ottl::{Condition, Context, Path, Value};
 
 use crate::actions::ottl_value;
@@ -56,7 +58,9 @@ pub struct SpanEventContext<'a> {
 impl Context for SpanEventContext<'_> {
     fn get(&self, path: &Path) -> Value<'_> {
         match path {
-            Path::Name => Value::Str(Cow::Borrowed(string_field(self.event, EVENT_NAME).unwrap_or(""))),
+            Path::Name => Value::Str(Cow::Borrowed(
+                string_field(self.event, EVENT_NAME).unwrap_or(""),
+            )),
             Path::Attribute(k) => ottl_value(find_attribute(self.event, EVENT_ATTRIBUTES, k)),
             Path::TimeUnixNano => {
                 let mut t = 0u64;
@@ -71,7 +75,11 @@ impl Context for SpanEventContext<'_> {
             Path::SpanKind => Value::Int(i64::from(self.span.meta.kind)),
             Path::SpanStatusCode => Value::Int(i64::from(self.span.meta.status_code.0)),
             Path::SpanAttribute(k) => ottl_value(self.span.attribute(k)),
-            Path::ResourceAttribute(k) => ottl_value(find_attribute(&self.span.context.resource, RESOURCE_ATTRIBUTES, k)),
+            Path::ResourceAttribute(k) => ottl_value(find_attribute(
+                &self.span.context.resource,
+                RESOURCE_ATTRIBUTES,
+                k,
+            )),
             _ => Value::Nil,
         }
     }
@@ -88,10 +96,15 @@ impl SpanProcessor for FilterProcessor {
             for span in spans.iter_mut() {
                 let drop: Vec<bool> = span
                     .events()
-                    .map(|event| self.spanevent.iter().any(|c| c.eval(&SpanEventContext { span, event })))
+                    .map(|event| {
+                        self.spanevent
+                            .iter()
+                            .any(|c| c.eval(&SpanEventContext { span, event }))
+                    })
                     .collect();
                 if drop.iter().any(|d| *d) {
-                    let mut decoded = Span::decode(span.bytes.clone()).expect("scanned span decodes");
+                    let mut decoded =
+                        Span::decode(span.bytes.clone()).expect("scanned span decodes");
                     let mut i = 0;
                     decoded.events.retain(|_| {
                         i += 1;
@@ -102,6 +115,9 @@ impl SpanProcessor for FilterProcessor {
                 }
             }
         }
-        Processed { spans_dropped: before - spans.len(), events_dropped }
+        Processed {
+            spans_dropped: before - spans.len(),
+            events_dropped,
+        }
     }
 }

@@ -19,13 +19,22 @@ impl MemoryLimits {
     pub fn resolve(cfg: &MemoryLimiterConfig, total_memory_bytes: u64) -> MemoryLimits {
         let (hard, spike) = if cfg.limit_mib > 0 {
             let hard = cfg.limit_mib * MIB;
-            (hard, cfg.spike_limit_mib.map(|s| s * MIB).unwrap_or(hard / 5))
+            (
+                hard,
+                cfg.spike_limit_mib.map(|s| s * MIB).unwrap_or(hard / 5),
+            )
         } else {
             let hard = total_memory_bytes / 100 * cfg.limit_percentage;
             (hard, total_memory_bytes / 100 * cfg.spike_limit_percentage)
         };
-        assert!(spike < hard || hard == 0, "validated config keeps spike below limit");
-        MemoryLimits { hard_limit_bytes: hard, soft_limit_bytes: hard - spike }
+        assert!(
+            spike < hard || hard == 0,
+            "validated config keeps spike below limit"
+        );
+        MemoryLimits {
+            hard_limit_bytes: hard,
+            soft_limit_bytes: hard - spike,
+        }
     }
 
     /// Whether new data must be refused at this usage.

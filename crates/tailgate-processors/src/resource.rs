@@ -19,15 +19,20 @@ pub struct ResourceProcessor {
 
 impl ResourceProcessor {
     pub fn new(cfg: &ResourceConfig) -> Self {
-        ResourceProcessor { actions: AttributeActions::new(&cfg.attributes) }
+        ResourceProcessor {
+            actions: AttributeActions::new(&cfg.attributes),
+        }
     }
 
     fn rewrite(&self, ctx: &ResourceScope) -> Option<Bytes> {
         if !self.actions.may_change(&ctx.resource, RESOURCE_ATTRIBUTES) {
             return None;
         }
-        let mut resource = Resource::decode(ctx.resource.clone()).expect("scanned resource decodes");
-        self.actions.apply(&mut resource.attributes).then(|| Bytes::from(resource.encode_to_vec()))
+        let mut resource =
+            Resource::decode(ctx.resource.clone()).expect("scanned resource decodes");
+        self.actions
+            .apply(&mut resource.attributes)
+            .then(|| Bytes::from(resource.encode_to_vec()))
     }
 }
 
@@ -37,10 +42,15 @@ impl SpanProcessor for ResourceProcessor {
         let mut rewritten: HashMap<*const ResourceScope, Arc<ResourceScope>> = HashMap::new();
         for span in spans.iter_mut() {
             let ptr = Arc::as_ptr(&span.context);
-            let ctx = rewritten.entry(ptr).or_insert_with(|| match self.rewrite(&span.context) {
-                Some(resource) => Arc::new(ResourceScope { resource, ..(*span.context).clone() }),
-                None => Arc::clone(&span.context),
-            });
+            let ctx = rewritten
+                .entry(ptr)
+                .or_insert_with(|| match self.rewrite(&span.context) {
+                    Some(resource) => Arc::new(ResourceScope {
+                        resource,
+                        ..(*span.context).clone()
+                    }),
+                    None => Arc::clone(&span.context),
+                });
             span.context = Arc::clone(ctx);
         }
         Processed::default()

@@ -18,7 +18,11 @@ use crate::filter::FilterProcessor;
 use crate::resource::ResourceProcessor;
 
 fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
 }
 
 fn s(v: &str) -> Value {
@@ -40,12 +44,20 @@ fn span(n: u8, attrs: Vec<KeyValue>) -> Span {
 fn scan(spans: Vec<Span>) -> Vec<EncodedSpan> {
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", s("api"))], ..Default::default() }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", s("api"))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     };
-    scan_export_request(&Bytes::from(req.encode_to_vec())).unwrap().spans
+    scan_export_request(&Bytes::from(req.encode_to_vec()))
+        .unwrap()
+        .spans
 }
 
 fn decode(spans: &[EncodedSpan]) -> ExportTraceServiceRequest {
@@ -71,19 +83,35 @@ fn attributes_redaction_as_in_the_reference_gateway() {
     .unwrap();
     let p = AttributesProcessor::new(&cfg);
     let mut spans = scan(vec![
-        span(1, vec![
-            kv("db.statement", s("SELECT * FROM users WHERE pw='x'")),
-            kv("http.request.header.authorization", s("Bearer abc")),
-            kv("http.request.header.cookie", s("sid=1")),
-            kv("keep", s("me")),
-        ]),
+        span(
+            1,
+            vec![
+                kv("db.statement", s("SELECT * FROM users WHERE pw='x'")),
+                kv("http.request.header.authorization", s("Bearer abc")),
+                kv("http.request.header.cookie", s("sid=1")),
+                kv("keep", s("me")),
+            ],
+        ),
         span(2, vec![kv("keep", s("me"))]),
     ]);
     let untouched = spans[1].bytes.clone();
     p.process(&mut spans);
-    assert_eq!(attrs_of(&spans[0]), vec![("db.statement".into(), s("[redacted]")), ("keep".into(), s("me"))]);
-    assert_eq!(spans[1].bytes, untouched, "a span no action applies to keeps its bytes");
-    assert_eq!(spans[1].bytes.as_ptr(), untouched.as_ptr(), "and is not even copied");
+    assert_eq!(
+        attrs_of(&spans[0]),
+        vec![
+            ("db.statement".into(), s("[redacted]")),
+            ("keep".into(), s("me"))
+        ]
+    );
+    assert_eq!(
+        spans[1].bytes, untouched,
+        "a span no action applies to keeps its bytes"
+    );
+    assert_eq!(
+        spans[1].bytes.as_ptr(),
+        untouched.as_ptr(),
+        "and is not even copied"
+    );
 }
 
 #[test]
@@ -99,21 +127,30 @@ fn attributes_insert_upsert_hash_extract_and_pattern_delete() {
     ]}))
     .unwrap();
     let p = AttributesProcessor::new(&cfg);
-    let mut spans = scan(vec![span(1, vec![
-        kv("present", s("orig")),
-        kv("user.email", s("a@b.c")),
-        kv("http.url", s("https://shop.example/cart/1")),
-        kv("tmp.a", s("x")),
-        kv("tmp.b", s("y")),
-        kv("count", Value::IntValue(1)),
-    ])]);
+    let mut spans = scan(vec![span(
+        1,
+        vec![
+            kv("present", s("orig")),
+            kv("user.email", s("a@b.c")),
+            kv("http.url", s("https://shop.example/cart/1")),
+            kv("tmp.a", s("x")),
+            kv("tmp.b", s("y")),
+            kv("count", Value::IntValue(1)),
+        ],
+    )]);
     p.process(&mut spans);
     let got = attrs_of(&spans[0]);
     let get = |k: &str| got.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     assert_eq!(get("env"), Some(s("prod")));
     assert_eq!(get("present"), Some(s("orig")));
     assert_eq!(get("copy"), Some(s("orig")));
-    assert_eq!(get("user.email"), Some(s("d648b243a3e817eaa3309e00e183483f2867baadf522099f0c2121770536b25a")), "SHA-256 of the UTF-8 value");
+    assert_eq!(
+        get("user.email"),
+        Some(s(
+            "d648b243a3e817eaa3309e00e183483f2867baadf522099f0c2121770536b25a"
+        )),
+        "SHA-256 of the UTF-8 value"
+    );
     assert_eq!(get("host"), Some(s("shop.example")));
     assert_eq!(get("path"), Some(s("cart/1")));
     assert_eq!(get("tmp.a"), None);
@@ -135,7 +172,10 @@ fn resource_actions_rewrite_each_resource_once() {
     let out = decode(&spans);
     assert_eq!(out.resource_spans.len(), 1);
     let res = out.resource_spans[0].resource.clone().unwrap();
-    assert_eq!(res.attributes, vec![kv("deployment.environment", s("staging"))]);
+    assert_eq!(
+        res.attributes,
+        vec![kv("deployment.environment", s("staging"))]
+    );
 }
 
 #[test]
@@ -162,16 +202,29 @@ fn filter_drops_health_checks_like_the_reference_agent() {
 
 #[test]
 fn filter_spanevent_conditions_drop_only_events() {
-    let cfg = serde_json::from_value(json!({"traces": {"spanevent": ["name == \"debug\""]}})).unwrap();
+    let cfg =
+        serde_json::from_value(json!({"traces": {"spanevent": ["name == \"debug\""]}})).unwrap();
     let p = FilterProcessor::new(&cfg);
     let mut sp = span(1, vec![]);
     sp.events = vec![
-        Event { name: "debug".into(), ..Default::default() },
-        Event { name: "exception".into(), ..Default::default() },
+        Event {
+            name: "debug".into(),
+            ..Default::default()
+        },
+        Event {
+            name: "exception".into(),
+            ..Default::default()
+        },
     ];
     let mut spans = scan(vec![sp]);
     let out = p.process(&mut spans);
-    assert_eq!(out, crate::Processed { spans_dropped: 0, events_dropped: 1 });
+    assert_eq!(
+        out,
+        crate::Processed {
+            spans_dropped: 0,
+            events_dropped: 1
+        }
+    );
     let events = Span::decode(spans[0].bytes.clone()).unwrap().events;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].name, "exception");
@@ -179,7 +232,8 @@ fn filter_spanevent_conditions_drop_only_events() {
 
 #[test]
 fn batcher_cuts_at_size_and_splits_at_max() {
-    let cfg = serde_json::from_value(json!({"send_batch_size": 3, "send_batch_max_size": 4})).unwrap();
+    let cfg =
+        serde_json::from_value(json!({"send_batch_size": 3, "send_batch_max_size": 4})).unwrap();
     let mut b = Batcher::new(&cfg);
     let spans = scan((1..=10).map(|n| span(n, vec![])).collect());
     assert!(b.push(spans[..2].to_vec()).is_empty());

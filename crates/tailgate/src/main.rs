@@ -1,1 +1,89 @@
-fn main() {}
+//! `tailgate`: the one binary. Subcommands are thin: they parse flags, load config and call
+//! into the library crates. Errors reach the user through `anyhow` with context.
+
+mod dev;
+mod gateway;
+mod loadgen;
+mod validate;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tailgate",
+    version,
+    about = "Tail-sampling gateway cluster for OpenTelemetry traces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway from a collector-style config.
+    Gateway(gateway::GatewayArgs),
+    /// Run the node-local agent (Kubernetes enrichment and ring-aware routing).
+    Agent {
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Run a ready-made local gateway; `--demo` drives it with synthetic traffic.
+    Dev(dev::DevArgs),
+    /// Check a config file; print the resolved pipelines or every error.
+    Validate {
+        #[arg(long)]
+        config: String,
+    },
+    /// Send synthetic traces over OTLP/gRPC and report what happened.
+    Loadgen(loadgen::LoadgenArgs),
+}
+
+/// Parses durations the way configs write them (`30s`, `500ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    tailgate_config::parse_go_duration(s)
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    };
+    let result = match cli.command {
+        Command::Validate { config } => return validate::run(&config),
+        Command::Gateway(args) => runtime().block_on(gateway::run(args)),
+        Command::Dev(args) => runtime().block_on(dev::run(args)),
+        Command::Loadgen(args) => {
+            init_logging("warn");
+            runtime().block_on(loadgen::run(args))
+        }
+        Command::Agent { .. } => {
+            eprintln!(
+                "tailgate agent: not available yet (Kubernetes enrichment and ring-aware routing are still being built)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tailgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -17,16 +17,29 @@ pub struct DebugExporter {
 
 impl DebugExporter {
     pub fn new(id: &ComponentId, cfg: &DebugExporterConfig) -> Self {
-        DebugExporter { name: id.to_string(), verbosity: cfg.verbosity }
+        DebugExporter {
+            name: id.to_string(),
+            verbosity: cfg.verbosity,
+        }
     }
 }
 
 impl Exporter for DebugExporter {
-    fn export<'a>(&'a self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
+    fn export<'a>(
+        &'a self,
+        batch: &'a ExportBatch,
+    ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
         Box::pin(async move {
-            let scanned = scan_export_request(&batch.request).map_err(|e| ExportError::Permanent { message: e.to_string() })?;
+            let scanned =
+                scan_export_request(&batch.request).map_err(|e| ExportError::Permanent {
+                    message: e.to_string(),
+                })?;
             let traces: BTreeSet<_> = scanned.spans.iter().map(|s| s.meta.trace_id).collect();
-            let errors = scanned.spans.iter().filter(|s| s.meta.status_code == tailgate_otlp::StatusCode::ERROR).count();
+            let errors = scanned
+                .spans
+                .iter()
+                .filter(|s| s.meta.status_code == tailgate_otlp::StatusCode::ERROR)
+                .count();
             tracing::info!(
                 exporter = %self.name,
                 "{} spans, {} traces, {} error spans, {} bytes",
@@ -43,7 +56,8 @@ impl Exporter for DebugExporter {
                     }
                 }
                 Verbosity::Detailed => {
-                    let json = tailgate_otlp::json::request_to_json(&batch.request).unwrap_or_default();
+                    let json =
+                        tailgate_otlp::json::request_to_json(&batch.request).unwrap_or_default();
                     tracing::info!(exporter = %self.name, "{json}");
                 }
             }

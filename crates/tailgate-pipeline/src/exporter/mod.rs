@@ -46,7 +46,10 @@ pub struct ExportBatch {
 
 impl ExportBatch {
     pub fn from_spans(spans: &[EncodedSpan]) -> ExportBatch {
-        ExportBatch { request: encode_export_request(spans), spans: spans.len() as u64 }
+        ExportBatch {
+            request: encode_export_request(spans),
+            spans: spans.len() as u64,
+        }
     }
 }
 
@@ -55,7 +58,10 @@ impl ExportBatch {
 pub enum ExportError {
     /// Worth retrying; `retry_after` is the server's throttle hint.
     #[error("retryable: {message}")]
-    Retryable { message: String, retry_after: Option<Duration> },
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Retrying the same data will fail again.
     #[error("permanent: {message}")]
     Permanent { message: String },
@@ -70,7 +76,10 @@ pub struct ExportOutcome {
 
 /// Sends one batch somewhere. Implementations do one attempt; retries live outside.
 pub trait Exporter: Send + Sync {
-    fn export<'a>(&'a self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<ExportOutcome, ExportError>>;
+    fn export<'a>(
+        &'a self,
+        batch: &'a ExportBatch,
+    ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>>;
 }
 
 /// Builds the exporter a config describes.
@@ -90,8 +99,14 @@ pub fn queue_and_retry(cfg: &ExporterConfig) -> (QueueConfig, RetryConfig) {
         ExporterConfig::Otlp(c) => (c.sending_queue.clone(), c.retry_on_failure.clone()),
         ExporterConfig::OtlpHttp(c) => (c.sending_queue.clone(), c.retry_on_failure.clone()),
         ExporterConfig::File(_) | ExporterConfig::Debug(_) => (
-            QueueConfig { enabled: false, ..QueueConfig::default() },
-            RetryConfig { enabled: false, ..RetryConfig::default() },
+            QueueConfig {
+                enabled: false,
+                ..QueueConfig::default()
+            },
+            RetryConfig {
+                enabled: false,
+                ..RetryConfig::default()
+            },
         ),
     }
 }
@@ -110,7 +125,13 @@ pub struct ManagedExporter {
 
 impl ManagedExporter {
     /// `seed` drives retry jitter, so runs are reproducible.
-    pub fn start(name: String, exporter: Arc<dyn Exporter>, queue: &QueueConfig, retry: RetryConfig, seed: u64) -> Arc<Self> {
+    pub fn start(
+        name: String,
+        exporter: Arc<dyn Exporter>,
+        queue: &QueueConfig,
+        retry: RetryConfig,
+        seed: u64,
+    ) -> Arc<Self> {
         let deadline = Arc::new(std::sync::Mutex::new(None));
         let me = Arc::new(ManagedExporter {
             name: name.clone(),
@@ -123,7 +144,8 @@ impl ManagedExporter {
         });
         if queue.enabled {
             let (tx, rx) = mpsc::channel::<ExportBatch>(queue.queue_size);
-            gauge!(EXPORTER_QUEUE_CAPACITY, "exporter" => name.clone()).set(queue.queue_size as f64);
+            gauge!(EXPORTER_QUEUE_CAPACITY, "exporter" => name.clone())
+                .set(queue.queue_size as f64);
             gauge!(EXPORTER_QUEUE_SIZE, "exporter" => name.clone()).set(0.0);
             let rx = Arc::new(Mutex::new(rx));
             let mut workers = Vec::with_capacity(queue.num_consumers);
@@ -131,7 +153,8 @@ impl ManagedExporter {
                 let me2 = Arc::clone(&me);
                 let rx = Arc::clone(&rx);
                 workers.push(tokio::spawn(async move {
-                    let mut backoff = Backoff::new(&me2.retry, me2.seed.wrapping_add(worker as u64));
+                    let mut backoff =
+                        Backoff::new(&me2.retry, me2.seed.wrapping_add(worker as u64));
                     loop {
                         let next = { rx.lock().await.recv().await };
                         let Some(batch) = next else { break };
@@ -142,7 +165,10 @@ impl ManagedExporter {
                 }));
             }
             *me.queue.lock().expect("queue lock") = Some(tx);
-            me.workers.try_lock().expect("nobody else holds a fresh exporter's lock").extend(workers);
+            me.workers
+                .try_lock()
+                .expect("nobody else holds a fresh exporter's lock")
+                .extend(workers);
         }
         me
     }
@@ -172,21 +198,28 @@ impl ManagedExporter {
     }
 
     /// One batch through retries to a final outcome, counted either way.
-    async fn send_with_retry(&self, batch: &ExportBatch, backoff: &mut Backoff) -> Result<(), ExportError> {
+    async fn send_with_retry(
+        &self,
+        batch: &ExportBatch,
+        backoff: &mut Backoff,
+    ) -> Result<(), ExportError> {
         backoff.reset();
         let started = Instant::now();
         loop {
             let attempt = match self.deadline() {
                 Some(d) => match tokio::time::timeout_at(d, self.exporter.export(batch)).await {
                     Ok(r) => r,
-                    Err(_) => Err(ExportError::Permanent { message: "shutdown deadline passed".into() }),
+                    Err(_) => Err(ExportError::Permanent {
+                        message: "shutdown deadline passed".into(),
+                    }),
                 },
                 None => self.exporter.export(batch).await,
             };
             match attempt {
                 Ok(outcome) => {
                     let accepted = batch.spans.saturating_sub(outcome.rejected_spans);
-                    counter!(EXPORTER_SENT_SPANS, "exporter" => self.name.clone()).increment(accepted);
+                    counter!(EXPORTER_SENT_SPANS, "exporter" => self.name.clone())
+                        .increment(accepted);
                     if outcome.rejected_spans > 0 {
                         tracing::warn!(exporter = %self.name, rejected = outcome.rejected_spans, message = %outcome.message, "backend rejected spans (partial success)");
                         counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => "partial_success")
@@ -195,26 +228,42 @@ impl ManagedExporter {
                     return Ok(());
                 }
                 Err(ExportError::Permanent { message }) => {
-                    let reason = if self.deadline().is_some_and(|d| Instant::now() >= d) { "shutdown" } else { "permanent" };
+                    let reason = if self.deadline().is_some_and(|d| Instant::now() >= d) {
+                        "shutdown"
+                    } else {
+                        "permanent"
+                    };
                     tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed permanently; dropping batch");
                     counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => reason).increment(batch.spans);
                     return Err(ExportError::Permanent { message });
                 }
-                Err(ExportError::Retryable { message, retry_after }) => {
+                Err(ExportError::Retryable {
+                    message,
+                    retry_after,
+                }) => {
                     let wait = backoff.next_wait(started.elapsed(), retry_after);
-                    let past_deadline = |w: Duration| self.deadline().is_some_and(|d| Instant::now() + w >= d);
+                    let past_deadline =
+                        |w: Duration| self.deadline().is_some_and(|d| Instant::now() + w >= d);
                     match wait {
                         Some(w) if !past_deadline(w) => {
                             tracing::warn!(exporter = %self.name, %message, retry_in = ?w, "export failed, will retry");
-                            counter!(EXPORTER_RETRIES, "exporter" => self.name.clone()).increment(1);
+                            counter!(EXPORTER_RETRIES, "exporter" => self.name.clone())
+                                .increment(1);
                             tokio::time::sleep(w).await;
                         }
                         _ => {
-                            let reason = if self.deadline().is_some() { "shutdown" } else { "retries_exhausted" };
+                            let reason = if self.deadline().is_some() {
+                                "shutdown"
+                            } else {
+                                "retries_exhausted"
+                            };
                             tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed, no retries left; dropping batch");
                             counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => reason)
                                 .increment(batch.spans);
-                            return Err(ExportError::Retryable { message, retry_after });
+                            return Err(ExportError::Retryable {
+                                message,
+                                retry_after,
+                            });
                         }
                     }
                 }
@@ -241,7 +290,10 @@ pub struct FanOut {
 
 impl FanOut {
     pub fn new(exporters: Vec<Arc<ManagedExporter>>, seed: u64) -> Self {
-        assert!(!exporters.is_empty(), "validated pipelines have at least one exporter");
+        assert!(
+            !exporters.is_empty(),
+            "validated pipelines have at least one exporter"
+        );
         FanOut { exporters, seed }
     }
 
@@ -263,17 +315,22 @@ impl Consumer for FanOut {
                 if !e.is_queued() {
                     continue;
                 }
-                let Some(tx) = e.queue_sender() else { return Err(ConsumeError::ShuttingDown) };
+                let Some(tx) = e.queue_sender() else {
+                    return Err(ConsumeError::ShuttingDown);
+                };
                 match tx.try_reserve_owned() {
                     Ok(p) => permits.push((Arc::clone(e), p)),
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        counter!(EXPORTER_ENQUEUE_FAILED_SPANS, "exporter" => e.name.clone()).increment(batch.spans);
+                        counter!(EXPORTER_ENQUEUE_FAILED_SPANS, "exporter" => e.name.clone())
+                            .increment(batch.spans);
                         return Err(ConsumeError::Refused {
                             reason: RefuseReason::ExporterQueueFull,
                             retry_after: Duration::from_secs(1),
                         });
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(ConsumeError::ShuttingDown),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(ConsumeError::ShuttingDown);
+                    }
                 }
             }
             for (e, permit) in permits {

@@ -20,7 +20,10 @@ use crate::rpc;
 
 pub struct OtlpGrpcExporter {
     channel: Channel,
-    headers: Vec<(MetadataKey<tonic::metadata::Ascii>, MetadataValue<tonic::metadata::Ascii>)>,
+    headers: Vec<(
+        MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
     gzip: bool,
 }
 
@@ -50,41 +53,63 @@ impl OtlpGrpcExporter {
         if uri.starts_with("https://") {
             let mut tls = tonic::transport::ClientTlsConfig::new();
             match &cfg.tls.ca_file {
-                Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?)),
+                Some(ca) => {
+                    tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?))
+                }
                 None => tls = tls.with_native_roots(),
             }
             if let (Some(cert), Some(key)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
-                tls = tls.identity(Identity::from_pem(read_pem(cert, "certificate")?, read_pem(key, "key")?));
+                tls = tls.identity(Identity::from_pem(
+                    read_pem(cert, "certificate")?,
+                    read_pem(key, "key")?,
+                ));
             }
-            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("exporters.{id}.tls: {e}"))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("exporters.{id}.tls: {e}"))?;
         }
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
-            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|e| anyhow::anyhow!("exporters.{id}.headers: invalid header name `{k}`: {e}"))?;
-            let value = MetadataValue::try_from(v.as_str())
-                .map_err(|e| anyhow::anyhow!("exporters.{id}.headers.{k}: invalid header value: {e}"))?;
+            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|e| {
+                anyhow::anyhow!("exporters.{id}.headers: invalid header name `{k}`: {e}")
+            })?;
+            let value = MetadataValue::try_from(v.as_str()).map_err(|e| {
+                anyhow::anyhow!("exporters.{id}.headers.{k}: invalid header value: {e}")
+            })?;
             headers.push((key, value));
         }
-        Ok(OtlpGrpcExporter { channel: endpoint.connect_lazy(), headers, gzip: cfg.compression == Compression::Gzip })
+        Ok(OtlpGrpcExporter {
+            channel: endpoint.connect_lazy(),
+            headers,
+            gzip: cfg.compression == Compression::Gzip,
+        })
     }
 }
 
 impl Exporter for OtlpGrpcExporter {
-    fn export<'a>(&'a self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
+    fn export<'a>(
+        &'a self,
+        batch: &'a ExportBatch,
+    ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
         Box::pin(async move {
             let mut grpc = tonic::client::Grpc::new(self.channel.clone());
             if self.gzip {
                 grpc = grpc.send_compressed(CompressionEncoding::Gzip);
             }
             grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
-            grpc.ready().await.map_err(|e| ExportError::Retryable { message: format!("not connected: {e}"), retry_after: None })?;
+            grpc.ready().await.map_err(|e| ExportError::Retryable {
+                message: format!("not connected: {e}"),
+                retry_after: None,
+            })?;
             let mut req = tonic::Request::new(batch.request.clone());
             for (k, v) in &self.headers {
                 req.metadata_mut().insert(k.clone(), v.clone());
             }
             let path = PathAndQuery::from_static(TRACE_EXPORT_PATH);
-            match grpc.unary::<Bytes, Bytes, _>(req, path, RawCodec::default()).await {
+            match grpc
+                .unary::<Bytes, Bytes, _>(req, path, RawCodec::default())
+                .await
+            {
                 Ok(resp) => Ok(partial_success(resp.get_ref())),
                 Err(status) => Err(classify(&status)),
             }
@@ -95,7 +120,10 @@ impl Exporter for OtlpGrpcExporter {
 fn partial_success(body: &[u8]) -> ExportOutcome {
     match ExportTraceServiceResponse::decode(body) {
         Ok(r) => match r.partial_success {
-            Some(p) => ExportOutcome { rejected_spans: p.rejected_spans.max(0) as u64, message: p.error_message },
+            Some(p) => ExportOutcome {
+                rejected_spans: p.rejected_spans.max(0) as u64,
+                message: p.error_message,
+            },
             None => ExportOutcome::default(),
         },
         Err(_) => ExportOutcome::default(),
@@ -107,14 +135,29 @@ fn classify(status: &Status) -> ExportError {
     let retry_after = retry_info_delay(status);
     let message = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss => {
-            ExportError::Retryable { message, retry_after }
-        }
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => ExportError::Retryable {
+            message,
+            retry_after,
+        },
         // A call cut by a crashed peer comes back as Unknown: treat it as transient.
-        Code::Unknown if status.message().contains("transport") || status.message().contains("connection") => {
-            ExportError::Retryable { message, retry_after }
+        Code::Unknown
+            if status.message().contains("transport")
+                || status.message().contains("connection") =>
+        {
+            ExportError::Retryable {
+                message,
+                retry_after,
+            }
         }
-        Code::ResourceExhausted if retry_after.is_some() => ExportError::Retryable { message, retry_after },
+        Code::ResourceExhausted if retry_after.is_some() => ExportError::Retryable {
+            message,
+            retry_after,
+        },
         _ => ExportError::Permanent { message },
     }
 }
@@ -126,5 +169,9 @@ pub fn retry_info_delay(status: &Status) -> Option<Duration> {
 
 /// A status with a RetryInfo detail, as receivers refuse retryably.
 pub fn grpc_status_with_retry_info(code: Code, message: &str, delay: Duration) -> Status {
-    Status::with_details(code, message.to_string(), Bytes::from(rpc::status_with_retry_info(code as i32, message, delay)))
+    Status::with_details(
+        code,
+        message.to_string(),
+        Bytes::from(rpc::status_with_retry_info(code as i32, message, delay)),
+    )
 }

@@ -32,10 +32,12 @@ impl OtlpHttpExporter {
         };
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| anyhow::anyhow!("exporters.{id}.headers: invalid header name `{k}`: {e}"))?;
-            let value = reqwest::header::HeaderValue::from_str(v)
-                .map_err(|e| anyhow::anyhow!("exporters.{id}.headers.{k}: invalid header value: {e}"))?;
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| {
+                anyhow::anyhow!("exporters.{id}.headers: invalid header name `{k}`: {e}")
+            })?;
+            let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| {
+                anyhow::anyhow!("exporters.{id}.headers.{k}: invalid header value: {e}")
+            })?;
             headers.insert(name, value);
         }
         let mut builder = reqwest::Client::builder()
@@ -50,10 +52,13 @@ impl OtlpHttpExporter {
         if let (Some(cert), Some(key)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
             let mut pem = read_pem(cert, "certificate")?;
             pem.extend_from_slice(&read_pem(key, "key")?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| anyhow::anyhow!("exporters.{id}.tls: {e}"))?;
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("exporters.{id}.tls: {e}"))?;
             builder = builder.identity(identity);
         }
-        let client = builder.build().map_err(|e| anyhow::anyhow!("exporters.{id}: cannot build HTTP client: {e}"))?;
+        let client = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("exporters.{id}: cannot build HTTP client: {e}"))?;
         Ok(OtlpHttpExporter {
             client,
             url,
@@ -69,44 +74,70 @@ fn is_retryable(status: u16) -> bool {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 impl Exporter for OtlpHttpExporter {
-    fn export<'a>(&'a self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
+    fn export<'a>(
+        &'a self,
+        batch: &'a ExportBatch,
+    ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
         Box::pin(async move {
             let (body, content_type) = if self.json {
-                let json = tailgate_otlp::json::request_to_json(&batch.request)
-                    .map_err(|e| ExportError::Permanent { message: e.to_string() })?;
+                let json = tailgate_otlp::json::request_to_json(&batch.request).map_err(|e| {
+                    ExportError::Permanent {
+                        message: e.to_string(),
+                    }
+                })?;
                 (Bytes::from(json), "application/json")
             } else {
                 (batch.request.clone(), "application/x-protobuf")
             };
-            let mut req = self.client.post(&self.url).header(reqwest::header::CONTENT_TYPE, content_type);
+            let mut req = self
+                .client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, content_type);
             let body = if self.gzip {
                 let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzLevel::fast());
-                enc.write_all(&body).and_then(|_| enc.finish()).map(Bytes::from).map_err(|e| ExportError::Permanent {
-                    message: format!("gzip: {e}"),
-                })?
+                enc.write_all(&body)
+                    .and_then(|_| enc.finish())
+                    .map(Bytes::from)
+                    .map_err(|e| ExportError::Permanent {
+                        message: format!("gzip: {e}"),
+                    })?
             } else {
                 body
             };
             if self.gzip {
                 req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
             }
-            let resp = req.body(body).send().await.map_err(|e| ExportError::Retryable {
-                message: format!("POST {}: {e}", self.url),
-                retry_after: None,
-            })?;
+            let resp = req
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| ExportError::Retryable {
+                    message: format!("POST {}: {e}", self.url),
+                    retry_after: None,
+                })?;
             let status = resp.status().as_u16();
             if (200..300).contains(&status) {
                 let bytes = resp.bytes().await.unwrap_or_default();
                 let outcome = if self.json {
                     ExportOutcome::default()
                 } else {
-                    match ExportTraceServiceResponse::decode(bytes).ok().and_then(|r| r.partial_success) {
-                        Some(p) => ExportOutcome { rejected_spans: p.rejected_spans.max(0) as u64, message: p.error_message },
+                    match ExportTraceServiceResponse::decode(bytes)
+                        .ok()
+                        .and_then(|r| r.partial_success)
+                    {
+                        Some(p) => ExportOutcome {
+                            rejected_spans: p.rejected_spans.max(0) as u64,
+                            message: p.error_message,
+                        },
                         None => ExportOutcome::default(),
                     }
                 };
@@ -114,9 +145,16 @@ impl Exporter for OtlpHttpExporter {
             }
             let throttle = retry_after(&resp);
             let text = resp.text().await.unwrap_or_default();
-            let message = format!("POST {}: HTTP {status}: {}", self.url, text.chars().take(200).collect::<String>());
+            let message = format!(
+                "POST {}: HTTP {status}: {}",
+                self.url,
+                text.chars().take(200).collect::<String>()
+            );
             if is_retryable(status) {
-                Err(ExportError::Retryable { message, retry_after: throttle })
+                Err(ExportError::Retryable {
+                    message,
+                    retry_after: throttle,
+                })
             } else {
                 Err(ExportError::Permanent { message })
             }

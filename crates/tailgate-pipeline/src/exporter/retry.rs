@@ -47,12 +47,17 @@ impl Backoff {
         }
         let base = self.current.as_secs_f64();
         let delta = self.randomization * base;
-        let jittered = if delta > 0.0 { self.rng.random_range((base - delta)..=(base + delta)) } else { base };
+        let jittered = if delta > 0.0 {
+            self.rng.random_range((base - delta)..=(base + delta))
+        } else {
+            base
+        };
         let mut wait = Duration::from_secs_f64(jittered.max(0.0));
         if let Some(t) = throttle {
             wait = wait.max(t);
         }
-        self.current = Duration::from_secs_f64((base * self.multiplier).min(self.max.as_secs_f64()));
+        self.current =
+            Duration::from_secs_f64((base * self.multiplier).min(self.max.as_secs_f64()));
         if !self.max_elapsed.is_zero() && elapsed + wait > self.max_elapsed {
             return None;
         }
@@ -82,7 +87,10 @@ mod tests {
         let bases = [1.0, 2.0, 4.0, 4.0, 4.0];
         for base in bases {
             let w = b.next_wait(Duration::ZERO, None).unwrap().as_secs_f64();
-            assert!(w >= base * 0.5 - 1e-9 && w <= base * 1.5 + 1e-9, "{w} outside jitter of {base}");
+            assert!(
+                w >= base * 0.5 - 1e-9 && w <= base * 1.5 + 1e-9,
+                "{w} outside jitter of {base}"
+            );
         }
     }
 
@@ -90,7 +98,9 @@ mod tests {
     fn same_seed_same_waits() {
         let waits = |seed| {
             let mut b = Backoff::new(&cfg(), seed);
-            (0..5).map(|_| b.next_wait(Duration::ZERO, None)).collect::<Vec<_>>()
+            (0..5)
+                .map(|_| b.next_wait(Duration::ZERO, None))
+                .collect::<Vec<_>>()
         };
         assert_eq!(waits(3), waits(3));
         assert_ne!(waits(3), waits(4));
@@ -101,7 +111,10 @@ mod tests {
         let mut b = Backoff::new(&cfg(), 1);
         assert_eq!(b.next_wait(Duration::from_secs(19), None), None);
         let mut b = Backoff::new(&cfg(), 1);
-        assert_eq!(b.next_wait(Duration::ZERO, Some(Duration::from_secs(9))), Some(Duration::from_secs(9)));
+        assert_eq!(
+            b.next_wait(Duration::ZERO, Some(Duration::from_secs(9))),
+            Some(Duration::from_secs(9))
+        );
         let mut off = cfg();
         off.enabled = false;
         assert_eq!(Backoff::new(&off, 1).next_wait(Duration::ZERO, None), None);

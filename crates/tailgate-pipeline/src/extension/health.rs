@@ -19,7 +19,11 @@ pub struct Health {
 
 impl Health {
     pub fn new(exporters: Vec<Arc<ManagedExporter>>) -> Arc<Self> {
-        Arc::new(Health { receivers_listening: AtomicBool::new(false), exporters, started: Instant::now() })
+        Arc::new(Health {
+            receivers_listening: AtomicBool::new(false),
+            exporters,
+            started: Instant::now(),
+        })
     }
 
     /// Why the service is not ready, or `None` when it is.
@@ -27,7 +31,12 @@ impl Health {
         if !self.receivers_listening.load(Ordering::Acquire) {
             return Some("receivers are not listening".into());
         }
-        let full: Vec<&str> = self.exporters.iter().filter(|e| !e.has_capacity()).map(|e| e.name()).collect();
+        let full: Vec<&str> = self
+            .exporters
+            .iter()
+            .filter(|e| !e.has_capacity())
+            .map(|e| e.name())
+            .collect();
         if !full.is_empty() {
             return Some(format!("exporter queue full: {}", full.join(", ")));
         }
@@ -46,7 +55,10 @@ impl Health {
             Some(p) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [("content-type", "application/json")],
-                format!("{{\"status\":\"Server not available\",\"reason\":{}}}", serde_json::Value::String(p)),
+                format!(
+                    "{{\"status\":\"Server not available\",\"reason\":{}}}",
+                    serde_json::Value::String(p)
+                ),
             )
                 .into_response(),
         }

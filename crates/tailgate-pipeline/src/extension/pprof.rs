@@ -110,9 +110,13 @@ impl Strings {
 
 /// Samples this process for `seconds` and returns the gzipped pprof profile.
 fn profile(seconds: u64) -> Result<Vec<u8>, String> {
-    let guard = pprof::ProfilerGuard::new(PROFILE_HZ).map_err(|e| format!("cannot start profiler: {e}"))?;
+    let guard =
+        pprof::ProfilerGuard::new(PROFILE_HZ).map_err(|e| format!("cannot start profiler: {e}"))?;
     std::thread::sleep(Duration::from_secs(seconds));
-    let report = guard.report().build().map_err(|e| format!("cannot build report: {e}"))?;
+    let report = guard
+        .report()
+        .build()
+        .map_err(|e| format!("cannot build report: {e}"))?;
     let period = 1_000_000_000 / i64::from(PROFILE_HZ);
     let mut strings = Strings::new();
     let mut functions: HashMap<(String, String), u64> = HashMap::new();
@@ -126,42 +130,76 @@ fn profile(seconds: u64) -> Result<Vec<u8>, String> {
             for symbol in frame {
                 let name = symbol.name();
                 let file = symbol.filename().to_string();
-                let fid = *functions.entry((name.clone(), file.clone())).or_insert_with(|| {
-                    let id = function_list.len() as u64 + 1;
-                    let n = strings.get(&name);
-                    function_list.push(Function { id, name: n, system_name: n, filename: strings.get(&file) });
-                    id
-                });
+                let fid = *functions
+                    .entry((name.clone(), file.clone()))
+                    .or_insert_with(|| {
+                        let id = function_list.len() as u64 + 1;
+                        let n = strings.get(&name);
+                        function_list.push(Function {
+                            id,
+                            name: n,
+                            system_name: n,
+                            filename: strings.get(&file),
+                        });
+                        id
+                    });
                 let line = i64::from(symbol.lineno());
                 let lid = *locations.entry((fid, line)).or_insert_with(|| {
                     let id = location_list.len() as u64 + 1;
-                    location_list.push(Location { id, line: vec![Line { function_id: fid, line }] });
+                    location_list.push(Location {
+                        id,
+                        line: vec![Line {
+                            function_id: fid,
+                            line,
+                        }],
+                    });
                     id
                 });
                 ids.push(lid);
             }
         }
         let count = *count as i64;
-        samples.push(Sample { location_id: ids, value: vec![count, count * period] });
+        samples.push(Sample {
+            location_id: ids,
+            value: vec![count, count * period],
+        });
     }
     let samples_type = strings.get("samples");
     let count_unit = strings.get("count");
     let cpu_type = strings.get("cpu");
     let ns_unit = strings.get("nanoseconds");
-    let start = report.timing.start_time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let start = report
+        .timing
+        .start_time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let p = Profile {
-        sample_type: vec![ValueType { r#type: samples_type, unit: count_unit }, ValueType { r#type: cpu_type, unit: ns_unit }],
+        sample_type: vec![
+            ValueType {
+                r#type: samples_type,
+                unit: count_unit,
+            },
+            ValueType {
+                r#type: cpu_type,
+                unit: ns_unit,
+            },
+        ],
         sample: samples,
         location: location_list,
         function: function_list,
         string_table: strings.table,
         time_nanos: start.as_nanos() as i64,
         duration_nanos: report.timing.duration.as_nanos() as i64,
-        period_type: Some(ValueType { r#type: cpu_type, unit: ns_unit }),
+        period_type: Some(ValueType {
+            r#type: cpu_type,
+            unit: ns_unit,
+        }),
         period,
     };
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&p.encode_to_vec()).and_then(|_| gz.finish()).map_err(|e| format!("gzip: {e}"))
+    gz.write_all(&p.encode_to_vec())
+        .and_then(|_| gz.finish())
+        .map_err(|e| format!("gzip: {e}"))
 }
 
 /// `GET /debug/pprof/profile?seconds=N`
@@ -170,7 +208,10 @@ pub async fn profile_handler(Query(q): Query<HashMap<String, String>>) -> Respon
         None => PROFILE_SECONDS_DEFAULT,
         Some(Ok(s)) if (1..=PROFILE_SECONDS_MAX).contains(&s) => s,
         Some(_) => {
-            return (StatusCode::BAD_REQUEST, format!("seconds must be an integer from 1 to {PROFILE_SECONDS_MAX}\n"))
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("seconds must be an integer from 1 to {PROFILE_SECONDS_MAX}\n"),
+            )
                 .into_response();
         }
     };
@@ -179,13 +220,20 @@ pub async fn profile_handler(Query(q): Query<HashMap<String, String>>) -> Respon
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"profile\""),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"profile\"",
+                ),
             ],
             body,
         )
             .into_response(),
         // pprof-rs allows one profiler per process: a concurrent request lands here.
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("profiler task failed: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("profiler task failed: {e}\n"),
+        )
+            .into_response(),
     }
 }

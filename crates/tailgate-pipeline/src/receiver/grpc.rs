@@ -27,7 +27,10 @@ pub struct OtlpGrpcService {
 
 impl OtlpGrpcService {
     pub fn new(ingest: Arc<Ingest>, max_recv_msg_size_mib: u64) -> Self {
-        OtlpGrpcService { ingest, max_bytes: (max_recv_msg_size_mib as usize) * 1024 * 1024 }
+        OtlpGrpcService {
+            ingest,
+            max_bytes: (max_recv_msg_size_mib as usize) * 1024 * 1024,
+        }
     }
 }
 
@@ -56,7 +59,10 @@ impl UnaryService<Bytes> for Export {
 pub(crate) fn to_status(e: IngestError) -> Status {
     match e {
         IngestError::Malformed(m) | IngestError::TooLarge(m) => Status::invalid_argument(m),
-        IngestError::Refused { message, retry_after } => grpc_status_with_retry_info(Code::ResourceExhausted, &message, retry_after),
+        IngestError::Refused {
+            message,
+            retry_after,
+        } => grpc_status_with_retry_info(Code::ResourceExhausted, &message, retry_after),
         IngestError::Unavailable(m) => Status::unavailable(m),
         IngestError::Failed(m) => Status::internal(format!("accepted but not delivered: {m}")),
     }
@@ -80,13 +86,18 @@ where
         let max = self.max_bytes;
         Box::pin(async move {
             if req.uri().path() != TRACE_EXPORT_PATH {
-                return Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
+                return Ok(
+                    Status::unimplemented(format!("unknown method {}", req.uri().path()))
+                        .into_http(),
+                );
             }
             let mut encodings = EnabledCompressionEncodings::default();
             encodings.enable(CompressionEncoding::Gzip);
-            let mut grpc = tonic::server::Grpc::new(RawCodec { max_decode_bytes: Some(max) })
-                .apply_compression_config(encodings, encodings)
-                .apply_max_message_size_config(Some(max * TRANSPORT_LIMIT_FACTOR), None);
+            let mut grpc = tonic::server::Grpc::new(RawCodec {
+                max_decode_bytes: Some(max),
+            })
+            .apply_compression_config(encodings, encodings)
+            .apply_max_message_size_config(Some(max * TRANSPORT_LIMIT_FACTOR), None);
             Ok(grpc.unary(Export(ingest), req).await)
         })
     }

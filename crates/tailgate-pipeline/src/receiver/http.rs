@@ -38,7 +38,10 @@ pub fn router(ingest: Arc<Ingest>, cfg: &HttpServerConfig) -> Router {
 }
 
 async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let encoding = match content_type.split(';').next().unwrap_or("").trim() {
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
@@ -46,30 +49,46 @@ async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) ->
             return error(
                 Encoding::Json,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("unsupported content type `{other}`; use application/x-protobuf or application/json"),
+                &format!(
+                    "unsupported content type `{other}`; use application/x-protobuf or application/json"
+                ),
             );
         }
     };
-    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
     let raw = match content_encoding {
         "gzip" => {
             let mut out = Vec::with_capacity(body.len() * 4);
             let mut reader = GzDecoder::new(&body[..]).take(st.max_bytes as u64 + 1);
             if let Err(e) = reader.read_to_end(&mut out) {
-                return error(encoding, StatusCode::BAD_REQUEST, &format!("invalid gzip body: {e}"));
+                return error(
+                    encoding,
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid gzip body: {e}"),
+                );
             }
             if out.len() > st.max_bytes {
                 return error(
                     encoding,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("decompressed body exceeds max_request_body_size ({} bytes)", st.max_bytes),
+                    &format!(
+                        "decompressed body exceeds max_request_body_size ({} bytes)",
+                        st.max_bytes
+                    ),
                 );
             }
             Bytes::from(out)
         }
         "identity" | "" => body,
         other => {
-            return error(encoding, StatusCode::UNSUPPORTED_MEDIA_TYPE, &format!("unsupported content encoding `{other}`; use gzip"));
+            return error(
+                encoding,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("unsupported content encoding `{other}`; use gzip"),
+            );
         }
     };
     let protobuf = match encoding {
@@ -83,25 +102,44 @@ async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) ->
         Ok(accepted) => success(encoding, &accepted),
         Err(IngestError::Malformed(m)) => error(encoding, StatusCode::BAD_REQUEST, &m),
         Err(IngestError::TooLarge(m)) => error(encoding, StatusCode::PAYLOAD_TOO_LARGE, &m),
-        Err(IngestError::Refused { message, retry_after }) => {
+        Err(IngestError::Refused {
+            message,
+            retry_after,
+        }) => {
             let mut resp = error(encoding, StatusCode::SERVICE_UNAVAILABLE, &message);
             let secs = retry_after.as_secs().max(1).to_string();
-            resp.headers_mut().insert(header::RETRY_AFTER, secs.parse().expect("digits are a valid header"));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                secs.parse().expect("digits are a valid header"),
+            );
             resp
         }
         Err(IngestError::Unavailable(m)) => error(encoding, StatusCode::SERVICE_UNAVAILABLE, &m),
-        Err(IngestError::Failed(m)) => error(encoding, StatusCode::INTERNAL_SERVER_ERROR, &format!("accepted but not delivered: {m}")),
+        Err(IngestError::Failed(m)) => error(
+            encoding,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("accepted but not delivered: {m}"),
+        ),
     }
 }
 
 fn success(encoding: Encoding, accepted: &Accepted) -> Response {
     match encoding {
-        Encoding::Protobuf => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], accepted.encode().to_vec()).into_response()
-        }
+        Encoding::Protobuf => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            accepted.encode().to_vec(),
+        )
+            .into_response(),
         Encoding::Json => {
-            let json = serde_json::to_string(&accepted.to_response()).unwrap_or_else(|_| "{}".into());
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+            let json =
+                serde_json::to_string(&accepted.to_response()).unwrap_or_else(|_| "{}".into());
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                json,
+            )
+                .into_response()
         }
     }
 }
@@ -109,14 +147,26 @@ fn success(encoding: Encoding, accepted: &Accepted) -> Response {
 /// OTLP/HTTP error bodies are a `google.rpc.Status` in the request's encoding.
 fn error(encoding: Encoding, status: StatusCode, message: &str) -> Response {
     let code = match status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => 3, // INVALID_ARGUMENT
-        StatusCode::SERVICE_UNAVAILABLE => 14,                                                          // UNAVAILABLE
-        _ => 13,                                                                                        // INTERNAL
+        StatusCode::BAD_REQUEST
+        | StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE => 3, // INVALID_ARGUMENT
+        StatusCode::SERVICE_UNAVAILABLE => 14, // UNAVAILABLE
+        _ => 13,                               // INTERNAL
     };
     match encoding {
         Encoding::Protobuf => {
-            let body = RpcStatus { code, message: message.to_string(), details: vec![] }.encode_to_vec();
-            (status, [(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
+            let body = RpcStatus {
+                code,
+                message: message.to_string(),
+                details: vec![],
+            }
+            .encode_to_vec();
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                body,
+            )
+                .into_response()
         }
         Encoding::Json => {
             let body = serde_json::json!({ "code": code, "message": message }).to_string();

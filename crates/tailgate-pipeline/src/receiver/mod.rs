@@ -22,7 +22,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics::counter;
 use prost::Message;
-use tailgate_otlp::proto::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use tailgate_otlp::proto::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
 use tailgate_otlp::scan_export_request;
 
 use crate::consumer::{ConsumeError, Consumer};
@@ -36,7 +38,10 @@ pub enum IngestError {
     /// Larger than the configured limit.
     TooLarge(String),
     /// Out of capacity: retry after the delay.
-    Refused { message: String, retry_after: Duration },
+    Refused {
+        message: String,
+        retry_after: Duration,
+    },
     /// Shutting down: retry elsewhere or later.
     Unavailable(String),
     /// Delivery failed permanently (inline exporter); already counted as failed.
@@ -73,12 +78,27 @@ pub struct Ingest {
 
 impl Ingest {
     /// Takes one protobuf-encoded request body.
-    pub async fn accept(&self, body: &Bytes, transport: &'static str) -> Result<Accepted, IngestError> {
-        let labels = [("receiver", self.receiver.clone()), ("transport", transport.to_string())];
+    pub async fn accept(
+        &self,
+        body: &Bytes,
+        transport: &'static str,
+    ) -> Result<Accepted, IngestError> {
+        let labels = [
+            ("receiver", self.receiver.clone()),
+            ("transport", transport.to_string()),
+        ];
         let scanned = match scan_export_request(body) {
             Ok(s) => s,
             Err(e) => {
-                counter!(RECEIVER_BAD_REQUESTS, &[("receiver", self.receiver.clone()), ("transport", transport.to_string()), ("reason", "malformed".to_string())]).increment(1);
+                counter!(
+                    RECEIVER_BAD_REQUESTS,
+                    &[
+                        ("receiver", self.receiver.clone()),
+                        ("transport", transport.to_string()),
+                        ("reason", "malformed".to_string())
+                    ]
+                )
+                .increment(1);
                 return Err(IngestError::Malformed(e.to_string()));
             }
         };
@@ -98,9 +118,15 @@ impl Ingest {
                 counter!(RECEIVER_ACCEPTED_SPANS, &labels).increment(n);
                 Ok(accepted)
             }
-            Err(ConsumeError::Refused { reason, retry_after }) => {
+            Err(ConsumeError::Refused {
+                reason,
+                retry_after,
+            }) => {
                 counter!(RECEIVER_REFUSED_SPANS, &labels).increment(n);
-                Err(IngestError::Refused { message: format!("data refused: {reason}; retry later"), retry_after })
+                Err(IngestError::Refused {
+                    message: format!("data refused: {reason}; retry later"),
+                    retry_after,
+                })
             }
             Err(ConsumeError::ShuttingDown) => {
                 counter!(RECEIVER_REFUSED_SPANS, &labels).increment(n);

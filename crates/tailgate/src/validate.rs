@@ -1,0 +1,80 @@
+//! `tailgate validate --config F`
+
+use std::process::ExitCode;
+
+use tailgate_config::{Config, ExporterConfig, ProcessorConfig, load_file};
+
+pub fn run(path: &str) -> ExitCode {
+    match load_file(path) {
+        Ok(cfg) => {
+            print!("{}", describe(&cfg));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", path, errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The resolved pipelines, one stage per line.
+pub fn describe(cfg: &Config) -> String {
+    let mut out = format!("{}: valid\n", cfg.source);
+    for p in &cfg.service.pipelines {
+        out.push_str(&format!("pipeline {}\n", p.id));
+        for r in &p.receivers {
+            out.push_str(&format!("  receiver  {r}\n"));
+        }
+        for id in &p.processors {
+            let detail = match &cfg.processors[id] {
+                ProcessorConfig::MemoryLimiter(m) => format!(
+                    "check every {}, limit {} MiB / {}%",
+                    m.check_interval, m.limit_mib, m.limit_percentage
+                ),
+                ProcessorConfig::Batch(b) => {
+                    format!("{} spans or {}", b.send_batch_size, b.timeout)
+                }
+                ProcessorConfig::Attributes(a) => format!("{} action(s)", a.actions.len()),
+                ProcessorConfig::Resource(r) => format!("{} action(s)", r.attributes.len()),
+                ProcessorConfig::Filter(f) => format!(
+                    "{} span / {} spanevent condition(s)",
+                    f.traces.span.len(),
+                    f.traces.spanevent.len()
+                ),
+            };
+            out.push_str(&format!("  processor {id}: {detail}\n"));
+        }
+        for id in &p.exporters {
+            let detail = match &cfg.exporters[id] {
+                ExporterConfig::Otlp(o) => format!("OTLP/gRPC to {}", o.endpoint),
+                ExporterConfig::OtlpHttp(o) => {
+                    format!(
+                        "OTLP/HTTP to {}",
+                        o.traces_endpoint
+                            .clone()
+                            .or(o.endpoint.clone())
+                            .unwrap_or_default()
+                    )
+                }
+                ExporterConfig::File(f) => format!("OTLP/JSON lines to {}", f.path),
+                ExporterConfig::Debug(d) => {
+                    format!("log summary ({:?})", d.verbosity).to_lowercase()
+                }
+            };
+            out.push_str(&format!("  exporter  {id}: {detail}\n"));
+        }
+    }
+    if !cfg.service.extensions.is_empty() {
+        let names: Vec<String> = cfg
+            .service
+            .extensions
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        out.push_str(&format!("extensions {}\n", names.join(", ")));
+    }
+    out
+}
