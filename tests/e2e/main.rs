@@ -1,1 +1,11 @@
+//! End-to-end tests: the real `tailgate` binary as a separate process, driven over the network
+//! by real clients (the OpenTelemetry Python SDK, tonic clients, HTTP) against in-test sinks.
 
+mod bad_input;
+mod cli;
+mod exporters;
+mod extensions;
+mod otlp;
+mod python_sdk;
+mod reliability;
+mod support;

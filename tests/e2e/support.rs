@@ -1,0 +1,315 @@
+//! Shared harness: a `tailgate` process per test, an in-test OTLP sink, metric scraping.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::net::TcpListener;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tailgate");
+
+/// A free loopback port (bound then released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Ports of one gateway process.
+pub struct Ports {
+    pub grpc: u16,
+    pub http: u16,
+    pub metrics: u16,
+    pub health: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Ports {
+            grpc: free_port(),
+            http: free_port(),
+            metrics: free_port(),
+            health: free_port(),
+        }
+    }
+}
+
+/// A running `tailgate gateway`; killed on drop if still running.
+pub struct Gateway {
+    pub child: Child,
+    pub ports: Ports,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Writes `config` (with `{grpc}`, `{http}`, `{metrics}`, `{health}`, `{dir}` filled in)
+    /// and starts a gateway on it, waiting until its health check answers.
+    pub async fn start(config: &str) -> Gateway {
+        Self::start_with_args(config, &[]).await
+    }
+
+    pub async fn start_with_args(config: &str, extra: &[&str]) -> Gateway {
+        // reqwest (used by the tests too) needs the process-wide rustls provider.
+        tailgate_pipeline::install_crypto_provider();
+        let ports = Ports::new();
+        let dir = tempfile::tempdir().unwrap();
+        let text = config
+            .replace("{grpc}", &ports.grpc.to_string())
+            .replace("{http}", &ports.http.to_string())
+            .replace("{metrics}", &ports.metrics.to_string())
+            .replace("{health}", &ports.health.to_string())
+            .replace("{dir}", dir.path().to_str().unwrap());
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["gateway", "--config", path.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "info,tailgate_pipeline=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let gw = Gateway { child, ports, dir };
+        gw.wait_healthy().await;
+        gw
+    }
+
+    pub async fn wait_healthy(&self) {
+        let url = format!("http://127.0.0.1:{}/", self.ports.health);
+        for _ in 0..200 {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "gateway did not become healthy at {url}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.grpc)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/traces", self.ports.http)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.ports.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sum of a metric's series whose labels contain `filter`.
+    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
+        tailgate_pipeline_sum(&self.metrics().await, name, filter)
+    }
+
+    /// SIGTERM, then wait for a clean exit. Async so in-test sinks on this runtime keep
+    /// serving while the gateway drains into them.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "gateway did not exit within 20s of SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mirrors `tailgate_pipeline::telemetry::sum_metric` without depending on it, so the tests
+/// read metrics the way any scraper would.
+pub fn tailgate_pipeline_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the sink does with the next requests.
+#[derive(Default)]
+pub struct SinkBehaviour {
+    /// Answer this many requests with UNAVAILABLE before accepting.
+    pub fail_next: usize,
+    /// Delay every answer by this much.
+    pub delay: Duration,
+}
+
+/// An OTLP/gRPC backend built on the generated server types (independent of Tailgate's
+/// raw-bytes path), recording every request it accepts.
+#[derive(Clone, Default)]
+pub struct Sink {
+    pub received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    pub behaviour: Arc<Mutex<SinkBehaviour>>,
+    pub attempts: Arc<Mutex<usize>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        *self.attempts.lock().unwrap() += 1;
+        let delay = self.behaviour.lock().unwrap().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        {
+            let mut b = self.behaviour.lock().unwrap();
+            if b.fail_next > 0 {
+                b.fail_next -= 1;
+                return Err(tonic::Status::unavailable("sink is failing on purpose"));
+            }
+        }
+        self.received.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Sink {
+    /// Starts the sink on a free loopback port.
+    pub async fn start() -> (Sink, SocketAddr) {
+        let sink = Sink::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = TraceServiceServer::new(sink.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (sink, addr)
+    }
+
+    pub fn spans(&self) -> Vec<Span> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|rs| rs.scope_spans.iter())
+            .flat_map(|ss| ss.spans.iter().cloned())
+            .collect()
+    }
+
+    /// Waits until at least `n` spans arrived (or panics after `timeout`).
+    pub async fn wait_for_spans(&self, n: usize, timeout: Duration) -> Vec<Span> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n {
+                return spans;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("sink got {} spans, expected {n}", spans.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The standard gateway config of these tests: OTLP in, optional processors, the sink out.
+pub fn gateway_config(
+    sink: SocketAddr,
+    processors: &str,
+    pipeline_processors: &str,
+    exporter_extra: &str,
+) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{{grpc}}
+      http:
+        endpoint: 127.0.0.1:{{http}}
+processors:
+  batch:
+    send_batch_size: 100
+    timeout: 100ms
+{processors}
+exporters:
+  otlp/sink:
+    endpoint: 127.0.0.1:{port}
+    tls:
+      insecure: true
+{exporter_extra}
+extensions:
+  health_check:
+    endpoint: 127.0.0.1:{{health}}
+service:
+  extensions: [health_check]
+  telemetry:
+    metrics:
+      address: 127.0.0.1:{{metrics}}
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [{pipeline_processors}]
+      exporters: [otlp/sink]
+"#,
+        port = sink.port()
+    )
+}
+
+/// Path of a file under the repository's `tests/` folder.
+pub fn tests_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests")
+        .join(rel)
+}
