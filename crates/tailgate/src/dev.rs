@@ -43,7 +43,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         print!("{DEV_CONFIG}");
         return Ok(());
     }
-    crate::init_logging(if args.demo { "warn" } else { "info" });
+    crate::init_logging(if args.demo { "warn" } else { "info" }, false);
     tailgate_pipeline::install_crypto_provider();
     let vars = [
         ("TAILGATE_DEV_GRPC", args.grpc_endpoint.clone()),

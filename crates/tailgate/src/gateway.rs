@@ -22,7 +22,11 @@ pub struct GatewayArgs {
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = tailgate_config::load_file(&args.config)
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
-    crate::init_logging(&format!("{:?}", cfg.service.telemetry.logs.level).to_lowercase());
+    let logs = &cfg.service.telemetry.logs;
+    crate::init_logging(
+        &format!("{:?}", logs.level).to_lowercase(),
+        logs.encoding == tailgate_config::components::LogEncoding::Json,
+    );
     tailgate_pipeline::install_crypto_provider();
     let service = tailgate_pipeline::start(
         &cfg,

@@ -47,14 +47,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     tailgate_config::parse_go_duration(s)
 }
 
-fn init_logging(default_level: &str) {
+/// Logs go to stderr; `RUST_LOG` overrides the level; `json` for log shippers.
+fn init_logging(default_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn main() -> ExitCode {
@@ -70,7 +75,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => runtime().block_on(gateway::run(args)),
         Command::Dev(args) => runtime().block_on(dev::run(args)),
         Command::Loadgen(args) => {
-            init_logging("warn");
+            init_logging("warn", false);
             runtime().block_on(loadgen::run(args))
         }
         Command::Agent { .. } => {
