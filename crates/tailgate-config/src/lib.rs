@@ -11,6 +11,7 @@
 pub mod components;
 mod env;
 mod load;
+pub mod sampling;
 mod types;
 mod validate;
 

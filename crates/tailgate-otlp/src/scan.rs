@@ -66,8 +66,10 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 _ => {}
             }
         }
-        let resource = body.slice_ref(resource);
-        let resource_schema_url = body.slice_ref(resource_schema_url);
+        // Resource and scope are copied (once per ScopeSpans, small) so that a span buffered
+        // for a long time pins only its own bytes, never the whole request buffer.
+        let resource = Bytes::copy_from_slice(resource);
+        let resource_schema_url = Bytes::copy_from_slice(resource_schema_url);
 
         for (si, f) in FieldReader::new(rs)
             .filter(is_field(RESOURCE_SPANS_SCOPE_SPANS))
@@ -91,8 +93,8 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
             let context = Arc::new(ResourceScope {
                 resource: resource.clone(),
                 resource_schema_url: resource_schema_url.clone(),
-                scope: body.slice_ref(scope),
-                scope_schema_url: body.slice_ref(scope_schema_url),
+                scope: Bytes::copy_from_slice(scope),
+                scope_schema_url: Bytes::copy_from_slice(scope_schema_url),
             });
             for (pi, f) in FieldReader::new(ss)
                 .filter(is_field(SCOPE_SPANS_SPANS))

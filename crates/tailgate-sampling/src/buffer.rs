@@ -1,0 +1,152 @@
+//! A buffered trace's spans, copied out of their request buffers into compact storage.
+//!
+//! Span bytes are copied once per ingest into one allocation per trace and batch (a "chunk"),
+//! so a buffered trace never pins the request it arrived in, and memory per span stays close
+//! to its encoded size (target P2: ≤ 1.3×). Each span costs its bytes plus a fixed
+//! [`BufferedSpan`] record.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tailgate_otlp::{EncodedSpan, ResourceScope, SpanId, SpanMeta};
+
+/// Above this many spans a trace keeps a hash set of its span IDs for de-duplication; below
+/// it a linear scan is cheaper.
+const LINEAR_DEDUPE_SPANS_MAX: usize = 32;
+
+#[derive(Debug, Clone)]
+struct BufferedSpan {
+    chunk: u32,
+    offset: u32,
+    len: u32,
+    context: u32,
+    meta: SpanMeta,
+}
+
+/// The spans of one trace. Merging is idempotent by span ID: the same span twice (a retried
+/// forward, a resent handoff) is stored once.
+#[derive(Debug, Clone, Default)]
+pub struct TraceBuffer {
+    chunks: Vec<Bytes>,
+    contexts: Vec<Arc<ResourceScope>>,
+    spans: Vec<BufferedSpan>,
+    ids: Option<HashSet<SpanId>>,
+    encoded_bytes: u64,
+}
+
+/// What [`TraceBuffer::append`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub spans: usize,
+    pub bytes: u64,
+    pub duplicate_spans: usize,
+    pub duplicate_bytes: u64,
+    pub root_seen: bool,
+}
+
+impl TraceBuffer {
+    pub fn span_count(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Encoded bytes of the buffered spans (what the byte budget counts).
+    pub fn encoded_bytes(&self) -> u64 {
+        self.encoded_bytes
+    }
+
+    fn contains(&self, id: &SpanId) -> bool {
+        match &self.ids {
+            Some(set) => set.contains(id),
+            None => self.spans.iter().any(|s| &s.meta.span_id == id),
+        }
+    }
+
+    /// Copies `spans` (all of this trace) in, skipping span IDs already present.
+    pub fn append(&mut self, spans: &[EncodedSpan]) -> Appended {
+        let mut out = Appended::default();
+        let mut fresh: Vec<&EncodedSpan> = Vec::with_capacity(spans.len());
+        for s in spans {
+            let dup = self.contains(&s.meta.span_id) || fresh.iter().any(|f| f.meta.span_id == s.meta.span_id);
+            if dup {
+                out.duplicate_spans += 1;
+                out.duplicate_bytes += s.bytes.len() as u64;
+            } else {
+                fresh.push(s);
+            }
+        }
+        if fresh.is_empty() {
+            return out;
+        }
+        let total: usize = fresh.iter().map(|s| s.bytes.len()).sum();
+        let mut chunk = Vec::with_capacity(total);
+        let chunk_index = u32::try_from(self.chunks.len()).expect("chunks per trace fit u32");
+        for s in fresh {
+            let context = match self.contexts.iter().position(|c| Arc::ptr_eq(c, &s.context) || **c == *s.context) {
+                Some(i) => i,
+                None => {
+                    self.contexts.push(Arc::clone(&s.context));
+                    self.contexts.len() - 1
+                }
+            };
+            let offset = chunk.len();
+            chunk.extend_from_slice(&s.bytes);
+            self.spans.push(BufferedSpan {
+                chunk: chunk_index,
+                offset: offset as u32,
+                len: s.bytes.len() as u32,
+                context: context as u32,
+                meta: s.meta,
+            });
+            if let Some(ids) = &mut self.ids {
+                ids.insert(s.meta.span_id);
+            }
+            out.spans += 1;
+            out.bytes += s.bytes.len() as u64;
+            out.root_seen |= s.meta.is_root();
+        }
+        if self.ids.is_none() && self.spans.len() > LINEAR_DEDUPE_SPANS_MAX {
+            self.ids = Some(self.spans.iter().map(|s| s.meta.span_id).collect());
+        }
+        self.chunks.push(Bytes::from(chunk));
+        self.encoded_bytes += out.bytes;
+        out
+    }
+
+    /// The spans as [`EncodedSpan`]s (zero-copy slices of the chunks), in arrival order.
+    pub fn spans(&self) -> Vec<EncodedSpan> {
+        self.spans
+            .iter()
+            .map(|s| EncodedSpan {
+                context: Arc::clone(&self.contexts[s.context as usize]),
+                bytes: self.chunks[s.chunk as usize].slice(s.offset as usize..(s.offset + s.len) as usize),
+                meta: s.meta,
+            })
+            .collect()
+    }
+
+    /// Spans whose parent is set but absent from the trace (broken propagation, or the
+    /// parent is still in flight), with their service names.
+    pub fn orphans(&self) -> Vec<Option<String>> {
+        let ids: HashSet<SpanId> = self.spans.iter().map(|s| s.meta.span_id).collect();
+        self.spans
+            .iter()
+            .filter(|s| s.meta.parent_span_id.is_some_and(|p| !ids.contains(&p)))
+            .map(|s| {
+                let ctx = &self.contexts[s.context as usize];
+                match tailgate_otlp::find_attribute(&ctx.resource, tailgate_otlp::RESOURCE_ATTRIBUTES, "service.name") {
+                    Some(tailgate_otlp::AnyValueRef::String(name)) => Some(name.to_string()),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes of memory this buffer holds, for the P2 benchmark: span bytes plus records.
+    pub fn memory_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum::<usize>()
+            + self.spans.capacity() * std::mem::size_of::<BufferedSpan>()
+            + self.chunks.capacity() * std::mem::size_of::<Bytes>()
+            + self.contexts.capacity() * std::mem::size_of::<Arc<ResourceScope>>()
+    }
+}

@@ -1,0 +1,28 @@
+//! The tail-sampling engine, as pure state machines the pipeline and the simulator drive.
+//!
+//! - [`policy`]: every collector policy, compiled once; [`policy::PolicySet::decide`] combines
+//!   votes exactly as the collector documents.
+//! - [`TraceShard`]: the per-trace state machines of one shard (buffering → decided →
+//!   forgotten), with deadlines, early decisions and handoff in and out.
+//! - [`TraceBuffer`]: a trace's spans copied into compact storage.
+//! - [`DecisionCache`]: decisions remembered so late spans follow them.
+//! - [`BufferBudget`]: the byte budget all shards share (atomics, no lock).
+//!
+//! **Invariants:** no I/O, no clock, no randomness. Time is a `Duration` since the engine's
+//! epoch, passed into every call; the same calls give the same results.
+
+pub mod budget;
+pub mod buffer;
+pub mod cache;
+pub mod policy;
+pub mod shard;
+
+pub use budget::BufferBudget;
+pub use buffer::TraceBuffer;
+pub use cache::DecisionCache;
+pub use shard::{
+    DecisionTransfer, EarlyReason, POLICY_ATTRIBUTE, Released, ShardConfig, ShardCounters, TraceShard, TraceTransfer,
+};
+
+#[cfg(test)]
+mod tests;

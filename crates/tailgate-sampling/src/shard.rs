@@ -1,0 +1,483 @@
+//! [`TraceShard`]: the per-trace state machines of one shard, and everything that moves them.
+//!
+//! ## Trace states
+//!
+//! ```text
+//!            first span                 decide_at reached / early decision
+//!  (absent) ───────────► Buffering ──────────────────────────────────────► Decided(keep|drop)
+//!                           │  ▲                                               │ cache entry
+//!                take_traces│  │accept_trace (handoff)                         ▼ evicted/expired
+//!                           ▼  │                                             Forgotten
+//!                        (moved to another node)
+//! ```
+//!
+//! - **Buffering**: the trace is in `traces`, indexed by deadline and arrival. `decide_at` is
+//!   `first_seen + decision_wait`, pulled earlier to `root_seen_at + decision_wait_after_root_received`
+//!   when the root span arrives. Only this shard's owner (the actor) mutates it.
+//! - **Decided**: policies ran once on the spans at hand; kept spans were released downstream;
+//!   the decision sits in the [`DecisionCache`], so late spans follow it.
+//! - **Forgotten**: the cache let it go; a later span starts a new trace (counted apart).
+//!
+//! Early decisions (on partial data, counted by [`EarlyReason`]) happen when the shared byte
+//! budget passes its high watermark, when the shard holds more than its share of
+//! `num_traces`, or when one trace exceeds `maximum_trace_size_bytes`. Nothing is ever
+//! evicted without a decision.
+//!
+//! **Invariants:** no I/O and no clock: every method takes `now` (time since the engine's
+//! epoch). Iteration that affects outcomes goes through ordered indexes, never hash-map order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+use tailgate_otlp::proto::trace::v1::Span;
+use tailgate_otlp::{EncodedSpan, TraceId};
+
+use crate::budget::BufferBudget;
+use crate::buffer::TraceBuffer;
+use crate::cache::{CachedDecision, DecisionCache};
+use crate::policy::{Decision, PolicySet, TraceView};
+
+/// Attribute naming the deciding policy on kept spans when `record_policy` is on.
+pub const POLICY_ATTRIBUTE: &str = "tailgate.sampling.policy";
+
+/// Settings of one shard, derived from the processor config.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub decision_wait: Duration,
+    /// `decision_wait_after_root_received`; `None` = off.
+    pub decision_wait_after_root: Option<Duration>,
+    /// This shard's share of `num_traces`.
+    pub traces_max: usize,
+    /// `maximum_trace_size_bytes`; 0 = no limit.
+    pub trace_bytes_max: u64,
+    pub sampled_cache_size: usize,
+    pub non_sampled_cache_size: usize,
+    pub cache_ttl: Duration,
+    pub record_policy: bool,
+    pub drop_pending_on_shutdown: bool,
+}
+
+/// Why a trace was decided before its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EarlyReason {
+    /// The byte budget passed its high watermark.
+    BufferFull,
+    /// The shard held more than its share of `num_traces`.
+    NumTraces,
+    /// The trace exceeded `maximum_trace_size_bytes`.
+    TraceTooLarge,
+    /// Shutdown with no peer to hand the trace to.
+    Shutdown,
+}
+
+impl EarlyReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            EarlyReason::BufferFull => "buffer_full",
+            EarlyReason::NumTraces => "num_traces",
+            EarlyReason::TraceTooLarge => "trace_too_large",
+            EarlyReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Counts since the last [`TraceShard::take_counters`]; the actor turns them into metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShardCounters {
+    pub spans_received: u64,
+    pub spans_kept: u64,
+    pub spans_dropped_policy: u64,
+    pub spans_dropped_late: u64,
+    pub spans_dropped_shutdown: u64,
+    pub spans_duplicate: u64,
+    pub late_spans_kept: u64,
+    pub late_spans_dropped: u64,
+    /// Age of each late span's decision when the span arrived.
+    pub late_span_ages: Vec<Duration>,
+    /// Spans of a trace whose decision was already forgotten (they start a new trace).
+    pub late_spans_after_forget: u64,
+    pub traces_new: u64,
+    /// `(policy index, decision)` votes.
+    pub votes: BTreeMap<(usize, &'static str), u64>,
+    /// Final decisions: `sampled`, `not_sampled`, `dropped`.
+    pub decisions: BTreeMap<&'static str, u64>,
+    pub early_decisions: BTreeMap<EarlyReason, u64>,
+    /// Orphan spans per `service.name` ("" when unknown).
+    pub orphan_spans: BTreeMap<String, u64>,
+    /// How late each deadline decision ran after its `decide_at`.
+    pub decision_lateness: Vec<Duration>,
+    pub traces_handed_off: u64,
+    pub spans_handed_off: u64,
+    pub traces_received_by_handoff: u64,
+    pub spans_received_by_handoff: u64,
+}
+
+/// Spans a shard operation released downstream (kept traces, late spans of kept traces).
+#[derive(Debug, Default)]
+pub struct Released {
+    pub kept: Vec<EncodedSpan>,
+}
+
+/// A buffered trace on its way to its new owner (cluster handoff).
+#[derive(Debug, Clone)]
+pub struct TraceTransfer {
+    pub trace_id: TraceId,
+    pub spans: Vec<EncodedSpan>,
+    /// Time left until the decision; no clock sync between nodes is assumed.
+    pub remaining: Duration,
+    /// Time since the first span arrived.
+    pub age: Duration,
+    pub root_seen: bool,
+    pub encoded_bytes: u64,
+}
+
+/// A decision on its way to a trace's new owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionTransfer {
+    pub trace_id: TraceId,
+    pub keep: bool,
+    /// Time since the decision.
+    pub age: Duration,
+}
+
+#[derive(Debug)]
+struct TraceEntry {
+    buffer: TraceBuffer,
+    first_seen: Duration,
+    decide_at: Duration,
+    root_seen: bool,
+    seq: u64,
+}
+
+/// One shard of the tail-sampling engine.
+pub struct TraceShard {
+    cfg: ShardConfig,
+    policies: PolicySet,
+    budget: Arc<BufferBudget>,
+    shard_count: u64,
+    traces: HashMap<TraceId, TraceEntry>,
+    by_deadline: BTreeSet<(Duration, u64, TraceId)>,
+    by_arrival: BTreeMap<u64, TraceId>,
+    cache: DecisionCache,
+    next_seq: u64,
+    counters: ShardCounters,
+}
+
+impl TraceShard {
+    pub fn new(cfg: ShardConfig, policies: PolicySet, budget: Arc<BufferBudget>, shard_count: usize) -> Self {
+        assert!(shard_count > 0 && cfg.traces_max > 0, "validated config");
+        let cache = DecisionCache::new(cfg.sampled_cache_size, cfg.non_sampled_cache_size, cfg.cache_ttl);
+        TraceShard {
+            cfg,
+            policies,
+            budget,
+            shard_count: shard_count as u64,
+            traces: HashMap::new(),
+            by_deadline: BTreeSet::new(),
+            by_arrival: BTreeMap::new(),
+            cache,
+            next_seq: 0,
+            counters: ShardCounters::default(),
+        }
+    }
+
+    pub fn policy_names(&self) -> &[String] {
+        self.policies.names()
+    }
+
+    pub fn set_rate_share(&mut self, share: f64) {
+        self.policies.set_rate_share(share / self.shard_count as f64);
+    }
+
+    pub fn traces_buffered(&self) -> usize {
+        self.traces.len()
+    }
+
+    pub fn spans_buffered(&self) -> usize {
+        self.traces.values().map(|t| t.buffer.span_count()).sum()
+    }
+
+    pub fn bytes_buffered(&self) -> u64 {
+        self.traces.values().map(|t| t.buffer.encoded_bytes()).sum()
+    }
+
+    /// Memory held by buffered spans (bytes plus per-span records), for the P2 benchmark.
+    pub fn memory_bytes(&self) -> usize {
+        self.traces.values().map(|t| t.buffer.memory_bytes()).sum()
+    }
+
+    pub fn take_counters(&mut self) -> ShardCounters {
+        std::mem::take(&mut self.counters)
+    }
+
+    /// When the next deadline falls, if any trace is buffered.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.by_deadline.first().map(|(at, _, _)| *at)
+    }
+
+    /// Takes spans whose encoded bytes the caller has already reserved in the budget.
+    pub fn ingest(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
+        let mut out = Released::default();
+        self.counters.spans_received += spans.len() as u64;
+        for (trace_id, group) in group_by_trace(spans) {
+            self.ingest_trace(trace_id, group, None, now, &mut out);
+        }
+        self.enforce_limits(now, &mut out);
+        out
+    }
+
+    fn ingest_trace(
+        &mut self,
+        trace_id: TraceId,
+        spans: Vec<EncodedSpan>,
+        transfer: Option<(Duration, Duration, bool)>,
+        now: Duration,
+        out: &mut Released,
+    ) {
+        let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        if let Some(d) = self.cache.get(&trace_id, now) {
+            // Late spans follow the decision already taken.
+            self.budget.release(bytes);
+            let n = spans.len() as u64;
+            self.counters.late_span_ages.extend(std::iter::repeat_n(now.saturating_sub(d.decided_at), spans.len()));
+            if d.keep {
+                self.counters.late_spans_kept += n;
+                self.counters.spans_kept += n;
+                let name = d.policy.map(|i| self.policies.names()[i].clone());
+                out.kept.extend(self.with_policy_attribute(spans, name.as_deref()));
+            } else {
+                self.counters.late_spans_dropped += n;
+                self.counters.spans_dropped_late += n;
+            }
+            return;
+        }
+        let is_new = !self.traces.contains_key(&trace_id);
+        if is_new {
+            if self.cache.was_forgotten(&trace_id) {
+                self.counters.late_spans_after_forget += spans.len() as u64;
+            }
+            let (first_seen, decide_at) = match transfer {
+                Some((remaining, age, _)) => (now.saturating_sub(age), now + remaining),
+                None => (now, now + self.cfg.decision_wait),
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.traces.insert(
+                trace_id,
+                TraceEntry { buffer: TraceBuffer::default(), first_seen, decide_at, root_seen: false, seq },
+            );
+            self.by_deadline.insert((decide_at, seq, trace_id));
+            self.by_arrival.insert(seq, trace_id);
+            self.budget.trace_added();
+            if transfer.is_none() {
+                self.counters.traces_new += 1;
+            }
+        }
+        let entry = self.traces.get_mut(&trace_id).expect("inserted above");
+        let appended = entry.buffer.append(&spans);
+        if appended.duplicate_bytes > 0 {
+            self.budget.release(appended.duplicate_bytes);
+            self.counters.spans_duplicate += appended.duplicate_spans as u64;
+        }
+        let mut new_deadline = entry.decide_at;
+        if let Some((remaining, _, root_seen)) = transfer {
+            // Merge with what this node already holds: the earlier deadline wins.
+            new_deadline = new_deadline.min(now + remaining);
+            entry.root_seen |= root_seen;
+        }
+        if appended.root_seen && !entry.root_seen {
+            entry.root_seen = true;
+            if let Some(quiet) = self.cfg.decision_wait_after_root {
+                new_deadline = new_deadline.min(now + quiet);
+            }
+        }
+        if new_deadline != entry.decide_at {
+            let (old, seq) = (entry.decide_at, entry.seq);
+            entry.decide_at = new_deadline;
+            self.by_deadline.remove(&(old, seq, trace_id));
+            self.by_deadline.insert((new_deadline, seq, trace_id));
+        }
+        if self.cfg.trace_bytes_max > 0 && entry.buffer.encoded_bytes() > self.cfg.trace_bytes_max {
+            self.decide(trace_id, Some(EarlyReason::TraceTooLarge), now, out);
+        }
+    }
+
+    /// Decides every trace whose deadline has come, and expires old cache entries.
+    pub fn poll(&mut self, now: Duration) -> Released {
+        let mut out = Released::default();
+        while let Some(&(at, _, id)) = self.by_deadline.first() {
+            if at > now {
+                break;
+            }
+            self.counters.decision_lateness.push(now - at);
+            self.decide(id, None, now, &mut out);
+        }
+        self.cache.expire(now);
+        self.enforce_limits(now, &mut out);
+        out
+    }
+
+    fn oldest(&self) -> Option<TraceId> {
+        self.by_arrival.first_key_value().map(|(_, id)| *id)
+    }
+
+    fn enforce_limits(&mut self, now: Duration, out: &mut Released) {
+        while self.traces.len() > self.cfg.traces_max {
+            let id = self.oldest().expect("non-empty");
+            self.decide(id, Some(EarlyReason::NumTraces), now, out);
+        }
+        let excess = self.budget.excess_bytes();
+        if excess > 0 {
+            // Each shard frees its share of the excess, oldest traces first.
+            let target = excess.div_ceil(self.shard_count);
+            let mut freed = 0;
+            while freed < target {
+                let Some(id) = self.oldest() else { break };
+                freed += self.traces[&id].buffer.encoded_bytes();
+                self.decide(id, Some(EarlyReason::BufferFull), now, out);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
+        let entry = self.traces.remove(id)?;
+        self.by_deadline.remove(&(entry.decide_at, entry.seq, *id));
+        self.by_arrival.remove(&entry.seq);
+        self.budget.release(entry.buffer.encoded_bytes());
+        self.budget.trace_removed();
+        Some(entry)
+    }
+
+    fn decide(&mut self, id: TraceId, early: Option<EarlyReason>, now: Duration, out: &mut Released) {
+        let entry = self.remove(&id).expect("deciding a buffered trace");
+        if let Some(reason) = early {
+            *self.counters.early_decisions.entry(reason).or_default() += 1;
+        }
+        let spans = entry.buffer.spans();
+        let view = TraceView { trace_id: id, spans: &spans, encoded_bytes: entry.buffer.encoded_bytes() };
+        let verdict = self.policies.decide(&view, now);
+        for (i, d) in &verdict.votes {
+            *self.counters.votes.entry((*i, d.label())).or_default() += 1;
+        }
+        let label = match (verdict.keep, verdict.votes.iter().any(|(_, d)| *d == Decision::Dropped)) {
+            (true, _) => "sampled",
+            (false, true) => "dropped",
+            (false, false) => "not_sampled",
+        };
+        *self.counters.decisions.entry(label).or_default() += 1;
+        for service in entry.buffer.orphans() {
+            *self.counters.orphan_spans.entry(service.unwrap_or_default()).or_default() += 1;
+        }
+        self.cache.insert(id, CachedDecision { keep: verdict.keep, decided_at: now, policy: verdict.decided_by });
+        let n = spans.len() as u64;
+        if verdict.keep {
+            self.counters.spans_kept += n;
+            let name = verdict.decided_by.map(|i| self.policies.names()[i].clone());
+            out.kept.extend(self.with_policy_attribute(spans, name.as_deref()));
+        } else {
+            self.counters.spans_dropped_policy += n;
+        }
+    }
+
+    fn with_policy_attribute(&self, spans: Vec<EncodedSpan>, policy: Option<&str>) -> Vec<EncodedSpan> {
+        let (true, Some(name)) = (self.cfg.record_policy, policy) else { return spans };
+        spans
+            .into_iter()
+            .map(|mut s| {
+                let mut span = Span::decode(s.bytes.clone()).expect("buffered spans decode");
+                span.attributes.push(KeyValue {
+                    key: POLICY_ATTRIBUTE.into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::StringValue(name.to_string())) }),
+                    ..Default::default()
+                });
+                s.bytes = Bytes::from(span.encode_to_vec());
+                s
+            })
+            .collect()
+    }
+
+    /// Shutdown without a peer: decide every buffered trace on the data at hand (or drop them
+    /// all, counted, with `drop_pending_traces_on_shutdown`).
+    pub fn drain(&mut self, now: Duration) -> Released {
+        let mut out = Released::default();
+        while let Some(id) = self.oldest() {
+            if self.cfg.drop_pending_on_shutdown {
+                let entry = self.remove(&id).expect("buffered");
+                self.counters.spans_dropped_shutdown += entry.buffer.span_count() as u64;
+            } else {
+                self.decide(id, Some(EarlyReason::Shutdown), now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Removes and returns every buffered trace `moves` selects (its owner changed), oldest
+    /// first. The caller hands them to the new owner.
+    pub fn take_traces(&mut self, now: Duration, moves: &dyn Fn(&TraceId) -> bool) -> Vec<TraceTransfer> {
+        let ids: Vec<TraceId> = self.by_arrival.values().filter(|id| moves(id)).copied().collect();
+        ids.into_iter()
+            .map(|id| {
+                let e = self.remove(&id).expect("listed in by_arrival");
+                self.counters.traces_handed_off += 1;
+                self.counters.spans_handed_off += e.buffer.span_count() as u64;
+                TraceTransfer {
+                    trace_id: id,
+                    spans: e.buffer.spans(),
+                    remaining: e.decide_at.saturating_sub(now),
+                    age: now.saturating_sub(e.first_seen),
+                    root_seen: e.root_seen,
+                    encoded_bytes: e.buffer.encoded_bytes(),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes in a trace from its previous owner, merging with any spans already here. Its
+    /// deadline resumes where it stood (no second full `decision_wait`).
+    pub fn accept_trace(&mut self, t: TraceTransfer, now: Duration) -> Released {
+        let mut out = Released::default();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        // A handoff is never refused: early decisions bring the budget back down.
+        self.budget.force_reserve(bytes);
+        self.counters.traces_received_by_handoff += 1;
+        self.counters.spans_received_by_handoff += t.spans.len() as u64;
+        self.ingest_trace(t.trace_id, t.spans, Some((t.remaining, t.age, t.root_seen)), now, &mut out);
+        self.enforce_limits(now, &mut out);
+        out
+    }
+
+    /// Remembered decisions of the traces `moves` selects, for their new owner.
+    pub fn decisions_for(&self, now: Duration, moves: &dyn Fn(&TraceId) -> bool) -> Vec<DecisionTransfer> {
+        self.cache
+            .matching(moves)
+            .into_iter()
+            .map(|(id, d)| DecisionTransfer { trace_id: id, keep: d.keep, age: now.saturating_sub(d.decided_at) })
+            .collect()
+    }
+
+    /// Remembers a decision made by a trace's previous owner.
+    pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) {
+        self.cache.insert(d.trace_id, CachedDecision { keep: d.keep, decided_at: now.saturating_sub(d.age), policy: None });
+    }
+}
+
+/// Groups spans by trace in order of first appearance (deterministic).
+fn group_by_trace(spans: Vec<EncodedSpan>) -> Vec<(TraceId, Vec<EncodedSpan>)> {
+    let mut index: HashMap<TraceId, usize> = HashMap::new();
+    let mut groups: Vec<(TraceId, Vec<EncodedSpan>)> = Vec::new();
+    for s in spans {
+        let id = s.meta.trace_id;
+        match index.get(&id) {
+            Some(&i) => groups[i].1.push(s),
+            None => {
+                index.insert(id, groups.len());
+                groups.push((id, vec![s]));
+            }
+        }
+    }
+    groups
+}
