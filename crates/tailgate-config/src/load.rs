@@ -153,6 +153,9 @@ const PLANNED_TYPES: &[(&str, &str)] = &[
 struct Loader<'a> {
     file: &'a str,
     errors: Vec<ConfigError>,
+    /// Every component ID written in a section, valid or not, so a reference to a component
+    /// that failed to load is not reported a second time as undefined.
+    declared: BTreeSet<String>,
 }
 
 impl Loader<'_> {
@@ -196,6 +199,7 @@ impl Loader<'_> {
             None | Some(Value::Null) => {}
             Some(Value::Object(map)) => {
                 for (key, value) in map {
+                    self.declared.insert(format!("{name}.{key}"));
                     match ComponentId::parse(&key) {
                         Ok(id) => out.push((id, value)),
                         Err(msg) => self.error(format!("{name}.{key}"), msg),
@@ -256,10 +260,7 @@ pub fn load_str(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let mut l = Loader {
-        file,
-        errors: Vec::new(),
-    };
+    let mut l = Loader { file, errors: Vec::new(), declared: BTreeSet::new() };
     let parsed: Value = match serde_saphyr::from_str::<Value>(text) {
         Ok(v) => v,
         Err(e) => {
@@ -542,6 +543,7 @@ fn refs<T>(
         let path = format!("{base}.{field}[{i}]");
         match ComponentId::parse(name) {
             Err(msg) => l.error(path, msg),
+            Ok(id) if !defined.contains_key(&id) && l.declared.contains(&format!("{field}.{id}")) => {}
             Ok(id) if !defined.contains_key(&id) => {
                 let msg = undefined(singular, &id, defined.keys());
                 l.error(path, msg);

@@ -40,6 +40,9 @@ pub enum RefuseReason {
     ExporterQueueFull,
     /// An inline export failed with a retryable error.
     ExportRetryable,
+    /// The tail-sampling buffer is at its byte budget (or `num_traces` with
+    /// `block_on_overflow`).
+    SamplingBufferFull,
 }
 
 impl std::fmt::Display for RefuseReason {
@@ -49,6 +52,7 @@ impl std::fmt::Display for RefuseReason {
             RefuseReason::BatchQueueFull => "batch queue full",
             RefuseReason::ExporterQueueFull => "exporter queue full",
             RefuseReason::ExportRetryable => "export failed, retryable",
+            RefuseReason::SamplingBufferFull => "tail-sampling buffer full",
         })
     }
 }

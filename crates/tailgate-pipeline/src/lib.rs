@@ -22,6 +22,7 @@ pub mod exporter;
 pub mod extension;
 pub mod receiver;
 mod rpc;
+pub mod sampling;
 pub mod service;
 pub mod stages;
 pub mod telemetry;

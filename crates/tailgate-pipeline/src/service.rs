@@ -17,7 +17,8 @@ use axum::routing::get;
 use metrics::gauge;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tailgate_config::components::MetricsLevel;
-use tailgate_config::{ComponentId, Config, ExtensionConfig, ProcessorConfig, ReceiverConfig};
+use tailgate_config::sampling::TailSamplingConfig;
+use tailgate_config::{ComponentId, Config, ExtensionConfig, PipelineConfig, ProcessorConfig, ReceiverConfig};
 use tailgate_processors::attributes::AttributesProcessor;
 use tailgate_processors::batch::Batcher;
 use tailgate_processors::filter::FilterProcessor;
@@ -33,6 +34,7 @@ use crate::exporter::{FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::extension::health::Health;
 use crate::receiver::Ingest;
 use crate::receiver::grpc::OtlpGrpcService;
+use crate::sampling::{BUFFER_LIMIT_MIB_DEFAULT, SamplingSetup, TailSamplingStage};
 use crate::stages::{
     BatchStage, MemorySource, MemoryStage, ProcessRss, SyncStage, Tee, process_rss_bytes,
     total_memory_bytes,
@@ -101,6 +103,23 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
+/// `buffer_limit_mib`, else half the soft limit of the pipeline's `memory_limiter`, else the
+/// default: buffered spans must leave room for everything else in the process.
+fn sampling_budget_bytes(cfg: &Config, pipeline: &PipelineConfig, t: &TailSamplingConfig) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    if let Some(mib) = t.buffer_limit_mib {
+        return mib * MIB;
+    }
+    let limiter = pipeline.processors.iter().find_map(|id| match &cfg.processors[id] {
+        ProcessorConfig::MemoryLimiter(m) => Some(m),
+        _ => None,
+    });
+    match limiter {
+        Some(m) => (MemoryLimits::resolve(m, total_memory_bytes()).soft_limit_bytes / 2).max(MIB),
+        None => BUFFER_LIMIT_MIB_DEFAULT * MIB,
+    }
+}
+
 async fn bind(endpoint: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(endpoint)
         .await
@@ -123,6 +142,8 @@ fn spawn_axum(listener: TcpListener, router: Router) -> Server {
 pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<RunningService> {
     let started = Instant::now();
     let metrics = recorder().clone();
+    // Tailgate never evicts a trace undecided; the collector's metric exists and stays 0.
+    metrics::counter!(crate::telemetry::TAIL_SAMPLING_TRACE_DROPPED_TOO_EARLY).absolute(0);
 
     // Exporters, shared by every pipeline that names them.
     let mut exporters: BTreeMap<ComponentId, Arc<ManagedExporter>> = BTreeMap::new();
@@ -193,6 +214,17 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                     Box::new(FilterProcessor::new(f)),
                     next,
                 )),
+                ProcessorConfig::TailSampling(t) => {
+                    let setup = SamplingSetup {
+                        name,
+                        cfg: t.clone(),
+                        buffer_limit_bytes: sampling_budget_bytes(cfg, p, t),
+                        shards: t.shards.unwrap_or_else(|| {
+                            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+                        }),
+                    };
+                    Arc::new(TailSamplingStage::start(setup, next).await?)
+                }
             };
         }
         heads.push((p.id.clone(), next));

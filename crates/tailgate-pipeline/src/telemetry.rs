@@ -38,6 +38,39 @@ pub const EXPORTER_QUEUE_CAPACITY: &str = "otelcol_exporter_queue_capacity";
 /// Retries of a failed export attempt.
 pub const EXPORTER_RETRIES: &str = "tailgate_exporter_retries_total";
 
+// Tail sampling, mirroring `otelcol_processor_tail_sampling_*`. Label: processor.
+/// Labels: policy, decision (sampled | not_sampled | dropped), sampled.
+pub const TAIL_SAMPLING_COUNT_TRACES_SAMPLED: &str = "otelcol_processor_tail_sampling_count_traces_sampled_total";
+/// Final decisions. Labels: decision, sampled.
+pub const TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED: &str = "otelcol_processor_tail_sampling_global_count_traces_sampled_total";
+pub const TAIL_SAMPLING_TRACES_ON_MEMORY: &str = "otelcol_processor_tail_sampling_sampling_traces_on_memory";
+/// Seconds between a decision and a late span of its trace.
+pub const TAIL_SAMPLING_LATE_SPAN_AGE: &str = "otelcol_processor_tail_sampling_sampling_late_span_age";
+/// Traces evicted before a decision. Tailgate never does this: it stays 0 by construction.
+pub const TAIL_SAMPLING_TRACE_DROPPED_TOO_EARLY: &str = "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total";
+pub const TAIL_SAMPLING_NEW_TRACE_ID_RECEIVED: &str = "otelcol_processor_tail_sampling_new_trace_id_received_total";
+/// Milliseconds a deadline decision ran after its deadline.
+pub const TAIL_SAMPLING_DECISION_TIMER_LATENCY: &str = "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
+/// Late spans settled by the decision cache. Label: sampled.
+pub const TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE: &str = "otelcol_processor_tail_sampling_early_releases_from_cache_decision_total";
+pub const SAMPLING_SPANS_RECEIVED: &str = "tailgate_sampling_spans_received_total";
+pub const SAMPLING_SPANS_KEPT: &str = "tailgate_sampling_spans_kept_total";
+/// Label reason: policy | late_dropped_trace | shutdown | duplicate | downstream_closed.
+pub const SAMPLING_SPANS_DROPPED: &str = "tailgate_sampling_spans_dropped_total";
+/// Label reason: buffer_full | num_traces.
+pub const SAMPLING_SPANS_REFUSED: &str = "tailgate_sampling_spans_refused_total";
+/// Label reason: buffer_full | num_traces | trace_too_large | shutdown.
+pub const SAMPLING_EARLY_DECISIONS: &str = "tailgate_sampling_early_decisions_total";
+pub const SAMPLING_BUFFERED_BYTES: &str = "tailgate_sampling_buffered_bytes";
+pub const SAMPLING_BUFFER_LIMIT_BYTES: &str = "tailgate_sampling_buffer_limit_bytes";
+/// Label shard.
+pub const SAMPLING_BUFFERED_SPANS: &str = "tailgate_sampling_buffered_spans";
+pub const SAMPLING_LATE_SPANS_AFTER_FORGET: &str = "tailgate_sampling_late_spans_after_forget_total";
+pub const SAMPLING_TRACES_HANDED_OFF: &str = "tailgate_sampling_traces_handed_off_total";
+pub const SAMPLING_TRACES_RECEIVED_BY_HANDOFF: &str = "tailgate_sampling_traces_received_by_handoff_total";
+/// Spans whose parent never arrived by decision time. Label: service_name.
+pub const ORPHAN_SPANS: &str = "tailgate_orphan_spans_total";
+
 // Process.
 pub const PROCESS_MEMORY_RSS: &str = "otelcol_process_memory_rss";
 pub const PROCESS_UPTIME: &str = "otelcol_process_uptime";
@@ -49,16 +82,16 @@ pub fn render() -> String {
     crate::service::recorder().render()
 }
 
-/// Sum of the series of `name` whose labels contain `label_filter` (e.g. `exporter="file"`;
-/// empty for all), from a Prometheus text rendering. For summaries and tests.
-pub fn sum_metric(text: &str, name: &str, label_filter: &str) -> f64 {
+/// Sum of the series of `name` whose labels contain every one of `label_filters` (e.g.
+/// `exporter="file"`), from a Prometheus text rendering. For summaries and tests.
+pub fn sum_metric(text: &str, name: &str, label_filters: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
-        .filter(|l| l.contains(label_filter))
+        .filter(|l| label_filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -68,7 +101,7 @@ mod tests {
     #[test]
     fn sums_series_of_one_metric_only() {
         let text = "# TYPE a counter\na{x=\"1\"} 2\na{x=\"2\"} 3\nab 100\na 1\n";
-        assert_eq!(super::sum_metric(text, "a", ""), 6.0);
-        assert_eq!(super::sum_metric(text, "a", "x=\"2\""), 3.0);
+        assert_eq!(super::sum_metric(text, "a", &[]), 6.0);
+        assert_eq!(super::sum_metric(text, "a", &["x=\"2\""]), 3.0);
     }
 }

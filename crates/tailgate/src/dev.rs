@@ -80,6 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(h) = service.addresses().health {
         println!("  health     http://{h}/");
     }
+    println!("  sampling   the article's policies: errors, slow > 2s, sampling.priority=always_on, 5% of the rest");
     println!("  exporting  {file} (OTLP/JSON lines), db.statement and auth headers redacted");
 
     if !args.demo {
@@ -108,43 +109,67 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         service_name: "checkout".into(),
     };
     println!(
-        "demo: sending 200 traces/s (10 spans each, 2% errors, 2% slow) for {:?}",
+        "demo: sending 200 traces/s (10 spans each; 2% with an error, 2% slow, 1% flagged) for {:?}",
         args.demo_duration
     );
+    println!("      decided 2s after each root span: errors, slow and flagged traces kept, 5% of the rest");
     let stats = Arc::new(LoadStats::default());
     let started = Instant::now();
     let sender = tokio::spawn(run_load(load, Arc::clone(&stats)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    println!("  time   sent spans   buffered traces   kept spans   dropped spans   exported");
+    let line = |m: &str, elapsed: f64, sent: u64| {
+        format!(
+            "  {:>4.0}s {:>12} {:>17} {:>12} {:>15} {:>10}",
+            elapsed,
+            sent,
+            sum_metric(m, telemetry::TAIL_SAMPLING_TRACES_ON_MEMORY, &[]) as u64,
+            sum_metric(m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
+            sum_metric(m, telemetry::SAMPLING_SPANS_DROPPED, &[]) as u64,
+            sum_metric(m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
+        )
+    };
     while !sender.is_finished() {
         tick.tick().await;
-        let m = telemetry::render();
-        println!(
-            "  [{:>3.0}s] sent {:>7} spans | accepted {:>7} | exported {:>7} | refused {:>4} | pending in batch {:>5}",
-            started.elapsed().as_secs_f64(),
-            stats.spans.load(Ordering::Relaxed),
-            sum_metric(&m, telemetry::RECEIVER_ACCEPTED_SPANS, "") as u64,
-            sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, "exporter=\"file\"") as u64,
-            sum_metric(&m, telemetry::RECEIVER_REFUSED_SPANS, "") as u64,
-            sum_metric(&m, telemetry::PROCESSOR_BATCH_PENDING_SPANS, "") as u64,
-        );
+        println!("{}", line(&telemetry::render(), started.elapsed().as_secs_f64(), stats.spans.load(Ordering::Relaxed)));
     }
     sender.await.context("load generator")??;
+    // Let the last traces reach their decision (root + 2s) and the 1s batch flush.
+    for _ in 0..4 {
+        tick.tick().await;
+        println!("{}", line(&telemetry::render(), started.elapsed().as_secs_f64(), stats.spans.load(Ordering::Relaxed)));
+    }
     service.shutdown(Duration::from_secs(10)).await;
     let m = telemetry::render();
     let (lines, spans, leaked) = inspect_output(&file)?;
     println!("demo finished:");
     println!("  {}", stats.line(started.elapsed()));
+    println!("  traces kept by policy (a trace can match several; the first named decides):");
+    for policy in ["keep-errors", "keep-slow", "keep-debug-flagged", "sample-normal"] {
+        let filter = format!("policy=\"{policy}\"");
+        println!(
+            "    {policy:<20} voted keep for {:>5} traces",
+            sum_metric(&m, telemetry::TAIL_SAMPLING_COUNT_TRACES_SAMPLED, &[&filter, "decision=\"sampled\""]) as u64
+        );
+    }
+    let kept = sum_metric(&m, telemetry::TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED, &["decision=\"sampled\""]) as u64;
+    let decided = sum_metric(&m, telemetry::TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED, &[]) as u64;
     println!(
-        "  gateway: accepted {} spans, exported {} to the file, failed {}",
-        sum_metric(&m, telemetry::RECEIVER_ACCEPTED_SPANS, "") as u64,
-        sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, "exporter=\"file\"") as u64,
-        sum_metric(&m, telemetry::EXPORTER_SEND_FAILED_SPANS, "") as u64,
+        "  decisions: {kept} of {decided} traces kept; sent {} error, {} slow, {} flagged",
+        stats.error_traces.load(Ordering::Relaxed),
+        stats.slow_traces.load(Ordering::Relaxed),
+        stats.flagged_traces.load(Ordering::Relaxed),
+    );
+    println!(
+        "  gateway: accepted {} spans, kept {}, dropped by policy {}, exported {} to the file, failed {}",
+        sum_metric(&m, telemetry::RECEIVER_ACCEPTED_SPANS, &[]) as u64,
+        sum_metric(&m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
+        sum_metric(&m, telemetry::SAMPLING_SPANS_DROPPED, &["reason=\"policy\""]) as u64,
+        sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
+        sum_metric(&m, telemetry::EXPORTER_SEND_FAILED_SPANS, &[]) as u64,
     );
     println!("  {file}: {lines} batches, {spans} spans; unredacted secrets found: {leaked}");
-    println!(
-        "  (tail sampling joins this pipeline with the sampling engine; today every span is kept)"
-    );
     if leaked > 0 {
         anyhow::bail!("redaction failed: {leaked} secret value(s) reached {file}");
     }

@@ -39,6 +39,17 @@ pub fn describe(cfg: &Config) -> String {
                 }
                 ProcessorConfig::Attributes(a) => format!("{} action(s)", a.actions.len()),
                 ProcessorConfig::Resource(r) => format!("{} action(s)", r.attributes.len()),
+                ProcessorConfig::TailSampling(t) => {
+                    let policies: Vec<String> = t
+                        .policies
+                        .iter()
+                        .map(|p| format!("{} ({})", p.name, p.policy_type.settings_key().unwrap_or(match p.policy_type {
+                            tailgate_config::sampling::PolicyType::TraceFlags => "trace_flags",
+                            _ => "always_sample",
+                        })))
+                        .collect();
+                    format!("decision_wait {}, policies: {}", t.decision_wait, policies.join(", "))
+                }
                 ProcessorConfig::Filter(f) => format!(
                     "{} span / {} spanevent condition(s)",
                     f.traces.span.len(),
