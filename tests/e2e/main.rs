@@ -8,4 +8,5 @@ mod extensions;
 mod otlp;
 mod python_sdk;
 mod reliability;
+mod sampling;
 mod support;

@@ -8,6 +8,7 @@ with what the application produced. Output: one JSON object on stdout.
 import argparse
 import json
 import sys
+import time
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -55,6 +56,7 @@ def main():
     p.add_argument("--service", default="py-shop")
     p.add_argument("--error-every", type=int, default=0, help="every Nth trace gets an ERROR span")
     p.add_argument("--flag-every", type=int, default=0, help="every Nth trace gets sampling.priority=always_on")
+    p.add_argument("--slow-every", type=int, default=0, help="every Nth trace has a 2.5 s root span")
     p.add_argument("--pod-ip", default="", help="k8s.pod.ip resource attribute")
     args = p.parse_args()
 
@@ -70,7 +72,13 @@ def main():
     for i in range(args.traces):
         error = args.error_every and i % args.error_every == 0
         flagged = args.flag_every and i % args.flag_every == 0
-        with tracer.start_as_current_span("GET /checkout", kind=trace.SpanKind.SERVER) as root:
+        slow = args.slow_every and i % args.slow_every == 0
+        start_ns = time.time_ns()
+        # A slow trace's root lasts 2.5 s by its timestamps; nothing sleeps.
+        end_ns = start_ns + (2_500_000_000 if slow else 50_000_000)
+        with tracer.start_as_current_span(
+            "GET /checkout", kind=trace.SpanKind.SERVER, start_time=start_ns, end_on_exit=False
+        ) as root:
             root.set_attribute("http.route", "/checkout")
             root.set_attribute("http.request.header.authorization", "Bearer s3cret")
             root.set_attribute("http.request.header.cookie", "session=abc")
@@ -84,12 +92,14 @@ def main():
                     if error and c == 0:
                         child.set_status(Status(StatusCode.ERROR, "boom"))
                     span_ids.append(format(child.get_span_context().span_id, "016x"))
+            root.end(end_time=end_ns)
             sent.append(
                 {
                     "trace_id": format(root.get_span_context().trace_id, "032x"),
                     "span_ids": span_ids,
                     "error": bool(error),
                     "flagged": bool(flagged),
+                    "slow": bool(slow),
                 }
             )
     provider.force_flush()
