@@ -45,23 +45,22 @@ pub struct ScannedRequest {
 pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
     let mut out = ScannedRequest::default();
     let mut reasons: Vec<String> = Vec::new();
-    let err = |path: String| move |source: WireError| ScanError { path, source };
 
     for (ri, field) in FieldReader::new(body)
         .filter(is_field(REQUEST_RESOURCE_SPANS))
         .enumerate()
     {
         let rs_path = || format!("resource_spans[{ri}]");
-        let (num, value) = field.map_err(err(rs_path()))?;
-        let rs = value.as_len(num).map_err(err(rs_path()))?;
+        let (num, value) = field.map_err(at(&rs_path))?;
+        let rs = value.as_len(num).map_err(at(&rs_path))?;
         let mut resource: &[u8] = &[];
         let mut resource_schema_url: &[u8] = &[];
         for f in FieldReader::new(rs) {
-            let (num, value) = f.map_err(err(rs_path()))?;
+            let (num, value) = f.map_err(at(&rs_path))?;
             match num {
-                RESOURCE_SPANS_RESOURCE => resource = value.as_len(num).map_err(err(rs_path()))?,
+                RESOURCE_SPANS_RESOURCE => resource = value.as_len(num).map_err(at(&rs_path))?,
                 RESOURCE_SPANS_SCHEMA_URL => {
-                    resource_schema_url = value.as_len(num).map_err(err(rs_path()))?
+                    resource_schema_url = value.as_len(num).map_err(at(&rs_path))?
                 }
                 _ => {}
             }
@@ -76,16 +75,16 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
             .enumerate()
         {
             let ss_path = || format!("resource_spans[{ri}].scope_spans[{si}]");
-            let (num, value) = f.map_err(err(ss_path()))?;
-            let ss = value.as_len(num).map_err(err(ss_path()))?;
+            let (num, value) = f.map_err(at(&ss_path))?;
+            let ss = value.as_len(num).map_err(at(&ss_path))?;
             let mut scope: &[u8] = &[];
             let mut scope_schema_url: &[u8] = &[];
             for f in FieldReader::new(ss) {
-                let (num, value) = f.map_err(err(ss_path()))?;
+                let (num, value) = f.map_err(at(&ss_path))?;
                 match num {
-                    SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(err(ss_path()))?,
+                    SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(at(&ss_path))?,
                     SCOPE_SPANS_SCHEMA_URL => {
-                        scope_schema_url = value.as_len(num).map_err(err(ss_path()))?
+                        scope_schema_url = value.as_len(num).map_err(at(&ss_path))?
                     }
                     _ => {}
                 }
@@ -101,9 +100,9 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 .enumerate()
             {
                 let span_path = || format!("resource_spans[{ri}].scope_spans[{si}].spans[{pi}]");
-                let (num, value) = f.map_err(err(span_path()))?;
-                let span = value.as_len(num).map_err(err(span_path()))?;
-                let raw = read_meta(span).map_err(err(span_path()))?;
+                let (num, value) = f.map_err(at(&span_path))?;
+                let span = value.as_len(num).map_err(at(&span_path))?;
+                let raw = read_meta(span).map_err(at(&span_path))?;
                 match validate_ids(raw.trace_id, raw.span_id) {
                     Ok((trace_id, span_id)) => {
                         let parent_span_id = raw
@@ -148,6 +147,12 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
         out.rejection_message = Some(msg);
     }
     Ok(out)
+}
+
+/// Builds the error's path only when an error happens: formatting a path per span would
+/// cost more than scanning the span.
+fn at<P: Fn() -> String>(path: P) -> impl FnOnce(WireError) -> ScanError {
+    move |source| ScanError { path: path(), source }
 }
 
 fn is_field(

@@ -223,16 +223,7 @@ impl<'a> AnyValueRef<'a> {
 /// When a key repeats, the last entry wins, as in a decoded map.
 pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<AnyValueRef<'a>> {
     let mut found = None;
-    for_each_attribute(message, field, |k, v| {
-        if k == key {
-            found = Some(AnyValueRef::parse(v));
-        }
-    });
-    found
-}
-
-/// Calls `f(key, encoded AnyValue)` for each attribute in field `field` of `message`.
-pub fn for_each_attribute<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&'a str, &'a [u8])) {
+    let key = key.as_bytes();
     for entry in FieldReader::new(message) {
         let Ok((num, FieldValue::Len(kv))) = entry else {
             continue;
@@ -240,19 +231,61 @@ pub fn for_each_attribute<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&
         if num != field {
             continue;
         }
-        let mut key: Option<&str> = None;
+        // Fast path: a KeyValue almost always starts with its key (tag 0x0a, one-byte
+        // length). Compare the length, then the bytes, before parsing anything else.
+        if let [0x0a, len, rest @ ..] = kv
+            && *len < 0x80
+        {
+            let len = *len as usize;
+            if len != key.len() || rest.len() < len || &rest[..len] != key {
+                continue;
+            }
+        }
+        let mut k: &[u8] = &[];
         let mut value: &[u8] = &[];
         for part in FieldReader::new(kv) {
             match part {
-                Ok((KEY_VALUE_KEY, FieldValue::Len(b))) => key = std::str::from_utf8(b).ok(),
+                Ok((KEY_VALUE_KEY, FieldValue::Len(b))) => k = b,
                 Ok((KEY_VALUE_VALUE, FieldValue::Len(b))) => value = b,
                 _ => {}
             }
         }
-        if let Some(k) = key {
-            f(k, value);
+        if k == key {
+            found = Some(AnyValueRef::parse(value));
         }
     }
+    found
+}
+
+/// Calls `f(key bytes, encoded AnyValue)` for each attribute in field `field` of `message`.
+pub fn for_each_attribute_raw<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&'a [u8], &'a [u8])) {
+    for entry in FieldReader::new(message) {
+        let Ok((num, FieldValue::Len(kv))) = entry else {
+            continue;
+        };
+        if num != field {
+            continue;
+        }
+        let mut key: &[u8] = &[];
+        let mut value: &[u8] = &[];
+        for part in FieldReader::new(kv) {
+            match part {
+                Ok((KEY_VALUE_KEY, FieldValue::Len(b))) => key = b,
+                Ok((KEY_VALUE_VALUE, FieldValue::Len(b))) => value = b,
+                _ => {}
+            }
+        }
+        f(key, value);
+    }
+}
+
+/// Calls `f(key, encoded AnyValue)` for each attribute in field `field` of `message`.
+pub fn for_each_attribute<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&'a str, &'a [u8])) {
+    for_each_attribute_raw(message, field, |k, v| {
+        if let Ok(k) = std::str::from_utf8(k) {
+            f(k, v);
+        }
+    });
 }
 
 /// The last occurrence of a string field, if present and UTF-8.

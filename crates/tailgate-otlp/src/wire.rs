@@ -116,7 +116,15 @@ impl<'a> FieldReader<'a> {
         self.pos
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Fast path: keys and most lengths fit in one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let start = self.pos;
         let mut value: u64 = 0;
         for i in 0..10 {

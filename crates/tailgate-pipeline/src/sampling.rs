@@ -14,10 +14,11 @@
 //! mailbox was reserved before it was sent. No lock is taken on the hot path (the budget is
 //! atomics; each shard is owned by one actor).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tailgate_config::sampling::TailSamplingConfig;
 use tailgate_otlp::{EncodedSpan, TraceId};
@@ -55,8 +56,8 @@ pub enum ShardMsg {
 struct ShardActor;
 
 struct ShardState {
-    index: usize,
     budget: Arc<BufferBudget>,
+    metrics: ShardMetrics,
     processor: String,
     shard: TraceShard,
     next: Arc<dyn Consumer>,
@@ -101,65 +102,118 @@ impl ShardState {
 
     fn flush_metrics(&mut self) {
         let c = self.shard.take_counters();
-        record(&self.processor, self.shard.policy_names(), c);
-        let shard = self.index.to_string();
-        gauge!(SAMPLING_BUFFERED_SPANS, "processor" => self.processor.clone(), "shard" => shard)
-            .set(self.shard.spans_buffered() as f64);
-        gauge!(TAIL_SAMPLING_TRACES_ON_MEMORY, "processor" => self.processor.clone())
-            .set(self.budget.traces_live() as f64);
-        gauge!(SAMPLING_BUFFERED_BYTES, "processor" => self.processor.clone()).set(self.budget.bytes_used() as f64);
+        self.metrics.record(self.shard.policy_names(), c);
+        self.metrics.buffered_spans.set(self.shard.spans_buffered() as f64);
+        self.metrics.traces_on_memory.set(self.budget.traces_live() as f64);
+        self.metrics.buffered_bytes.set(self.budget.bytes_used() as f64);
     }
 }
 
-fn record(processor: &str, policies: &[String], c: ShardCounters) {
-    let p = || processor.to_string();
-    let add = |name: &'static str, v: u64| {
-        if v > 0 {
-            counter!(name, "processor" => p()).increment(v);
+/// Metric handles registered once per shard, so recording on the hot path allocates no
+/// label strings.
+struct ShardMetrics {
+    processor: String,
+    received: Counter,
+    kept: Counter,
+    new_traces: Counter,
+    after_forget: Counter,
+    handed_off: Counter,
+    received_by_handoff: Counter,
+    dropped: [Counter; 4],
+    late: [Counter; 2],
+    late_age: Histogram,
+    timer_latency: Histogram,
+    buffered_spans: Gauge,
+    traces_on_memory: Gauge,
+    buffered_bytes: Gauge,
+    votes: HashMap<(usize, &'static str), Counter>,
+    decisions: HashMap<&'static str, Counter>,
+    early: HashMap<&'static str, Counter>,
+    orphans: HashMap<String, Counter>,
+}
+
+impl ShardMetrics {
+    fn new(processor: &str, shard: usize) -> Self {
+        let p = || processor.to_string();
+        let dropped = |reason: &'static str| counter!(SAMPLING_SPANS_DROPPED, "processor" => p(), "reason" => reason);
+        ShardMetrics {
+            processor: p(),
+            received: counter!(SAMPLING_SPANS_RECEIVED, "processor" => p()),
+            kept: counter!(SAMPLING_SPANS_KEPT, "processor" => p()),
+            new_traces: counter!(TAIL_SAMPLING_NEW_TRACE_ID_RECEIVED, "processor" => p()),
+            after_forget: counter!(SAMPLING_LATE_SPANS_AFTER_FORGET, "processor" => p()),
+            handed_off: counter!(SAMPLING_TRACES_HANDED_OFF, "processor" => p()),
+            received_by_handoff: counter!(SAMPLING_TRACES_RECEIVED_BY_HANDOFF, "processor" => p()),
+            dropped: [dropped("policy"), dropped("late_dropped_trace"), dropped("shutdown"), dropped("duplicate")],
+            late: [
+                counter!(TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE, "processor" => p(), "sampled" => "true"),
+                counter!(TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE, "processor" => p(), "sampled" => "false"),
+            ],
+            late_age: histogram!(TAIL_SAMPLING_LATE_SPAN_AGE, "processor" => p()),
+            timer_latency: histogram!(TAIL_SAMPLING_DECISION_TIMER_LATENCY, "processor" => p()),
+            buffered_spans: gauge!(SAMPLING_BUFFERED_SPANS, "processor" => p(), "shard" => shard.to_string()),
+            traces_on_memory: gauge!(TAIL_SAMPLING_TRACES_ON_MEMORY, "processor" => p()),
+            buffered_bytes: gauge!(SAMPLING_BUFFERED_BYTES, "processor" => p()),
+            votes: HashMap::new(),
+            decisions: HashMap::new(),
+            early: HashMap::new(),
+            orphans: HashMap::new(),
         }
-    };
-    add(SAMPLING_SPANS_RECEIVED, c.spans_received);
-    add(SAMPLING_SPANS_KEPT, c.spans_kept);
-    add(TAIL_SAMPLING_NEW_TRACE_ID_RECEIVED, c.traces_new);
-    add(SAMPLING_LATE_SPANS_AFTER_FORGET, c.late_spans_after_forget);
-    add(SAMPLING_TRACES_HANDED_OFF, c.traces_handed_off);
-    add(SAMPLING_TRACES_RECEIVED_BY_HANDOFF, c.traces_received_by_handoff);
-    for (reason, v) in [
-        ("policy", c.spans_dropped_policy),
-        ("late_dropped_trace", c.spans_dropped_late),
-        ("shutdown", c.spans_dropped_shutdown),
-        ("duplicate", c.spans_duplicate),
-    ] {
-        if v > 0 {
-            counter!(SAMPLING_SPANS_DROPPED, "processor" => p(), "reason" => reason).increment(v);
+    }
+
+    fn record(&mut self, policies: &[String], c: ShardCounters) {
+        self.received.increment(c.spans_received);
+        self.kept.increment(c.spans_kept);
+        self.new_traces.increment(c.traces_new);
+        self.after_forget.increment(c.late_spans_after_forget);
+        self.handed_off.increment(c.traces_handed_off);
+        self.received_by_handoff.increment(c.traces_received_by_handoff);
+        let dropped = [c.spans_dropped_policy, c.spans_dropped_late, c.spans_dropped_shutdown, c.spans_duplicate];
+        for (counter, v) in self.dropped.iter().zip(dropped) {
+            counter.increment(v);
         }
-    }
-    for (sampled, v) in [("true", c.late_spans_kept), ("false", c.late_spans_dropped)] {
-        if v > 0 {
-            counter!(TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE, "processor" => p(), "sampled" => sampled).increment(v);
+        self.late[0].increment(c.late_spans_kept);
+        self.late[1].increment(c.late_spans_dropped);
+        for age in c.late_span_ages {
+            self.late_age.record(age.as_secs_f64());
         }
-    }
-    for age in c.late_span_ages {
-        histogram!(TAIL_SAMPLING_LATE_SPAN_AGE, "processor" => p()).record(age.as_secs_f64());
-    }
-    for ((policy, decision), v) in c.votes {
-        let sampled = if decision == "sampled" { "true" } else { "false" };
-        counter!(TAIL_SAMPLING_COUNT_TRACES_SAMPLED, "processor" => p(), "policy" => policies[policy].clone(), "decision" => decision, "sampled" => sampled)
-            .increment(v);
-    }
-    for (decision, v) in c.decisions {
-        let sampled = if decision == "sampled" { "true" } else { "false" };
-        counter!(TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED, "processor" => p(), "decision" => decision, "sampled" => sampled)
-            .increment(v);
-    }
-    for (reason, v) in c.early_decisions {
-        counter!(SAMPLING_EARLY_DECISIONS, "processor" => p(), "reason" => reason.label()).increment(v);
-    }
-    for (service, v) in c.orphan_spans {
-        counter!(ORPHAN_SPANS, "processor" => p(), "service_name" => service).increment(v);
-    }
-    for late in c.decision_lateness {
-        histogram!(TAIL_SAMPLING_DECISION_TIMER_LATENCY, "processor" => p()).record(late.as_secs_f64() * 1000.0);
+        for late in c.decision_lateness {
+            self.timer_latency.record(late.as_secs_f64() * 1000.0);
+        }
+        let processor = &self.processor;
+        for ((policy, decision), v) in c.votes {
+            let sampled = if decision == "sampled" { "true" } else { "false" };
+            self.votes
+                .entry((policy, decision))
+                .or_insert_with(|| {
+                    counter!(TAIL_SAMPLING_COUNT_TRACES_SAMPLED, "processor" => processor.clone(), "policy" => policies[policy].clone(), "decision" => decision, "sampled" => sampled)
+                })
+                .increment(v);
+        }
+        for (decision, v) in c.decisions {
+            let sampled = if decision == "sampled" { "true" } else { "false" };
+            self.decisions
+                .entry(decision)
+                .or_insert_with(|| {
+                    counter!(TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED, "processor" => processor.clone(), "decision" => decision, "sampled" => sampled)
+                })
+                .increment(v);
+        }
+        for (reason, v) in c.early_decisions {
+            self.early
+                .entry(reason.label())
+                .or_insert_with(|| counter!(SAMPLING_EARLY_DECISIONS, "processor" => processor.clone(), "reason" => reason.label()))
+                .increment(v);
+        }
+        for (service, v) in c.orphan_spans {
+            if let Some(counter) = self.orphans.get(&service) {
+                counter.increment(v);
+            } else {
+                let counter = counter!(ORPHAN_SPANS, "processor" => processor.clone(), "service_name" => service.clone());
+                counter.increment(v);
+                self.orphans.insert(service, counter);
+            }
+        }
     }
 }
 
@@ -245,8 +299,8 @@ impl TailSamplingStage {
             // Each shard keeps its share of every rate limit (traces spread evenly by hash).
             let policies = PolicySet::compile(&cfg.policies, cfg.sample_on_first_match, 1.0 / shards as f64);
             let state = ShardState {
-                index,
                 budget: Arc::clone(&budget),
+                metrics: ShardMetrics::new(&setup.name, index),
                 processor: setup.name.clone(),
                 shard: TraceShard::new(shard_cfg.clone(), policies, Arc::clone(&budget), shards),
                 next: Arc::clone(&next),

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tailgate_config::AttributeValue;
 use tailgate_config::components::{ActionKind, AttributeAction};
 use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value::Value};
-use tailgate_otlp::{AnyValueRef, for_each_attribute};
+use tailgate_otlp::{AnyValueRef, for_each_attribute_raw};
 
 /// A compiled list of actions, applied in order.
 #[derive(Debug, Clone)]
@@ -26,21 +26,34 @@ impl AttributeActions {
     /// Whether applying the actions to the attributes in field `field` of the encoded
     /// `message` could change anything. False means the bytes can be passed on untouched.
     pub fn may_change(&self, message: &[u8], field: u32) -> bool {
-        let mut keys: Vec<&str> = Vec::new();
-        for_each_attribute(message, field, |k, _| keys.push(k));
-        let has = |k: &str| keys.contains(&k);
-        self.actions.iter().any(|a| {
-            let key = a.key.as_deref().unwrap_or("");
-            match a.action {
-                // A from_attribute source may be added by an earlier action: be conservative.
-                ActionKind::Insert => !has(key),
-                ActionKind::Upsert => true,
-                ActionKind::Update | ActionKind::Extract => has(key),
-                ActionKind::Delete | ActionKind::Hash => match &a.pattern {
-                    Some(p) => keys.iter().any(|k| p.0.is_match(k)),
-                    None => has(key),
-                },
+        // Actions that apply whatever the attributes are.
+        if self.actions.iter().any(|a| a.action == ActionKind::Upsert) {
+            return true;
+        }
+        let mut present = vec![false; self.actions.len()];
+        let mut pattern_hit = false;
+        let has_patterns = self.actions.iter().any(|a| a.pattern.is_some());
+        // One pass over the attributes, comparing key bytes; no allocation per attribute.
+        for_each_attribute_raw(message, field, |k, _| {
+            for (i, a) in self.actions.iter().enumerate() {
+                if a.key.as_deref().is_some_and(|key| key.as_bytes() == k) {
+                    present[i] = true;
+                }
             }
+            if has_patterns && !pattern_hit && let Ok(k) = std::str::from_utf8(k) {
+                pattern_hit = self.actions.iter().any(|a| {
+                    matches!(a.action, ActionKind::Delete | ActionKind::Hash) && a.pattern.as_ref().is_some_and(|p| p.0.is_match(k))
+                });
+            }
+        });
+        self.actions.iter().enumerate().any(|(i, a)| match a.action {
+            ActionKind::Insert => !present[i],
+            ActionKind::Upsert => true,
+            ActionKind::Update | ActionKind::Extract => present[i],
+            ActionKind::Delete | ActionKind::Hash => match &a.pattern {
+                Some(_) => pattern_hit,
+                None => present[i],
+            },
         })
     }
 

@@ -165,6 +165,8 @@ pub struct TraceShard {
     cache: DecisionCache,
     next_seq: u64,
     counters: ShardCounters,
+    /// Spans across `traces`, kept incrementally (reading it must not walk every trace).
+    spans_buffered: usize,
 }
 
 impl TraceShard {
@@ -182,6 +184,7 @@ impl TraceShard {
             cache,
             next_seq: 0,
             counters: ShardCounters::default(),
+            spans_buffered: 0,
         }
     }
 
@@ -198,7 +201,8 @@ impl TraceShard {
     }
 
     pub fn spans_buffered(&self) -> usize {
-        self.traces.values().map(|t| t.buffer.span_count()).sum()
+        debug_assert_eq!(self.spans_buffered, self.traces.values().map(|t| t.buffer.span_count()).sum::<usize>());
+        self.spans_buffered
     }
 
     pub fn bytes_buffered(&self) -> u64 {
@@ -279,6 +283,7 @@ impl TraceShard {
         }
         let entry = self.traces.get_mut(&trace_id).expect("inserted above");
         let appended = entry.buffer.append(&spans);
+        self.spans_buffered += appended.spans;
         if appended.duplicate_bytes > 0 {
             self.budget.release(appended.duplicate_bytes);
             self.counters.spans_duplicate += appended.duplicate_spans as u64;
@@ -345,6 +350,7 @@ impl TraceShard {
 
     fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
         let entry = self.traces.remove(id)?;
+        self.spans_buffered -= entry.buffer.span_count();
         self.by_deadline.remove(&(entry.decide_at, entry.seq, *id));
         self.by_arrival.remove(&entry.seq);
         self.budget.release(entry.buffer.encoded_bytes());

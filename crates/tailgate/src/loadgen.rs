@@ -49,7 +49,7 @@ pub struct LoadgenArgs {
     /// String attributes per span (besides the few semantic ones).
     #[arg(long, default_value_t = 10)]
     pub attributes: usize,
-    /// Spans per request (a request may hold spans of several traces).
+    /// Spans per request, filled with whole traces (so a little under this number).
     #[arg(long, default_value_t = 512)]
     pub spans_per_request: usize,
     /// Percent of traces with an ERROR span.
@@ -338,6 +338,100 @@ async fn send(
     stats.spans_failed.fetch_add(spans, Ordering::Relaxed);
 }
 
+/// A pre-encoded request of whole traces whose IDs are rewritten for every send, so the
+/// generator costs tens of nanoseconds per span and the target, not the client, is measured.
+struct RequestTemplate {
+    bytes: Vec<u8>,
+    spans: Vec<SpanSlots>,
+    /// Per trace: (error, slow, flagged).
+    traces: Vec<(bool, bool, bool)>,
+}
+
+/// Where one span's IDs sit in the template.
+struct SpanSlots {
+    trace: usize,
+    trace_id_at: usize,
+    span_id_at: usize,
+    /// Offset of the parent ID and the index of the parent span.
+    parent: Option<(usize, usize)>,
+}
+
+impl RequestTemplate {
+    fn build(generator: &mut TraceGenerator, spans_per_request: usize, service_name: &str) -> RequestTemplate {
+        let per_trace = generator.args.spans_per_trace.max(1);
+        let trace_count = (spans_per_request / per_trace).max(1);
+        let mut spans = Vec::new();
+        let mut traces = Vec::new();
+        for _ in 0..trace_count {
+            let t = generator.trace();
+            traces.push((t.error, t.slow, t.flagged));
+            spans.extend(t.spans);
+        }
+        let body = request(service_name, spans);
+        let scanned = tailgate_otlp::scan_export_request(&body).expect("own request scans");
+        let offset = |slice: &[u8]| slice.as_ptr() as usize - body.as_ptr() as usize;
+        let mut slots: Vec<SpanSlots> = Vec::with_capacity(scanned.spans.len());
+        let mut trace_index: Vec<tailgate_otlp::TraceId> = Vec::new();
+        for s in &scanned.spans {
+            let trace = match trace_index.iter().position(|t| *t == s.meta.trace_id) {
+                Some(i) => i,
+                None => {
+                    trace_index.push(s.meta.trace_id);
+                    trace_index.len() - 1
+                }
+            };
+            let (mut trace_id_at, mut span_id_at, mut parent_at) = (0, 0, None);
+            for field in tailgate_otlp::wire::FieldReader::new(&s.bytes).flatten() {
+                if let (n, tailgate_otlp::wire::FieldValue::Len(b)) = field {
+                    match n {
+                        1 => trace_id_at = offset(b),
+                        2 => span_id_at = offset(b),
+                        4 if !b.is_empty() => parent_at = Some(offset(b)),
+                        _ => {}
+                    }
+                }
+            }
+            let parent = parent_at.map(|at| {
+                let pid = s.meta.parent_span_id.expect("parent bytes present");
+                let idx = scanned.spans.iter().position(|o| o.meta.span_id == pid && o.meta.trace_id == s.meta.trace_id);
+                (at, idx.expect("parent in the same request"))
+            });
+            slots.push(SpanSlots { trace, trace_id_at, span_id_at, parent });
+        }
+        RequestTemplate { bytes: body.to_vec(), spans: slots, traces }
+    }
+
+    /// A copy with fresh random IDs, parent links kept consistent.
+    fn instantiate(&self, rng: &mut StdRng) -> Bytes {
+        let mut out = self.bytes.clone();
+        let trace_ids: Vec<[u8; 16]> = (0..self.traces.len())
+            .map(|_| {
+                let mut id: [u8; 16] = rng.random();
+                id[0] |= 1;
+                id
+            })
+            .collect();
+        let span_ids: Vec<[u8; 8]> = (0..self.spans.len())
+            .map(|_| {
+                let mut id: [u8; 8] = rng.random();
+                id[0] |= 1;
+                id
+            })
+            .collect();
+        for (i, s) in self.spans.iter().enumerate() {
+            out[s.trace_id_at..s.trace_id_at + 16].copy_from_slice(&trace_ids[s.trace]);
+            out[s.span_id_at..s.span_id_at + 8].copy_from_slice(&span_ids[i]);
+            if let Some((at, parent)) = s.parent {
+                out[at..at + 8].copy_from_slice(&span_ids[parent]);
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+/// Distinct templates per worker, so the mix of error/slow/flagged traces varies.
+const TEMPLATES_PER_WORKER: usize = 8;
+
 /// Runs the load; `stats` is updated live so callers can print progress.
 pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
@@ -348,11 +442,7 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
     let started = Instant::now();
     let stop_at = started + args.duration;
     let workers = args.concurrency.max(1);
-    let per_worker_traces = if args.traces > 0 {
-        Some(args.traces.div_ceil(workers as u64))
-    } else {
-        None
-    };
+    let per_worker_traces = (args.traces > 0).then(|| args.traces.div_ceil(workers as u64));
     let mut handles = Vec::new();
     for w in 0..workers {
         let args = args.clone();
@@ -360,67 +450,36 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
         let channel = channel.clone();
         let limit = per_worker_traces.map(|n| n.min(args.traces.saturating_sub(n * w as u64)));
         handles.push(tokio::spawn(async move {
-            let mut generator = TraceGenerator::new(
-                &args,
-                args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64),
-            );
-            let interval =
-                (args.rate > 0).then(|| Duration::from_secs_f64(workers as f64 / args.rate as f64));
+            let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
+            let mut generator = TraceGenerator::new(&args, seed);
+            let templates: Vec<RequestTemplate> = (0..TEMPLATES_PER_WORKER)
+                .map(|_| RequestTemplate::build(&mut generator, args.spans_per_request, &args.service_name))
+                .collect();
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
             let mut next_at = Instant::now();
-            let mut pending: Vec<Span> = Vec::with_capacity(args.spans_per_request);
             let mut made = 0u64;
-            loop {
-                let done = limit.is_some_and(|l| made >= l) || Instant::now() >= stop_at;
-                if done {
+            for round in 0.. {
+                if limit.is_some_and(|l| made >= l) || Instant::now() >= stop_at {
                     break;
                 }
-                if let Some(iv) = interval {
+                let template = &templates[round % templates.len()];
+                if args.rate > 0 {
+                    // This worker's share of the rate, one request of several traces at a time.
+                    let per_request = Duration::from_secs_f64(template.traces.len() as f64 * workers as f64 / args.rate as f64);
                     tokio::time::sleep_until(next_at).await;
-                    next_at += iv;
+                    next_at += per_request;
                 }
-                let t = generator.trace();
-                made += 1;
-                stats.traces.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .spans
-                    .fetch_add(t.spans.len() as u64, Ordering::Relaxed);
-                stats
-                    .error_traces
-                    .fetch_add(u64::from(t.error), Ordering::Relaxed);
-                stats
-                    .slow_traces
-                    .fetch_add(u64::from(t.slow), Ordering::Relaxed);
-                stats
-                    .flagged_traces
-                    .fetch_add(u64::from(t.flagged), Ordering::Relaxed);
-                pending.extend(t.spans);
-                // With a rate, send every trace promptly; flat out, fill whole requests.
-                if pending.len() >= args.spans_per_request || interval.is_some() {
-                    let n = pending.len() as u64;
-                    let body = request(&args.service_name, std::mem::take(&mut pending));
-                    send(
-                        &channel,
-                        body,
-                        n,
-                        args.gzip,
-                        &stats,
-                        stop_at + Duration::from_secs(10),
-                    )
-                    .await;
+                let body = template.instantiate(&mut rng);
+                let n = template.spans.len() as u64;
+                made += template.traces.len() as u64;
+                stats.traces.fetch_add(template.traces.len() as u64, Ordering::Relaxed);
+                stats.spans.fetch_add(n, Ordering::Relaxed);
+                for (error, slow, flagged) in &template.traces {
+                    stats.error_traces.fetch_add(u64::from(*error), Ordering::Relaxed);
+                    stats.slow_traces.fetch_add(u64::from(*slow), Ordering::Relaxed);
+                    stats.flagged_traces.fetch_add(u64::from(*flagged), Ordering::Relaxed);
                 }
-            }
-            if !pending.is_empty() {
-                let n = pending.len() as u64;
-                let body = request(&args.service_name, pending);
-                send(
-                    &channel,
-                    body,
-                    n,
-                    args.gzip,
-                    &stats,
-                    stop_at + Duration::from_secs(10),
-                )
-                .await;
+                send(&channel, body, n, args.gzip, &stats, stop_at + Duration::from_secs(10)).await;
             }
         }));
     }

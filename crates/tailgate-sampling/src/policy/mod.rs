@@ -102,6 +102,25 @@ pub struct NamedPolicy {
     policy: Policy,
 }
 
+/// True when some span's attribute `key`, or its resource's, satisfies `pred`. Each distinct
+/// resource is checked once, not once per span.
+fn any_attribute(t: &TraceView<'_>, key: &str, pred: impl Fn(Option<AnyValueRef<'_>>) -> bool) -> bool {
+    let mut seen: Vec<*const tailgate_otlp::ResourceScope> = Vec::new();
+    for s in t.spans {
+        if pred(s.attribute(key)) {
+            return true;
+        }
+        let ctx = std::sync::Arc::as_ptr(&s.context);
+        if !seen.contains(&ctx) {
+            seen.push(ctx);
+            if pred(s.resource_attribute(key)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// FNV-1a 64 of `salt` then the trace ID bytes.
 pub fn trace_id_hash(salt: &str, trace_id: &TraceId) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -309,8 +328,7 @@ impl NamedPolicy {
                     };
                     min.is_none_or(|m| n >= m as f64) && max.is_none_or(|m| n <= m as f64)
                 };
-                let found = t.spans.iter().any(|s| in_range(s.resource_attribute(key)) || in_range(s.attribute(key)));
-                invertible(found, *invert)
+                invertible(any_attribute(t, key, in_range), *invert)
             }
             Policy::Probabilistic { threshold, salt } => {
                 yes(*threshold > 0 && trace_id_hash(salt, &t.trace_id) <= *threshold)
@@ -325,13 +343,12 @@ impl NamedPolicy {
                     },
                     _ => false,
                 };
-                let found = t.spans.iter().any(|s| matches(s.resource_attribute(key)) || matches(s.attribute(key)));
-                invertible(found, *invert)
+                invertible(any_attribute(t, key, matches), *invert)
             }
             Policy::BooleanAttribute { key, value, invert } => {
-                let matches = |v: Option<AnyValueRef<'_>>| matches!(v, Some(AnyValueRef::Bool(b)) if b == *value);
-                let found = t.spans.iter().any(|s| matches(s.resource_attribute(key)) || matches(s.attribute(key)));
-                invertible(found, *invert)
+                let value = *value;
+                let matches = |v: Option<AnyValueRef<'_>>| matches!(v, Some(AnyValueRef::Bool(b)) if b == value);
+                invertible(any_attribute(t, key, matches), *invert)
             }
             Policy::RateLimiting { bucket, .. } => yes(bucket.try_take(t.spans.len() as f64, now)),
             Policy::BytesLimiting { bucket, .. } => yes(bucket.try_take(t.encoded_bytes as f64, now)),

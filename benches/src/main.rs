@@ -1,0 +1,68 @@
+//! `tailgate-bench`: figures for `docs/performance.md`, measured side by side in one run.
+//!
+//! - `gateway`: P1 — the gateway pinned to one core (`taskset`), the article's policies,
+//!   20 spans per trace, ~400-byte spans with 10 attributes, 512 spans per request, driven by
+//!   `tailgate loadgen` on the other core; CPU-seconds of the gateway process per million spans
+//!   it took in, and its peak RSS. Then rotel forwarding the same load to the same sink, in
+//!   turn (A B A B), medians and the ratio.
+//! - `memory`: P2 — memory per buffered span: RSS growth of a gateway holding a known number
+//!   of spans (nothing decided yet), divided by their encoded bytes.
+//! - `sink`: the OTLP sink both use (counts spans, keeps nothing).
+//!
+//! Nothing here asserts: it prints. The machine is shared and noisy; compare ratios from one run.
+
+mod measure;
+mod sink;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tailgate-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// P1: CPU-seconds per million spans, Tailgate beside rotel.
+    Gateway(measure::GatewayArgs),
+    /// P2: memory per buffered span.
+    Memory(measure::MemoryArgs),
+    /// An OTLP/gRPC sink that counts spans (used by the other commands).
+    Sink {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+/// `target/release/<name>` next to this binary.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("current exe");
+    me.with_file_name(name)
+}
+
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    match cli.command {
+        Command::Sink { port } => rt.block_on(sink::serve(port)),
+        Command::Gateway(args) => rt.block_on(measure::gateway(args)),
+        Command::Memory(args) => rt.block_on(measure::memory(args)),
+    }
+}
+
+/// A Go-style duration of the benchmark flags (`2s`, `500ms`).
+pub fn parse_wait(s: &str) -> Duration {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return Duration::from_millis(ms.parse().unwrap_or(0));
+    }
+    Duration::from_secs_f64(s.trim_end_matches('s').parse().unwrap_or(0.0))
+}

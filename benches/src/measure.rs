@@ -1,0 +1,446 @@
+//! Orchestration: processes pinned with `taskset`, CPU from `/proc/PID/stat`, memory from
+//! `/proc/PID/status`.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::sibling_binary;
+
+/// The reference article's gateway policies and redaction; `decision_wait` and the ports are
+/// the benchmark's (see `docs/performance.md`).
+const GATEWAY_CONFIG: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{grpc}
+        max_recv_msg_size_mib: 16
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: {limit_mib}
+    spike_limit_mib: 512
+  tail_sampling:
+    decision_wait: {decision_wait}
+    num_traces: {num_traces}
+    expected_new_traces_per_sec: 1000
+{extra_sampling}    policies:
+      - name: keep-errors
+        type: status_code
+        status_code:
+          status_codes: [ERROR]
+      - name: keep-slow
+        type: latency
+        latency:
+          threshold_ms: 2000
+      - name: keep-debug-flagged
+        type: string_attribute
+        string_attribute:
+          key: sampling.priority
+          values: ["always_on"]
+      - name: sample-normal
+        type: probabilistic
+        probabilistic:
+          sampling_percentage: 5
+  attributes/redact:
+    actions:
+      - key: db.statement
+        action: update
+        value: "[redacted]"
+      - key: http.request.header.authorization
+        action: delete
+      - key: http.request.header.cookie
+        action: delete
+  batch:
+    send_batch_size: 1024
+    timeout: 1s
+exporters:
+  otlp/sink:
+    endpoint: 127.0.0.1:{sink}
+    tls:
+      insecure: true
+    compression: {compression}
+service:
+  telemetry:
+    metrics:
+      address: 127.0.0.1:{metrics}
+    logs:
+      level: warn
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, tail_sampling, attributes/redact, batch]
+      exporters: [otlp/sink]
+"#;
+
+#[derive(Args, Clone)]
+pub struct GatewayArgs {
+    /// Measured load per run.
+    #[arg(long, default_value = "20")]
+    pub seconds: u64,
+    /// Unmeasured load before each run.
+    #[arg(long, default_value = "3")]
+    pub warmup_seconds: u64,
+    /// A B rounds (Tailgate, rotel).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Traces per second offered; 0 = as fast as the target takes them.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// `decision_wait` for Tailgate (the article uses 10s; shorter keeps the buffer small
+    /// at benchmark rates without changing the per-span work).
+    #[arg(long, default_value = "2s")]
+    pub decision_wait: String,
+    /// Compression on every hop (loadgen → system → sink): `none` or `gzip`.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// rotel-agent binary; found through the `rotel` Python package when unset.
+    #[arg(long)]
+    pub rotel: Option<PathBuf>,
+    /// Skip rotel (when it is not installed).
+    #[arg(long)]
+    pub no_rotel: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct MemoryArgs {
+    /// Traces to buffer (20 spans each).
+    #[arg(long, default_value_t = 50_000)]
+    pub traces: u64,
+}
+
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pinned(core: &str, program: &PathBuf, args: &[String], name: &str) -> anyhow::Result<Proc> {
+    let child = Command::new("taskset")
+        .arg("-c")
+        .arg(core)
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+    Ok(Proc { child, name: name.to_string() })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not open port {port}")
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields[11].parse()?;
+    let stime: f64 = fields[12].parse()?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in status"))?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.0\r\nhost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+fn sink_count(sink_port: u16) -> u64 {
+    http_get(sink_port + 1, "/count").ok().and_then(|b| b.trim().parse().ok()).unwrap_or(0)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let text = http_get(port, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `tailgate loadgen` on core 1 and returns the spans the target accepted.
+fn loadgen(port: u16, seconds: u64, rate: u64, concurrency: usize, traces: u64, seed: u64, gzip: bool) -> anyhow::Result<u64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(sibling_binary("tailgate"))
+        .args(["loadgen", "--endpoint", &format!("http://127.0.0.1:{port}")])
+        .args(["--duration", &format!("{seconds}s"), "--rate", &rate.to_string()])
+        .args(["--traces", &traces.to_string(), "--concurrency", &concurrency.to_string()])
+        .args(["--spans-per-trace", "20", "--attributes", "10", "--spans-per-request", "512"])
+        .args(["--error-percent", "1", "--slow-percent", "1", "--seed", &seed.to_string()])
+        .args(["--gzip", if gzip { "true" } else { "false" }])
+        .output()
+        .context("cannot run tailgate loadgen")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("LOADGEN")).with_context(|| format!("loadgen printed no summary: {text}"))?;
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(field("spans") - field("spans_failed"))
+}
+
+/// Waits until the sink's count has not moved for `quiet`.
+fn wait_drained(sink_port: u16, quiet: Duration, max: Duration) -> u64 {
+    let started = Instant::now();
+    let mut last = sink_count(sink_port);
+    let mut since = Instant::now();
+    while started.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = sink_count(sink_port);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+    }
+    last
+}
+
+struct RunResult {
+    system: &'static str,
+    spans_in: u64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    exported: u64,
+}
+
+impl RunResult {
+    fn cpu_per_million(&self) -> f64 {
+        self.cpu_s / self.spans_in.max(1) as f64 * 1e6
+    }
+}
+
+fn rotel_path(args: &GatewayArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.rotel {
+        return Ok(p.clone());
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .context("python3")?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !p.exists() {
+        bail!("rotel not found: pip install --pre rotel (needs Debian libpython3.11), or pass --rotel / --no-rotel");
+    }
+    Ok(p)
+}
+
+fn run_once(system: &'static str, args: &GatewayArgs, rotel: Option<&PathBuf>, seed: u64) -> anyhow::Result<RunResult> {
+    let sink_port = free_port();
+    let _sink = pinned("1", &sibling_binary("tailgate-bench"), &["sink".into(), "--port".into(), sink_port.to_string()], "sink")?;
+    wait_port(sink_port, "sink")?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tailgate-bench-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (target, quiet) = match system {
+        "tailgate" => {
+            let metrics = free_port();
+            let cfg = GATEWAY_CONFIG
+                .replace("{grpc}", &port.to_string())
+                .replace("{sink}", &sink_port.to_string())
+                .replace("{metrics}", &metrics.to_string())
+                .replace("{limit_mib}", "4096")
+                .replace("{decision_wait}", &args.decision_wait)
+                .replace("{num_traces}", "200000")
+                .replace("{extra_sampling}", "")
+                .replace("{compression}", &args.compression);
+            let path = dir.join("gateway.yaml");
+            std::fs::write(&path, cfg)?;
+            let p = pinned("0", &sibling_binary("tailgate"), &["gateway".into(), "--config".into(), path.display().to_string()], "tailgate")?;
+            let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
+            (p, wait)
+        }
+        _ => {
+            let rotel = rotel.expect("rotel path");
+            let p = pinned(
+                "0",
+                rotel,
+                &[
+                    "start".into(),
+                    "--otlp-grpc-endpoint".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--otlp-http-endpoint".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                    "--exporter".into(),
+                    "otlp".into(),
+                    "--otlp-exporter-endpoint".into(),
+                    format!("http://127.0.0.1:{sink_port}"),
+                    "--otlp-exporter-protocol".into(),
+                    "grpc".into(),
+                    "--otlp-exporter-compression".into(),
+                    args.compression.clone(),
+                    "--pid-file".into(),
+                    dir.join("rotel.pid").display().to_string(),
+                ],
+                "rotel",
+            )?;
+            (p, Duration::from_secs(3))
+        }
+    };
+    wait_port(port, target.name.as_str())?;
+    let pid = target.child.id();
+    let gzip = args.compression == "gzip";
+    loadgen(port, args.warmup_seconds, args.rate, args.concurrency, 0, seed + 1000, gzip)?;
+    wait_drained(sink_port, quiet, Duration::from_secs(60));
+    let cpu0 = cpu_seconds(pid)?;
+    let sink0 = sink_count(sink_port);
+    let spans_in = loadgen(port, args.seconds, args.rate, args.concurrency, 0, seed, gzip)?;
+    let sink1 = wait_drained(sink_port, quiet, Duration::from_secs(120));
+    let cpu1 = cpu_seconds(pid)?;
+    let peak = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(RunResult { system, spans_in, cpu_s: cpu1 - cpu0, peak_rss_mib: peak, exported: sink1 - sink0 })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || gateway_blocking(args)).await?
+}
+
+fn gateway_blocking(args: GatewayArgs) -> anyhow::Result<()> {
+    let rotel = if args.no_rotel { None } else { Some(rotel_path(&args)?) };
+    println!(
+        "P1: gateway on core 0, loadgen on core 1; 20 spans/trace, 10 attributes, ~512 spans/request, compression {}, rate {}, {}s per run",
+        args.compression,
+        if args.rate == 0 { "max".to_string() } else { format!("{} traces/s", args.rate) },
+        args.seconds
+    );
+    println!("{:<4} {:<9} {:>12} {:>9} {:>12} {:>13} {:>12}", "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "exported");
+    let mut results = Vec::new();
+    for round in 0..args.rounds {
+        let mut systems = vec!["tailgate"];
+        if rotel.is_some() {
+            systems.push("rotel");
+        }
+        for (i, system) in systems.into_iter().enumerate() {
+            let r = run_once(system, &args, rotel.as_ref(), 42 + round as u64)?;
+            println!(
+                "{:<4} {:<9} {:>12} {:>9.2} {:>12.3} {:>13.0} {:>12}",
+                format!("{}{}", if i == 0 { 'A' } else { 'B' }, round + 1),
+                r.system,
+                r.spans_in,
+                r.cpu_s,
+                r.cpu_per_million(),
+                r.peak_rss_mib,
+                r.exported
+            );
+            results.push(r);
+        }
+    }
+    let med = |sys: &str| median(results.iter().filter(|r| r.system == sys).map(RunResult::cpu_per_million).collect());
+    let t = med("tailgate");
+    println!("median tailgate: {t:.3} CPU-s per 1M spans (target P1 <= 1.0)");
+    if rotel.is_some() {
+        let r = med("rotel");
+        println!("median rotel (forwarding, no sampling): {r:.3} CPU-s per 1M spans");
+        println!("ratio rotel / tailgate: {:.2}x", r / t);
+    }
+    Ok(())
+}
+
+pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || memory_blocking(args)).await?
+}
+
+fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
+    let sink_port = free_port();
+    let _sink = pinned("1", &sibling_binary("tailgate-bench"), &["sink".into(), "--port".into(), sink_port.to_string()], "sink")?;
+    wait_port(sink_port, "sink")?;
+    let port = free_port();
+    let metrics = free_port();
+    let cfg = GATEWAY_CONFIG
+        .replace("{grpc}", &port.to_string())
+        .replace("{sink}", &sink_port.to_string())
+        .replace("{metrics}", &metrics.to_string())
+        .replace("{limit_mib}", "16384")
+        .replace("{decision_wait}", "600s")
+        .replace("{num_traces}", &(args.traces * 2).to_string())
+        .replace("{extra_sampling}", "    buffer_limit_mib: 8192\n    shards: 1\n")
+        .replace("{compression}", "none");
+    let dir = std::env::temp_dir().join(format!("tailgate-bench-mem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, cfg)?;
+    let gw = pinned("0", &sibling_binary("tailgate"), &["gateway".into(), "--config".into(), path.display().to_string()], "tailgate")?;
+    wait_port(port, "tailgate")?;
+    let pid = gw.child.id();
+    // Warm the allocator and the connection with a small load first.
+    loadgen(port, 60, 0, 4, 1000, 7, false)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss0 = status_kib(pid, "VmRSS:")? * 1024;
+    let bytes0 = metric(metrics, "tailgate_sampling_buffered_bytes");
+    let spans0 = metric(metrics, "tailgate_sampling_buffered_spans");
+    let sent = loadgen(port, 600, 0, 4, args.traces, 8, false)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss1 = status_kib(pid, "VmRSS:")? * 1024;
+    let bytes = metric(metrics, "tailgate_sampling_buffered_bytes") - bytes0;
+    let spans = metric(metrics, "tailgate_sampling_buffered_spans") - spans0;
+    let grown = rss1.saturating_sub(rss0) as f64;
+    println!("P2: {} spans sent, {spans:.0} buffered ({:.0} encoded bytes, {:.0} bytes/span)", sent, bytes, bytes / spans.max(1.0));
+    println!(
+        "P2: RSS grew {:.1} MiB for {:.1} MiB of encoded spans: {:.2}x encoded size (target <= 1.3x), {:.0} bytes per buffered span",
+        grown / 1048576.0,
+        bytes / 1048576.0,
+        grown / bytes.max(1.0),
+        grown / spans.max(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
