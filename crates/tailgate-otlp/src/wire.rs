@@ -143,6 +143,7 @@ impl<'a> FieldReader<'a> {
         Err(WireError::VarintOverflow { offset: start })
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let available = self.buf.len() - self.pos;
         if n > available {
@@ -157,6 +158,7 @@ impl<'a> FieldReader<'a> {
     }
 
     /// The next `(field number, value)`, `None` at the end of the message.
+    #[inline]
     pub fn next_field(&mut self) -> Option<Result<(u32, FieldValue<'a>), WireError>> {
         if self.pos >= self.buf.len() {
             return None;
@@ -164,6 +166,7 @@ impl<'a> FieldReader<'a> {
         Some(self.read_field())
     }
 
+    #[inline]
     fn read_field(&mut self) -> Result<(u32, FieldValue<'a>), WireError> {
         let offset = self.pos;
         let key = self.varint()?;
@@ -204,6 +207,7 @@ impl<'a> FieldReader<'a> {
 
 impl<'a> Iterator for FieldReader<'a> {
     type Item = Result<(u32, FieldValue<'a>), WireError>;
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.next_field();
         if matches!(item, Some(Err(_))) {

@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use prost::Message;
 use tailgate_config::components::ResourceConfig;
-use tailgate_otlp::proto::resource::v1::Resource;
 use tailgate_otlp::{EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope};
 
 use crate::actions::AttributeActions;
@@ -25,14 +23,7 @@ impl ResourceProcessor {
     }
 
     fn rewrite(&self, ctx: &ResourceScope) -> Option<Bytes> {
-        if !self.actions.may_change(&ctx.resource, RESOURCE_ATTRIBUTES) {
-            return None;
-        }
-        let mut resource =
-            Resource::decode(ctx.resource.clone()).expect("scanned resource decodes");
-        self.actions
-            .apply(&mut resource.attributes)
-            .then(|| Bytes::from(resource.encode_to_vec()))
+        self.actions.apply_encoded(&ctx.resource, RESOURCE_ATTRIBUTES).map(Bytes::from)
     }
 }
 

@@ -9,25 +9,49 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tailgate_otlp::{EncodedSpan, ResourceScope, SpanId, SpanMeta};
+use tailgate_otlp::{EncodedSpan, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId};
 
 /// Above this many spans a trace keeps a hash set of its span IDs for de-duplication; below
 /// it a linear scan is cheaper.
 const LINEAR_DEDUPE_SPANS_MAX: usize = 32;
 
+/// One span's record: where its bytes are, and its metadata without the trace ID (every span
+/// of a buffer shares it). Kept small: it is most of the per-span overhead (target P2).
 #[derive(Debug, Clone)]
 struct BufferedSpan {
     chunk: u32,
     offset: u32,
     len: u32,
     context: u32,
-    meta: SpanMeta,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    start_time_unix_nano: u64,
+    end_time_unix_nano: u64,
+    status_code: i32,
+    kind: i32,
+    flags: u32,
+}
+
+impl BufferedSpan {
+    fn meta(&self, trace_id: TraceId) -> SpanMeta {
+        SpanMeta {
+            trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent_span_id,
+            start_time_unix_nano: self.start_time_unix_nano,
+            end_time_unix_nano: self.end_time_unix_nano,
+            status_code: StatusCode(self.status_code),
+            kind: self.kind,
+            flags: self.flags,
+        }
+    }
 }
 
 /// The spans of one trace. Merging is idempotent by span ID: the same span twice (a retried
 /// forward, a resent handoff) is stored once.
 #[derive(Debug, Clone, Default)]
 pub struct TraceBuffer {
+    trace_id: Option<TraceId>,
     chunks: Vec<Bytes>,
     contexts: Vec<Arc<ResourceScope>>,
     spans: Vec<BufferedSpan>,
@@ -58,7 +82,7 @@ impl TraceBuffer {
     fn contains(&self, id: &SpanId) -> bool {
         match &self.ids {
             Some(set) => set.contains(id),
-            None => self.spans.iter().any(|s| &s.meta.span_id == id),
+            None => self.spans.iter().any(|s| &s.span_id == id),
         }
     }
 
@@ -79,9 +103,14 @@ impl TraceBuffer {
             return out;
         }
         let total: usize = fresh.iter().map(|s| s.bytes.len()).sum();
+        // Exact sizes: growth slack would be most of the per-span overhead.
+        self.spans.reserve_exact(fresh.len());
+        self.chunks.reserve_exact(1);
+        let trace_id = *self.trace_id.get_or_insert(fresh[0].meta.trace_id);
         let mut chunk = Vec::with_capacity(total);
         let chunk_index = u32::try_from(self.chunks.len()).expect("chunks per trace fit u32");
         for s in fresh {
+            debug_assert_eq!(s.meta.trace_id, trace_id, "one trace per buffer");
             let context = match self.contexts.iter().position(|c| Arc::ptr_eq(c, &s.context) || **c == *s.context) {
                 Some(i) => i,
                 None => {
@@ -96,7 +125,13 @@ impl TraceBuffer {
                 offset: offset as u32,
                 len: s.bytes.len() as u32,
                 context: context as u32,
-                meta: s.meta,
+                span_id: s.meta.span_id,
+                parent_span_id: s.meta.parent_span_id,
+                start_time_unix_nano: s.meta.start_time_unix_nano,
+                end_time_unix_nano: s.meta.end_time_unix_nano,
+                status_code: s.meta.status_code.0,
+                kind: s.meta.kind,
+                flags: s.meta.flags,
             });
             if let Some(ids) = &mut self.ids {
                 ids.insert(s.meta.span_id);
@@ -106,7 +141,7 @@ impl TraceBuffer {
             out.root_seen |= s.meta.is_root();
         }
         if self.ids.is_none() && self.spans.len() > LINEAR_DEDUPE_SPANS_MAX {
-            self.ids = Some(self.spans.iter().map(|s| s.meta.span_id).collect());
+            self.ids = Some(self.spans.iter().map(|s| s.span_id).collect());
         }
         self.chunks.push(Bytes::from(chunk));
         self.encoded_bytes += out.bytes;
@@ -115,12 +150,13 @@ impl TraceBuffer {
 
     /// The spans as [`EncodedSpan`]s (zero-copy slices of the chunks), in arrival order.
     pub fn spans(&self) -> Vec<EncodedSpan> {
+        let Some(trace_id) = self.trace_id else { return Vec::new() };
         self.spans
             .iter()
             .map(|s| EncodedSpan {
                 context: Arc::clone(&self.contexts[s.context as usize]),
                 bytes: self.chunks[s.chunk as usize].slice(s.offset as usize..(s.offset + s.len) as usize),
-                meta: s.meta,
+                meta: s.meta(trace_id),
             })
             .collect()
     }
@@ -128,10 +164,13 @@ impl TraceBuffer {
     /// Spans whose parent is set but absent from the trace (broken propagation, or the
     /// parent is still in flight), with their service names.
     pub fn orphans(&self) -> Vec<Option<String>> {
-        let ids: HashSet<SpanId> = self.spans.iter().map(|s| s.meta.span_id).collect();
+        let has = |id: &SpanId| match &self.ids {
+            Some(set) => set.contains(id),
+            None => self.spans.iter().any(|s| &s.span_id == id),
+        };
         self.spans
             .iter()
-            .filter(|s| s.meta.parent_span_id.is_some_and(|p| !ids.contains(&p)))
+            .filter(|s| s.parent_span_id.is_some_and(|p| !has(&p)))
             .map(|s| {
                 let ctx = &self.contexts[s.context as usize];
                 match tailgate_otlp::find_attribute(&ctx.resource, tailgate_otlp::RESOURCE_ATTRIBUTES, "service.name") {
