@@ -90,10 +90,23 @@ pub struct RunningService {
 pub fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        use metrics_exporter_prometheus::Matcher;
+        use crate::telemetry::{TAIL_SAMPLING_DECISION_TIMER_LATENCY, TAIL_SAMPLING_LATE_SPAN_AGE};
+        // Batch sizes in spans by default; seconds and milliseconds where the unit says so.
         let recorder = PrometheusBuilder::new()
-            .set_buckets(&[
-                1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
-            ])
+            .set_buckets(&[1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0])
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(TAIL_SAMPLING_LATE_SPAN_AGE.into()),
+                    &[0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(TAIL_SAMPLING_DECISION_TIMER_LATENCY.into()),
+                    &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+                )
+            })
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
