@@ -51,7 +51,10 @@ pub fn secs(d: Duration) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Sink { port } => rt.block_on(sink::serve(port)),
         Command::Gateway(args) => rt.block_on(measure::gateway(args)),

@@ -138,11 +138,18 @@ fn pinned(core: &str, program: &PathBuf, args: &[String], name: &str) -> anyhow:
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {name} ({})", program.display()))?;
-    Ok(Proc { child, name: name.to_string() })
+    Ok(Proc {
+        child,
+        name: name.to_string(),
+    })
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
@@ -177,7 +184,10 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("{key} in status"))?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
@@ -191,33 +201,74 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
 }
 
 fn sink_count(sink_port: u16) -> u64 {
-    http_get(sink_port + 1, "/count").ok().and_then(|b| b.trim().parse().ok()).unwrap_or(0)
+    http_get(sink_port + 1, "/count")
+        .ok()
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn metric(port: u16, name: &str) -> f64 {
     let text = http_get(port, "/metrics").unwrap_or_default();
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 /// Runs `tailgate loadgen` on core 1 and returns the spans the target accepted.
-fn loadgen(port: u16, seconds: u64, rate: u64, concurrency: usize, traces: u64, seed: u64, gzip: bool) -> anyhow::Result<u64> {
+fn loadgen(
+    port: u16,
+    seconds: u64,
+    rate: u64,
+    concurrency: usize,
+    traces: u64,
+    seed: u64,
+    gzip: bool,
+) -> anyhow::Result<u64> {
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(sibling_binary("tailgate"))
         .args(["loadgen", "--endpoint", &format!("http://127.0.0.1:{port}")])
-        .args(["--duration", &format!("{seconds}s"), "--rate", &rate.to_string()])
-        .args(["--traces", &traces.to_string(), "--concurrency", &concurrency.to_string()])
-        .args(["--spans-per-trace", "20", "--attributes", "10", "--spans-per-request", "512"])
-        .args(["--error-percent", "1", "--slow-percent", "1", "--seed", &seed.to_string()])
+        .args([
+            "--duration",
+            &format!("{seconds}s"),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .args([
+            "--traces",
+            &traces.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .args([
+            "--spans-per-trace",
+            "20",
+            "--attributes",
+            "10",
+            "--spans-per-request",
+            "512",
+        ])
+        .args([
+            "--error-percent",
+            "1",
+            "--slow-percent",
+            "1",
+            "--seed",
+            &seed.to_string(),
+        ])
         .args(["--gzip", if gzip { "true" } else { "false" }])
         .output()
         .context("cannot run tailgate loadgen")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("LOADGEN")).with_context(|| format!("loadgen printed no summary: {text}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("LOADGEN"))
+        .with_context(|| format!("loadgen printed no summary: {text}"))?;
     let field = |k: &str| -> u64 {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
@@ -264,19 +315,34 @@ fn rotel_path(args: &GatewayArgs) -> anyhow::Result<PathBuf> {
         return Ok(p.clone());
     }
     let out = Command::new("python3")
-        .args(["-c", "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .args([
+            "-c",
+            "import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
         .output()
         .context("python3")?;
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if !out.status.success() || !p.exists() {
-        bail!("rotel not found: pip install --pre rotel (needs Debian libpython3.11), or pass --rotel / --no-rotel");
+        bail!(
+            "rotel not found: pip install --pre rotel (needs Debian libpython3.11), or pass --rotel / --no-rotel"
+        );
     }
     Ok(p)
 }
 
-fn run_once(system: &'static str, args: &GatewayArgs, rotel: Option<&PathBuf>, seed: u64) -> anyhow::Result<RunResult> {
+fn run_once(
+    system: &'static str,
+    args: &GatewayArgs,
+    rotel: Option<&PathBuf>,
+    seed: u64,
+) -> anyhow::Result<RunResult> {
     let sink_port = free_port();
-    let _sink = pinned("1", &sibling_binary("tailgate-bench"), &["sink".into(), "--port".into(), sink_port.to_string()], "sink")?;
+    let _sink = pinned(
+        "1",
+        &sibling_binary("tailgate-bench"),
+        &["sink".into(), "--port".into(), sink_port.to_string()],
+        "sink",
+    )?;
     wait_port(sink_port, "sink")?;
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("tailgate-bench-{}-{port}", std::process::id()));
@@ -295,7 +361,16 @@ fn run_once(system: &'static str, args: &GatewayArgs, rotel: Option<&PathBuf>, s
                 .replace("{compression}", &args.compression);
             let path = dir.join("gateway.yaml");
             std::fs::write(&path, cfg)?;
-            let p = pinned("0", &sibling_binary("tailgate"), &["gateway".into(), "--config".into(), path.display().to_string()], "tailgate")?;
+            let p = pinned(
+                "0",
+                &sibling_binary("tailgate"),
+                &[
+                    "gateway".into(),
+                    "--config".into(),
+                    path.display().to_string(),
+                ],
+                "tailgate",
+            )?;
             let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
             (p, wait)
         }
@@ -329,16 +404,38 @@ fn run_once(system: &'static str, args: &GatewayArgs, rotel: Option<&PathBuf>, s
     wait_port(port, target.name.as_str())?;
     let pid = target.child.id();
     let gzip = args.compression == "gzip";
-    loadgen(port, args.warmup_seconds, args.rate, args.concurrency, 0, seed + 1000, gzip)?;
+    loadgen(
+        port,
+        args.warmup_seconds,
+        args.rate,
+        args.concurrency,
+        0,
+        seed + 1000,
+        gzip,
+    )?;
     wait_drained(sink_port, quiet, Duration::from_secs(60));
     let cpu0 = cpu_seconds(pid)?;
     let sink0 = sink_count(sink_port);
-    let spans_in = loadgen(port, args.seconds, args.rate, args.concurrency, 0, seed, gzip)?;
+    let spans_in = loadgen(
+        port,
+        args.seconds,
+        args.rate,
+        args.concurrency,
+        0,
+        seed,
+        gzip,
+    )?;
     let sink1 = wait_drained(sink_port, quiet, Duration::from_secs(120));
     let cpu1 = cpu_seconds(pid)?;
     let peak = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(RunResult { system, spans_in, cpu_s: cpu1 - cpu0, peak_rss_mib: peak, exported: sink1 - sink0 })
+    Ok(RunResult {
+        system,
+        spans_in,
+        cpu_s: cpu1 - cpu0,
+        peak_rss_mib: peak,
+        exported: sink1 - sink0,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -347,7 +444,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -355,14 +456,25 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 fn gateway_blocking(args: GatewayArgs) -> anyhow::Result<()> {
-    let rotel = if args.no_rotel { None } else { Some(rotel_path(&args)?) };
+    let rotel = if args.no_rotel {
+        None
+    } else {
+        Some(rotel_path(&args)?)
+    };
     println!(
         "P1: gateway on core 0, loadgen on core 1; 20 spans/trace, 10 attributes, ~512 spans/request, compression {}, rate {}, {}s per run",
         args.compression,
-        if args.rate == 0 { "max".to_string() } else { format!("{} traces/s", args.rate) },
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            format!("{} traces/s", args.rate)
+        },
         args.seconds
     );
-    println!("{:<4} {:<9} {:>12} {:>9} {:>12} {:>13} {:>12}", "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "exported");
+    println!(
+        "{:<4} {:<9} {:>12} {:>9} {:>12} {:>13} {:>12}",
+        "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "exported"
+    );
     let mut results = Vec::new();
     for round in 0..args.rounds {
         let mut systems = vec!["tailgate"];
@@ -384,7 +496,15 @@ fn gateway_blocking(args: GatewayArgs) -> anyhow::Result<()> {
             results.push(r);
         }
     }
-    let med = |sys: &str| median(results.iter().filter(|r| r.system == sys).map(RunResult::cpu_per_million).collect());
+    let med = |sys: &str| {
+        median(
+            results
+                .iter()
+                .filter(|r| r.system == sys)
+                .map(RunResult::cpu_per_million)
+                .collect(),
+        )
+    };
     let t = med("tailgate");
     println!("median tailgate: {t:.3} CPU-s per 1M spans (target P1 <= 1.0)");
     if rotel.is_some() {
@@ -401,7 +521,12 @@ pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
 
 fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
     let sink_port = free_port();
-    let _sink = pinned("1", &sibling_binary("tailgate-bench"), &["sink".into(), "--port".into(), sink_port.to_string()], "sink")?;
+    let _sink = pinned(
+        "1",
+        &sibling_binary("tailgate-bench"),
+        &["sink".into(), "--port".into(), sink_port.to_string()],
+        "sink",
+    )?;
     wait_port(sink_port, "sink")?;
     let port = free_port();
     let metrics = free_port();
@@ -412,13 +537,25 @@ fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
         .replace("{limit_mib}", "16384")
         .replace("{decision_wait}", "600s")
         .replace("{num_traces}", &(args.traces * 2).to_string())
-        .replace("{extra_sampling}", "    buffer_limit_mib: 8192\n    shards: 1\n")
+        .replace(
+            "{extra_sampling}",
+            "    buffer_limit_mib: 8192\n    shards: 1\n",
+        )
         .replace("{compression}", "none");
     let dir = std::env::temp_dir().join(format!("tailgate-bench-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("gateway.yaml");
     std::fs::write(&path, cfg)?;
-    let gw = pinned("0", &sibling_binary("tailgate"), &["gateway".into(), "--config".into(), path.display().to_string()], "tailgate")?;
+    let gw = pinned(
+        "0",
+        &sibling_binary("tailgate"),
+        &[
+            "gateway".into(),
+            "--config".into(),
+            path.display().to_string(),
+        ],
+        "tailgate",
+    )?;
     wait_port(port, "tailgate")?;
     let pid = gw.child.id();
     // Warm the allocator and the connection with a small load first.
@@ -433,7 +570,12 @@ fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
     let bytes = metric(metrics, "tailgate_sampling_buffered_bytes") - bytes0;
     let spans = metric(metrics, "tailgate_sampling_buffered_spans") - spans0;
     let grown = rss1.saturating_sub(rss0) as f64;
-    println!("P2: {} spans sent, {spans:.0} buffered ({:.0} encoded bytes, {:.0} bytes/span)", sent, bytes, bytes / spans.max(1.0));
+    println!(
+        "P2: {} spans sent, {spans:.0} buffered ({:.0} encoded bytes, {:.0} bytes/span)",
+        sent,
+        bytes,
+        bytes / spans.max(1.0)
+    );
     println!(
         "P2: RSS grew {:.1} MiB for {:.1} MiB of encoded spans: {:.2}x encoded size (target <= 1.3x), {:.0} bytes per buffered span",
         grown / 1048576.0,

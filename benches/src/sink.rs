@@ -24,11 +24,15 @@ struct Export(Arc<AtomicU64>);
 
 impl UnaryService<Bytes> for Export {
     type Response = Bytes;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>,
+    >;
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let counter = Arc::clone(&self.0);
         Box::pin(async move {
-            let n = tailgate_otlp::scan_export_request(request.get_ref()).map(|s| s.spans.len()).unwrap_or(0);
+            let n = tailgate_otlp::scan_export_request(request.get_ref())
+                .map(|s| s.spans.len())
+                .unwrap_or(0);
             counter.fetch_add(n as u64, Ordering::Relaxed);
             Ok(tonic::Response::new(Bytes::new()))
         })
@@ -42,7 +46,9 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
@@ -66,7 +72,9 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { continue };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
             // Read the request head before answering, so the client sees a clean close.
             let mut buf = [0u8; 1024];
             let mut head = Vec::new();
@@ -78,7 +86,10 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
             }
             let n = counter.load(Ordering::Relaxed);
             let body = n.to_string();
-            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = sock.write_all(resp.as_bytes()).await;
         }
     });

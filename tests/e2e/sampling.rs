@@ -16,14 +16,20 @@ use tailgate_sampling::policy::{DEFAULT_HASH_SALT, trace_id_hash};
 use crate::support::{Gateway, Sink, free_port, tests_path};
 
 fn article_config(sink_port: u16) -> Option<String> {
-    let text = std::fs::read_to_string(tests_path("../../shared/reference/collector-gateway-config.yaml")).ok()?;
+    let text = std::fs::read_to_string(tests_path(
+        "../../shared/reference/collector-gateway-config.yaml",
+    ))
+    .ok()?;
     let pprof = free_port();
     Some(
         text.replace("0.0.0.0:4317", "127.0.0.1:{grpc}")
             .replace("tempo:4317", &format!("127.0.0.1:{sink_port}"))
             .replace("0.0.0.0:13133", "127.0.0.1:{health}")
             .replace("0.0.0.0:1777", &format!("127.0.0.1:{pprof}"))
-            .replace("service:\n", "service:\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{metrics}\n"),
+            .replace(
+                "service:\n",
+                "service:\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{metrics}\n",
+            ),
     )
 }
 
@@ -36,28 +42,60 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
     let mut gw = Gateway::start(&config).await;
     let out = Command::new("python3")
         .arg(tests_path("python/send_traces.py"))
-        .args(["--protocol", "grpc", "--endpoint", &gw.grpc_url(), "--traces", "400"])
-        .args(["--error-every", "10", "--slow-every", "20", "--flag-every", "25", "--children", "3"])
+        .args([
+            "--protocol",
+            "grpc",
+            "--endpoint",
+            &gw.grpc_url(),
+            "--traces",
+            "400",
+        ])
+        .args([
+            "--error-every",
+            "10",
+            "--slow-every",
+            "20",
+            "--flag-every",
+            "25",
+            "--children",
+            "3",
+        ])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sent["export_failures"], 0);
 
     // decision_wait is 10s in the article's config; wait for all 400 decisions.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let decided = gw.metric("otelcol_processor_tail_sampling_global_count_traces_sampled_total", "").await;
+        let decided = gw
+            .metric(
+                "otelcol_processor_tail_sampling_global_count_traces_sampled_total",
+                "",
+            )
+            .await;
         if decided >= 400.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {decided} of 400 traces decided");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {decided} of 400 traces decided"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let metrics = gw.metrics().await;
-    assert!(gw.terminate().await.success(), "SIGTERM flushes the 10s batch");
+    assert!(
+        gw.terminate().await.success(),
+        "SIGTERM flushes the 10s batch"
+    );
 
-    let mut got: BTreeMap<String, Vec<opentelemetry_proto::tonic::trace::v1::Span>> = BTreeMap::new();
+    let mut got: BTreeMap<String, Vec<opentelemetry_proto::tonic::trace::v1::Span>> =
+        BTreeMap::new();
     for s in sink.spans() {
         got.entry(hex::encode(&s.trace_id)).or_default().push(s);
     }
@@ -65,9 +103,19 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
     let (mut healthy, mut healthy_kept) = (0, 0);
     for t in sent["traces"].as_array().unwrap() {
         let id = t["trace_id"].as_str().unwrap();
-        let want: BTreeSet<&str> = t["span_ids"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-        let have: BTreeSet<String> = got.get(id).map(|v| v.iter().map(|s| hex::encode(&s.span_id)).collect()).unwrap_or_default();
-        let must_keep = t["error"].as_bool().unwrap() || t["slow"].as_bool().unwrap() || t["flagged"].as_bool().unwrap();
+        let want: BTreeSet<&str> = t["span_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let have: BTreeSet<String> = got
+            .get(id)
+            .map(|v| v.iter().map(|s| hex::encode(&s.span_id)).collect())
+            .unwrap_or_default();
+        let must_keep = t["error"].as_bool().unwrap()
+            || t["slow"].as_bool().unwrap()
+            || t["flagged"].as_bool().unwrap();
         let bytes: [u8; 16] = hex::decode(id).unwrap().try_into().unwrap();
         let hashed_in = trace_id_hash(DEFAULT_HASH_SALT, &TraceId(bytes)) <= threshold;
         if must_keep || hashed_in {
@@ -75,7 +123,11 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
             assert_eq!(have, want, "trace {id} ({t}) must arrive whole");
             assert_eq!(got[id].len(), want.len(), "trace {id}: no duplicates");
         } else {
-            assert!(have.is_empty(), "trace {id} was not selected by any policy but {} spans arrived", have.len());
+            assert!(
+                have.is_empty(),
+                "trace {id} was not selected by any policy but {} spans arrived",
+                have.len()
+            );
         }
         if !must_keep {
             healthy += 1;
@@ -94,22 +146,41 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
     );
     for spans in got.values() {
         for s in spans {
-            let attr = |k: &str| s.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.clone()?.value);
+            let attr = |k: &str| {
+                s.attributes
+                    .iter()
+                    .find(|a| a.key == k)
+                    .and_then(|a| a.value.clone()?.value)
+            };
             assert_eq!(attr("http.request.header.authorization"), None);
             assert_eq!(attr("http.request.header.cookie"), None);
             if s.name.starts_with("db-query") {
-                assert_eq!(attr("db.statement"), Some(Value::StringValue("[redacted]".into())));
+                assert_eq!(
+                    attr("db.statement"),
+                    Some(Value::StringValue("[redacted]".into()))
+                );
             }
         }
     }
     // Accounting from the metrics alone: received = kept + dropped (+ refused, none here).
-    let m = |name: &str, filter: &str| crate::support::tailgate_pipeline_sum(&metrics, name, filter);
+    let m =
+        |name: &str, filter: &str| crate::support::tailgate_pipeline_sum(&metrics, name, filter);
     let received = m("tailgate_sampling_spans_received_total", "");
     let kept = m("tailgate_sampling_spans_kept_total", "");
     let dropped = m("tailgate_sampling_spans_dropped_total", "");
     let refused = m("tailgate_sampling_spans_refused_total", "");
     assert_eq!(received, 1600.0);
-    assert_eq!(received, kept + dropped + refused, "kept {kept} dropped {dropped} refused {refused}");
+    assert_eq!(
+        received,
+        kept + dropped + refused,
+        "kept {kept} dropped {dropped} refused {refused}"
+    );
     assert_eq!(kept as usize, got.values().map(Vec::len).sum::<usize>());
-    assert_eq!(m("otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total", ""), 0.0);
+    assert_eq!(
+        m(
+            "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total",
+            ""
+        ),
+        0.0
+    );
 }

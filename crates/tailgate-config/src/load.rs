@@ -260,7 +260,11 @@ pub fn load_str(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let mut l = Loader { file, errors: Vec::new(), declared: BTreeSet::new() };
+    let mut l = Loader {
+        file,
+        errors: Vec::new(),
+        declared: BTreeSet::new(),
+    };
     let parsed: Value = match serde_saphyr::from_str::<Value>(text) {
         Ok(v) => v,
         Err(e) => {
@@ -543,7 +547,8 @@ fn refs<T>(
         let path = format!("{base}.{field}[{i}]");
         match ComponentId::parse(name) {
             Err(msg) => l.error(path, msg),
-            Ok(id) if !defined.contains_key(&id) && l.declared.contains(&format!("{field}.{id}")) => {}
+            Ok(id)
+                if !defined.contains_key(&id) && l.declared.contains(&format!("{field}.{id}")) => {}
             Ok(id) if !defined.contains_key(&id) => {
                 let msg = undefined(singular, &id, defined.keys());
                 l.error(path, msg);

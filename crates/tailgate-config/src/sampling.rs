@@ -3,8 +3,8 @@
 
 use serde::Deserialize;
 
-use crate::types::{ConfigRegex, GoDuration, SpanCondition, SpanEventCondition};
 use crate::components::ErrorMode;
+use crate::types::{ConfigRegex, GoDuration, SpanCondition, SpanEventCondition};
 
 /// `processors.tail_sampling`
 #[derive(Debug, Clone, Deserialize)]
@@ -363,6 +363,10 @@ pub struct RateAllocation {
 pub fn compile_values(cfg: &StringAttributeConfig) -> Result<Vec<ConfigRegex>, String> {
     cfg.values
         .iter()
-        .map(|v| regex::Regex::new(v).map(ConfigRegex).map_err(|e| format!("invalid regex `{v}`: {e}")))
+        .map(|v| {
+            regex::Regex::new(v)
+                .map(ConfigRegex)
+                .map_err(|e| format!("invalid regex `{v}`: {e}"))
+        })
         .collect()
 }

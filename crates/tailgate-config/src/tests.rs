@@ -159,68 +159,110 @@ const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/re
 
 #[test]
 fn the_reference_gateway_config_loads_unchanged() {
-    let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-gateway-config.yaml")) else { return };
+    let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-gateway-config.yaml"))
+    else {
+        return;
+    };
     let cfg = load_str(&text, "gateway.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
-    let ProcessorConfig::TailSampling(t) = &cfg.processors[&ComponentId::parse("tail_sampling").unwrap()] else {
+    let ProcessorConfig::TailSampling(t) =
+        &cfg.processors[&ComponentId::parse("tail_sampling").unwrap()]
+    else {
         panic!("tail_sampling")
     };
     assert_eq!(t.decision_wait.0, std::time::Duration::from_secs(10));
     assert_eq!(t.num_traces, 50_000);
     let names: Vec<&str> = t.policies.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["keep-errors", "keep-slow", "keep-debug-flagged", "sample-normal"]);
+    assert_eq!(
+        names,
+        vec![
+            "keep-errors",
+            "keep-slow",
+            "keep-debug-flagged",
+            "sample-normal"
+        ]
+    );
 }
 
 #[test]
 fn the_reference_agent_config_fails_only_on_components_not_yet_built() {
-    let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-agent-config.yaml")) else { return };
+    let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-agent-config.yaml"))
+    else {
+        return;
+    };
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].contains("`k8sattributes` is not available in this build yet"), "{errs:?}");
-    assert!(errs[1].contains("`loadbalancing` is not available in this build yet"), "{errs:?}");
+    assert!(
+        errs[0].contains("`k8sattributes` is not available in this build yet"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("`loadbalancing` is not available in this build yet"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn tail_sampling_mistakes_give_exact_errors() {
     let wrap = |policies: &str| {
-        format!("receivers:\n  otlp:\nprocessors:\n  tail_sampling:\n    policies:\n{policies}exporters:\n  debug:\n{MINIMAL_SERVICE}")
+        format!(
+            "receivers:\n  otlp:\nprocessors:\n  tail_sampling:\n    policies:\n{policies}exporters:\n  debug:\n{MINIMAL_SERVICE}"
+        )
     };
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
             wrap("      - name: slow\n        type: latency\n        latency_ms: 5\n"),
-            vec!["test.yaml: processors.tail_sampling.policies[0].latency_ms: unknown field `latency_ms`, expected one of `name`, `type`, `latency`, `numeric_attribute`, `probabilistic`, `status_code`, `string_attribute`, `boolean_attribute`, `rate_limiting`, `bytes_limiting`, `span_count`, `trace_state`, `ottl_condition`, `and`, `not`, `drop`, `composite`"],
+            vec![
+                "test.yaml: processors.tail_sampling.policies[0].latency_ms: unknown field `latency_ms`, expected one of `name`, `type`, `latency`, `numeric_attribute`, `probabilistic`, `status_code`, `string_attribute`, `boolean_attribute`, `rate_limiting`, `bytes_limiting`, `span_count`, `trace_state`, `ottl_condition`, `and`, `not`, `drop`, `composite`",
+            ],
         ),
         (
             wrap("      - name: slow\n        type: latency\n"),
-            vec!["test.yaml: processors.tail_sampling.policies[0].latency: missing: a policy of type `latency` needs its settings under `latency`"],
+            vec![
+                "test.yaml: processors.tail_sampling.policies[0].latency: missing: a policy of type `latency` needs its settings under `latency`",
+            ],
         ),
         (
-            wrap("      - name: flag\n        type: boolean_attribute\n        string_attribute: {key: a, values: [b]}\n"),
+            wrap(
+                "      - name: flag\n        type: boolean_attribute\n        string_attribute: {key: a, values: [b]}\n",
+            ),
             vec![
                 "test.yaml: processors.tail_sampling.policies[0].string_attribute: `string_attribute` does not apply to a policy of type `boolean_attribute`; its settings go under `boolean_attribute`",
                 "test.yaml: processors.tail_sampling.policies[0].boolean_attribute: missing: a policy of type `boolean_attribute` needs its settings under `boolean_attribute`",
             ],
         ),
         (
-            wrap("      - name: p\n        type: probabilistic\n        probabilistic: {sampling_percentage: 150}\n      - name: p\n        type: always_sample\n"),
+            wrap(
+                "      - name: p\n        type: probabilistic\n        probabilistic: {sampling_percentage: 150}\n      - name: p\n        type: always_sample\n",
+            ),
             vec![
                 "test.yaml: processors.tail_sampling.policies[0].probabilistic.sampling_percentage: must be between 0 and 100",
                 "test.yaml: processors.tail_sampling.policies[1].name: duplicate policy name `p`",
             ],
         ),
         (
-            wrap("      - name: c\n        type: composite\n        composite:\n          max_total_spans_per_second: 100\n          policy_order: [a, b]\n          composite_sub_policy:\n            - name: a\n              type: always_sample\n          rate_allocation:\n            - {policy: a, percent: 120}\n"),
+            wrap(
+                "      - name: c\n        type: composite\n        composite:\n          max_total_spans_per_second: 100\n          policy_order: [a, b]\n          composite_sub_policy:\n            - name: a\n              type: always_sample\n          rate_allocation:\n            - {policy: a, percent: 120}\n",
+            ),
             vec![
                 "test.yaml: processors.tail_sampling.policies[0].composite.policy_order[1]: `b` is not a composite_sub_policy; defined: a",
                 "test.yaml: processors.tail_sampling.policies[0].composite.rate_allocation: percentages add up to 120, more than 100",
             ],
         ),
         (
-            wrap("      - name: s\n        type: string_attribute\n        string_attribute: {key: k, values: ['(unclosed'], enabled_regex_matching: true}\n"),
-            vec!["test.yaml: processors.tail_sampling.policies[0].string_attribute.values: invalid regex `(unclosed`: regex parse error:\n    (unclosed\n    ^\nerror: unclosed group"],
+            wrap(
+                "      - name: s\n        type: string_attribute\n        string_attribute: {key: k, values: ['(unclosed'], enabled_regex_matching: true}\n",
+            ),
+            vec![
+                "test.yaml: processors.tail_sampling.policies[0].string_attribute.values: invalid regex `(unclosed`: regex parse error:\n    (unclosed\n    ^\nerror: unclosed group",
+            ],
         ),
         (
-            wrap("      - name: e\n        type: status_code\n        status_code: {status_codes: [FAILED]}\n"),
-            vec!["test.yaml: processors.tail_sampling.policies[0].status_code.status_codes[0]: unknown variant `FAILED`, expected one of `UNSET`, `OK`, `ERROR`"],
+            wrap(
+                "      - name: e\n        type: status_code\n        status_code: {status_codes: [FAILED]}\n",
+            ),
+            vec![
+                "test.yaml: processors.tail_sampling.policies[0].status_code.status_codes[0]: unknown variant `FAILED`, expected one of `UNSET`, `OK`, `ERROR`",
+            ],
         ),
     ];
     for (text, want) in cases {

@@ -260,7 +260,10 @@ fn policies(list: &[crate::sampling::PolicyConfig], at: &str, out: &mut Problems
         if p.name.trim().is_empty() {
             out.push((format!("{here}.name"), "must not be empty".into()));
         } else if !names.insert(p.name.as_str()) {
-            out.push((format!("{here}.name"), format!("duplicate policy name `{}`", p.name)));
+            out.push((
+                format!("{here}.name"),
+                format!("duplicate policy name `{}`", p.name),
+            ));
         }
         policy(p, &here, out);
     }
@@ -272,8 +275,12 @@ fn policy(p: &crate::sampling::PolicyConfig, here: &str, out: &mut Problems) {
     for key in p.present_settings() {
         if Some(key) != expected {
             let msg = match expected {
-                Some(e) => format!("`{key}` does not apply to a policy of type `{e}`; its settings go under `{e}`"),
-                None => format!("`{key}` does not apply to this policy type, which takes no settings"),
+                Some(e) => format!(
+                    "`{key}` does not apply to a policy of type `{e}`; its settings go under `{e}`"
+                ),
+                None => {
+                    format!("`{key}` does not apply to this policy type, which takes no settings")
+                }
             };
             out.push((format!("{here}.{key}"), msg));
         }
@@ -281,40 +288,66 @@ fn policy(p: &crate::sampling::PolicyConfig, here: &str, out: &mut Problems) {
     if let Some(key) = expected
         && !p.present_settings().contains(&key)
     {
-        out.push((format!("{here}.{key}"), format!("missing: a policy of type `{key}` needs its settings under `{key}`")));
+        out.push((
+            format!("{here}.{key}"),
+            format!("missing: a policy of type `{key}` needs its settings under `{key}`"),
+        ));
         return;
     }
     match p.policy_type {
         T::Latency => {
             let l = p.latency.as_ref().expect("checked above");
             if l.upper_threshold_ms != 0 && l.upper_threshold_ms < l.threshold_ms {
-                out.push((format!("{here}.latency.upper_threshold_ms"), "must be 0 (none) or at least threshold_ms".into()));
+                out.push((
+                    format!("{here}.latency.upper_threshold_ms"),
+                    "must be 0 (none) or at least threshold_ms".into(),
+                ));
             }
         }
         T::NumericAttribute => {
             let n = p.numeric_attribute.as_ref().expect("checked above");
             if n.min_value == 0 && n.max_value == 0 {
-                out.push((format!("{here}.numeric_attribute"), "set min_value, max_value or both".into()));
+                out.push((
+                    format!("{here}.numeric_attribute"),
+                    "set min_value, max_value or both".into(),
+                ));
             }
             if n.max_value != 0 && n.min_value > n.max_value {
-                out.push((format!("{here}.numeric_attribute.max_value"), "must be at least min_value".into()));
+                out.push((
+                    format!("{here}.numeric_attribute.max_value"),
+                    "must be at least min_value".into(),
+                ));
             }
         }
         T::Probabilistic => {
             let pr = p.probabilistic.as_ref().expect("checked above");
             if !(0.0..=100.0).contains(&pr.sampling_percentage) {
-                out.push((format!("{here}.probabilistic.sampling_percentage"), "must be between 0 and 100".into()));
+                out.push((
+                    format!("{here}.probabilistic.sampling_percentage"),
+                    "must be between 0 and 100".into(),
+                ));
             }
         }
         T::StatusCode => {
-            if p.status_code.as_ref().expect("checked above").status_codes.is_empty() {
-                out.push((format!("{here}.status_code.status_codes"), "at least one of OK, ERROR, UNSET".into()));
+            if p.status_code
+                .as_ref()
+                .expect("checked above")
+                .status_codes
+                .is_empty()
+            {
+                out.push((
+                    format!("{here}.status_code.status_codes"),
+                    "at least one of OK, ERROR, UNSET".into(),
+                ));
             }
         }
         T::StringAttribute => {
             let s = p.string_attribute.as_ref().expect("checked above");
             if s.values.is_empty() {
-                out.push((format!("{here}.string_attribute.values"), "at least one value is required".into()));
+                out.push((
+                    format!("{here}.string_attribute.values"),
+                    "at least one value is required".into(),
+                ));
             }
             if s.enabled_regex_matching
                 && let Err(e) = crate::sampling::compile_values(s)
@@ -323,77 +356,151 @@ fn policy(p: &crate::sampling::PolicyConfig, here: &str, out: &mut Problems) {
             }
         }
         T::RateLimiting => {
-            if p.rate_limiting.as_ref().expect("checked above").spans_per_second == 0 {
-                out.push((format!("{here}.rate_limiting.spans_per_second"), "must be greater than 0".into()));
+            if p.rate_limiting
+                .as_ref()
+                .expect("checked above")
+                .spans_per_second
+                == 0
+            {
+                out.push((
+                    format!("{here}.rate_limiting.spans_per_second"),
+                    "must be greater than 0".into(),
+                ));
             }
         }
         T::BytesLimiting => {
-            if p.bytes_limiting.as_ref().expect("checked above").bytes_per_second == 0 {
-                out.push((format!("{here}.bytes_limiting.bytes_per_second"), "must be greater than 0".into()));
+            if p.bytes_limiting
+                .as_ref()
+                .expect("checked above")
+                .bytes_per_second
+                == 0
+            {
+                out.push((
+                    format!("{here}.bytes_limiting.bytes_per_second"),
+                    "must be greater than 0".into(),
+                ));
             }
         }
         T::SpanCount => {
             let c = p.span_count.as_ref().expect("checked above");
             if c.max_spans != 0 && c.max_spans < c.min_spans {
-                out.push((format!("{here}.span_count.max_spans"), "must be 0 (none) or at least min_spans".into()));
+                out.push((
+                    format!("{here}.span_count.max_spans"),
+                    "must be 0 (none) or at least min_spans".into(),
+                ));
             }
         }
         T::TraceState => {
-            if p.trace_state.as_ref().expect("checked above").values.is_empty() {
-                out.push((format!("{here}.trace_state.values"), "at least one value is required".into()));
+            if p.trace_state
+                .as_ref()
+                .expect("checked above")
+                .values
+                .is_empty()
+            {
+                out.push((
+                    format!("{here}.trace_state.values"),
+                    "at least one value is required".into(),
+                ));
             }
         }
         T::OttlCondition => {
             let o = p.ottl_condition.as_ref().expect("checked above");
             if o.span.is_empty() && o.spanevent.is_empty() {
-                out.push((format!("{here}.ottl_condition"), "set span or spanevent conditions".into()));
+                out.push((
+                    format!("{here}.ottl_condition"),
+                    "set span or spanevent conditions".into(),
+                ));
             }
         }
         T::And => {
             let a = p.and.as_ref().expect("checked above");
             if a.and_sub_policy.is_empty() {
-                out.push((format!("{here}.and.and_sub_policy"), "at least one sub-policy is required".into()));
+                out.push((
+                    format!("{here}.and.and_sub_policy"),
+                    "at least one sub-policy is required".into(),
+                ));
             }
-            policies(&a.and_sub_policy, &format!("{here}.and.and_sub_policy"), out);
+            policies(
+                &a.and_sub_policy,
+                &format!("{here}.and.and_sub_policy"),
+                out,
+            );
         }
         T::Not => {
             let n = p.not.as_ref().expect("checked above");
-            policy(&n.not_sub_policy, &format!("{here}.not.not_sub_policy"), out);
+            policy(
+                &n.not_sub_policy,
+                &format!("{here}.not.not_sub_policy"),
+                out,
+            );
         }
         T::Drop => {
             let d = p.drop.as_ref().expect("checked above");
             if d.drop_sub_policy.is_empty() {
-                out.push((format!("{here}.drop.drop_sub_policy"), "at least one sub-policy is required".into()));
+                out.push((
+                    format!("{here}.drop.drop_sub_policy"),
+                    "at least one sub-policy is required".into(),
+                ));
             }
-            policies(&d.drop_sub_policy, &format!("{here}.drop.drop_sub_policy"), out);
+            policies(
+                &d.drop_sub_policy,
+                &format!("{here}.drop.drop_sub_policy"),
+                out,
+            );
         }
         T::Composite => {
             let c = p.composite.as_ref().expect("checked above");
             let at = format!("{here}.composite");
             if c.max_total_spans_per_second == 0 {
-                out.push((format!("{at}.max_total_spans_per_second"), "must be greater than 0".into()));
+                out.push((
+                    format!("{at}.max_total_spans_per_second"),
+                    "must be greater than 0".into(),
+                ));
             }
-            policies(&c.composite_sub_policy, &format!("{at}.composite_sub_policy"), out);
-            let names: Vec<&str> = c.composite_sub_policy.iter().map(|s| s.name.as_str()).collect();
+            policies(
+                &c.composite_sub_policy,
+                &format!("{at}.composite_sub_policy"),
+                out,
+            );
+            let names: Vec<&str> = c
+                .composite_sub_policy
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
             for (i, name) in c.policy_order.iter().enumerate() {
                 if !names.contains(&name.as_str()) {
-                    out.push((format!("{at}.policy_order[{i}]"), format!("`{name}` is not a composite_sub_policy; defined: {}", names.join(", "))));
+                    out.push((
+                        format!("{at}.policy_order[{i}]"),
+                        format!(
+                            "`{name}` is not a composite_sub_policy; defined: {}",
+                            names.join(", ")
+                        ),
+                    ));
                 }
             }
             for name in &names {
                 if !c.policy_order.iter().any(|o| o == name) {
-                    out.push((format!("{at}.policy_order"), format!("sub-policy `{name}` is missing from policy_order")));
+                    out.push((
+                        format!("{at}.policy_order"),
+                        format!("sub-policy `{name}` is missing from policy_order"),
+                    ));
                 }
             }
             let mut total = 0;
             for (i, r) in c.rate_allocation.iter().enumerate() {
                 if !names.contains(&r.policy.as_str()) {
-                    out.push((format!("{at}.rate_allocation[{i}].policy"), format!("`{}` is not a composite_sub_policy", r.policy)));
+                    out.push((
+                        format!("{at}.rate_allocation[{i}].policy"),
+                        format!("`{}` is not a composite_sub_policy", r.policy),
+                    ));
                 }
                 total += r.percent;
             }
             if total > 100 {
-                out.push((format!("{at}.rate_allocation"), format!("percentages add up to {total}, more than 100")));
+                out.push((
+                    format!("{at}.rate_allocation"),
+                    format!("percentages add up to {total}, more than 100"),
+                ));
             }
         }
         T::AlwaysSample | T::TraceFlags | T::BooleanAttribute => {}

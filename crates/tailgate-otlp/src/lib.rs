@@ -24,7 +24,8 @@ pub use build::encode_export_request;
 pub use scan::{ScanError, ScannedRequest, scan_export_request};
 pub use span::{
     AnyValueRef, EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope,
-    SpanId, SpanMeta, StatusCode, TraceId, find_attribute, for_each_attribute, for_each_attribute_raw, string_field,
+    SpanId, SpanMeta, StatusCode, TraceId, find_attribute, for_each_attribute,
+    for_each_attribute_raw, string_field,
 };
 
 /// The generated OTLP message types, for the code paths that must decode (redaction, JSON).

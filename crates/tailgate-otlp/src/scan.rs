@@ -152,7 +152,10 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
 /// Builds the error's path only when an error happens: formatting a path per span would
 /// cost more than scanning the span.
 fn at<P: Fn() -> String>(path: P) -> impl FnOnce(WireError) -> ScanError {
-    move |source| ScanError { path: path(), source }
+    move |source| ScanError {
+        path: path(),
+        source,
+    }
 }
 
 fn is_field(

@@ -258,7 +258,11 @@ pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<An
 }
 
 /// Calls `f(key bytes, encoded AnyValue)` for each attribute in field `field` of `message`.
-pub fn for_each_attribute_raw<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&'a [u8], &'a [u8])) {
+pub fn for_each_attribute_raw<'a>(
+    message: &'a [u8],
+    field: u32,
+    mut f: impl FnMut(&'a [u8], &'a [u8]),
+) {
     for entry in FieldReader::new(message) {
         let Ok((num, FieldValue::Len(kv))) = entry else {
             continue;

@@ -91,7 +91,9 @@ impl ShardState {
     }
 
     fn schedule(&mut self, myself: &ActorRef<ShardMsg>) {
-        let Some(deadline) = self.shard.next_deadline() else { return };
+        let Some(deadline) = self.shard.next_deadline() else {
+            return;
+        };
         if self.tick_at.is_some_and(|t| t <= deadline) {
             return;
         }
@@ -103,9 +105,15 @@ impl ShardState {
     fn flush_metrics(&mut self) {
         let c = self.shard.take_counters();
         self.metrics.record(self.shard.policy_names(), c);
-        self.metrics.buffered_spans.set(self.shard.spans_buffered() as f64);
-        self.metrics.traces_on_memory.set(self.budget.traces_live() as f64);
-        self.metrics.buffered_bytes.set(self.budget.bytes_used() as f64);
+        self.metrics
+            .buffered_spans
+            .set(self.shard.spans_buffered() as f64);
+        self.metrics
+            .traces_on_memory
+            .set(self.budget.traces_live() as f64);
+        self.metrics
+            .buffered_bytes
+            .set(self.budget.bytes_used() as f64);
     }
 }
 
@@ -144,7 +152,12 @@ impl ShardMetrics {
             after_forget: counter!(SAMPLING_LATE_SPANS_AFTER_FORGET, "processor" => p()),
             handed_off: counter!(SAMPLING_TRACES_HANDED_OFF, "processor" => p()),
             received_by_handoff: counter!(SAMPLING_TRACES_RECEIVED_BY_HANDOFF, "processor" => p()),
-            dropped: [dropped("policy"), dropped("late_dropped_trace"), dropped("shutdown"), dropped("duplicate")],
+            dropped: [
+                dropped("policy"),
+                dropped("late_dropped_trace"),
+                dropped("shutdown"),
+                dropped("duplicate"),
+            ],
             late: [
                 counter!(TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE, "processor" => p(), "sampled" => "true"),
                 counter!(TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE, "processor" => p(), "sampled" => "false"),
@@ -167,8 +180,14 @@ impl ShardMetrics {
         self.new_traces.increment(c.traces_new);
         self.after_forget.increment(c.late_spans_after_forget);
         self.handed_off.increment(c.traces_handed_off);
-        self.received_by_handoff.increment(c.traces_received_by_handoff);
-        let dropped = [c.spans_dropped_policy, c.spans_dropped_late, c.spans_dropped_shutdown, c.spans_duplicate];
+        self.received_by_handoff
+            .increment(c.traces_received_by_handoff);
+        let dropped = [
+            c.spans_dropped_policy,
+            c.spans_dropped_late,
+            c.spans_dropped_shutdown,
+            c.spans_duplicate,
+        ];
         for (counter, v) in self.dropped.iter().zip(dropped) {
             counter.increment(v);
         }
@@ -182,7 +201,11 @@ impl ShardMetrics {
         }
         let processor = &self.processor;
         for ((policy, decision), v) in c.votes {
-            let sampled = if decision == "sampled" { "true" } else { "false" };
+            let sampled = if decision == "sampled" {
+                "true"
+            } else {
+                "false"
+            };
             self.votes
                 .entry((policy, decision))
                 .or_insert_with(|| {
@@ -191,7 +214,11 @@ impl ShardMetrics {
                 .increment(v);
         }
         for (decision, v) in c.decisions {
-            let sampled = if decision == "sampled" { "true" } else { "false" };
+            let sampled = if decision == "sampled" {
+                "true"
+            } else {
+                "false"
+            };
             self.decisions
                 .entry(decision)
                 .or_insert_with(|| {
@@ -222,11 +249,20 @@ impl Actor for ShardActor {
     type State = ShardState;
     type Arguments = ShardState;
 
-    async fn pre_start(&self, _myself: ActorRef<ShardMsg>, state: ShardState) -> Result<ShardState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        state: ShardState,
+    ) -> Result<ShardState, ActorProcessingErr> {
         Ok(state)
     }
 
-    async fn handle(&self, myself: ActorRef<ShardMsg>, msg: ShardMsg, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Ingest(spans) => {
                 let now = state.now();
@@ -297,7 +333,11 @@ impl TailSamplingStage {
         let mut handles = Vec::with_capacity(shards);
         for index in 0..shards {
             // Each shard keeps its share of every rate limit (traces spread evenly by hash).
-            let policies = PolicySet::compile(&cfg.policies, cfg.sample_on_first_match, 1.0 / shards as f64);
+            let policies = PolicySet::compile(
+                &cfg.policies,
+                cfg.sample_on_first_match,
+                1.0 / shards as f64,
+            );
             let state = ShardState {
                 budget: Arc::clone(&budget),
                 metrics: ShardMetrics::new(&setup.name, index),
@@ -307,13 +347,14 @@ impl TailSamplingStage {
                 epoch,
                 tick_at: None,
             };
-            let (actor, handle) = Actor::spawn(None, ShardActor, state)
-                .await
-                .map_err(|e| anyhow::anyhow!("processors.{}: cannot start shard {index}: {e}", setup.name))?;
+            let (actor, handle) = Actor::spawn(None, ShardActor, state).await.map_err(|e| {
+                anyhow::anyhow!("processors.{}: cannot start shard {index}: {e}", setup.name)
+            })?;
             refs.push(actor);
             handles.push(handle);
         }
-        gauge!(SAMPLING_BUFFER_LIMIT_BYTES, "processor" => setup.name.clone()).set(setup.buffer_limit_bytes as f64);
+        gauge!(SAMPLING_BUFFER_LIMIT_BYTES, "processor" => setup.name.clone())
+            .set(setup.buffer_limit_bytes as f64);
         Ok(TailSamplingStage {
             name: setup.name,
             shards: refs,
@@ -326,14 +367,20 @@ impl TailSamplingStage {
     }
 
     fn refuse(&self, n: u64, reason: &'static str) -> ConsumeError {
-        counter!(SAMPLING_SPANS_REFUSED, "processor" => self.name.clone(), "reason" => reason).increment(n);
+        counter!(SAMPLING_SPANS_REFUSED, "processor" => self.name.clone(), "reason" => reason)
+            .increment(n);
         counter!(PROCESSOR_REFUSED_SPANS, "processor" => self.name.clone()).increment(n);
-        ConsumeError::Refused { reason: RefuseReason::SamplingBufferFull, retry_after: Duration::from_secs(1) }
+        ConsumeError::Refused {
+            reason: RefuseReason::SamplingBufferFull,
+            retry_after: Duration::from_secs(1),
+        }
     }
 
     fn update_gauges(&self) {
-        gauge!(TAIL_SAMPLING_TRACES_ON_MEMORY, "processor" => self.name.clone()).set(self.budget.traces_live() as f64);
-        gauge!(SAMPLING_BUFFERED_BYTES, "processor" => self.name.clone()).set(self.budget.bytes_used() as f64);
+        gauge!(TAIL_SAMPLING_TRACES_ON_MEMORY, "processor" => self.name.clone())
+            .set(self.budget.traces_live() as f64);
+        gauge!(SAMPLING_BUFFERED_BYTES, "processor" => self.name.clone())
+            .set(self.budget.bytes_used() as f64);
     }
 }
 
@@ -362,7 +409,8 @@ impl Consumer for TailSamplingStage {
                 if let Err(e) = self.shards[i].cast(ShardMsg::Ingest(group)) {
                     // Only after shutdown stopped the actor; give the reservation back.
                     if let ractor::MessagingErr::SendErr(ShardMsg::Ingest(lost)) = e {
-                        self.budget.release(lost.iter().map(|s| s.bytes.len() as u64).sum());
+                        self.budget
+                            .release(lost.iter().map(|s| s.bytes.len() as u64).sum());
                     }
                     return Err(ConsumeError::ShuttingDown);
                 }

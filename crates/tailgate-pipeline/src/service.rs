@@ -18,7 +18,9 @@ use metrics::gauge;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tailgate_config::components::MetricsLevel;
 use tailgate_config::sampling::TailSamplingConfig;
-use tailgate_config::{ComponentId, Config, ExtensionConfig, PipelineConfig, ProcessorConfig, ReceiverConfig};
+use tailgate_config::{
+    ComponentId, Config, ExtensionConfig, PipelineConfig, ProcessorConfig, ReceiverConfig,
+};
 use tailgate_processors::attributes::AttributesProcessor;
 use tailgate_processors::batch::Batcher;
 use tailgate_processors::filter::FilterProcessor;
@@ -90,21 +92,27 @@ pub struct RunningService {
 pub fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        use metrics_exporter_prometheus::Matcher;
         use crate::telemetry::{TAIL_SAMPLING_DECISION_TIMER_LATENCY, TAIL_SAMPLING_LATE_SPAN_AGE};
+        use metrics_exporter_prometheus::Matcher;
         // Batch sizes in spans by default; seconds and milliseconds where the unit says so.
         let recorder = PrometheusBuilder::new()
-            .set_buckets(&[1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0])
+            .set_buckets(&[
+                1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+            ])
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full(TAIL_SAMPLING_LATE_SPAN_AGE.into()),
-                    &[0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+                    &[
+                        0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    ],
                 )
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full(TAIL_SAMPLING_DECISION_TIMER_LATENCY.into()),
-                    &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+                    &[
+                        1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+                    ],
                 )
             })
             .expect("static buckets are valid")
@@ -123,10 +131,13 @@ fn sampling_budget_bytes(cfg: &Config, pipeline: &PipelineConfig, t: &TailSampli
     if let Some(mib) = t.buffer_limit_mib {
         return mib * MIB;
     }
-    let limiter = pipeline.processors.iter().find_map(|id| match &cfg.processors[id] {
-        ProcessorConfig::MemoryLimiter(m) => Some(m),
-        _ => None,
-    });
+    let limiter = pipeline
+        .processors
+        .iter()
+        .find_map(|id| match &cfg.processors[id] {
+            ProcessorConfig::MemoryLimiter(m) => Some(m),
+            _ => None,
+        });
     match limiter {
         Some(m) => (MemoryLimits::resolve(m, total_memory_bytes()).soft_limit_bytes / 2).max(MIB),
         None => BUFFER_LIMIT_MIB_DEFAULT * MIB,
@@ -233,7 +244,9 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                         cfg: t.clone(),
                         buffer_limit_bytes: sampling_budget_bytes(cfg, p, t),
                         shards: t.shards.unwrap_or_else(|| {
-                            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+                            std::thread::available_parallelism()
+                                .map(|n| n.get())
+                                .unwrap_or(2)
                         }),
                     };
                     Arc::new(TailSamplingStage::start(setup, next).await?)

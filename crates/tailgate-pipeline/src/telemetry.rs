@@ -40,19 +40,27 @@ pub const EXPORTER_RETRIES: &str = "tailgate_exporter_retries_total";
 
 // Tail sampling, mirroring `otelcol_processor_tail_sampling_*`. Label: processor.
 /// Labels: policy, decision (sampled | not_sampled | dropped), sampled.
-pub const TAIL_SAMPLING_COUNT_TRACES_SAMPLED: &str = "otelcol_processor_tail_sampling_count_traces_sampled_total";
+pub const TAIL_SAMPLING_COUNT_TRACES_SAMPLED: &str =
+    "otelcol_processor_tail_sampling_count_traces_sampled_total";
 /// Final decisions. Labels: decision, sampled.
-pub const TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED: &str = "otelcol_processor_tail_sampling_global_count_traces_sampled_total";
-pub const TAIL_SAMPLING_TRACES_ON_MEMORY: &str = "otelcol_processor_tail_sampling_sampling_traces_on_memory";
+pub const TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED: &str =
+    "otelcol_processor_tail_sampling_global_count_traces_sampled_total";
+pub const TAIL_SAMPLING_TRACES_ON_MEMORY: &str =
+    "otelcol_processor_tail_sampling_sampling_traces_on_memory";
 /// Seconds between a decision and a late span of its trace.
-pub const TAIL_SAMPLING_LATE_SPAN_AGE: &str = "otelcol_processor_tail_sampling_sampling_late_span_age";
+pub const TAIL_SAMPLING_LATE_SPAN_AGE: &str =
+    "otelcol_processor_tail_sampling_sampling_late_span_age";
 /// Traces evicted before a decision. Tailgate never does this: it stays 0 by construction.
-pub const TAIL_SAMPLING_TRACE_DROPPED_TOO_EARLY: &str = "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total";
-pub const TAIL_SAMPLING_NEW_TRACE_ID_RECEIVED: &str = "otelcol_processor_tail_sampling_new_trace_id_received_total";
+pub const TAIL_SAMPLING_TRACE_DROPPED_TOO_EARLY: &str =
+    "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total";
+pub const TAIL_SAMPLING_NEW_TRACE_ID_RECEIVED: &str =
+    "otelcol_processor_tail_sampling_new_trace_id_received_total";
 /// Milliseconds a deadline decision ran after its deadline.
-pub const TAIL_SAMPLING_DECISION_TIMER_LATENCY: &str = "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
+pub const TAIL_SAMPLING_DECISION_TIMER_LATENCY: &str =
+    "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
 /// Late spans settled by the decision cache. Label: sampled.
-pub const TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE: &str = "otelcol_processor_tail_sampling_early_releases_from_cache_decision_total";
+pub const TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE: &str =
+    "otelcol_processor_tail_sampling_early_releases_from_cache_decision_total";
 pub const SAMPLING_SPANS_RECEIVED: &str = "tailgate_sampling_spans_received_total";
 pub const SAMPLING_SPANS_KEPT: &str = "tailgate_sampling_spans_kept_total";
 /// Label reason: policy | late_dropped_trace | shutdown | duplicate | downstream_closed.
@@ -65,9 +73,11 @@ pub const SAMPLING_BUFFERED_BYTES: &str = "tailgate_sampling_buffered_bytes";
 pub const SAMPLING_BUFFER_LIMIT_BYTES: &str = "tailgate_sampling_buffer_limit_bytes";
 /// Label shard.
 pub const SAMPLING_BUFFERED_SPANS: &str = "tailgate_sampling_buffered_spans";
-pub const SAMPLING_LATE_SPANS_AFTER_FORGET: &str = "tailgate_sampling_late_spans_after_forget_total";
+pub const SAMPLING_LATE_SPANS_AFTER_FORGET: &str =
+    "tailgate_sampling_late_spans_after_forget_total";
 pub const SAMPLING_TRACES_HANDED_OFF: &str = "tailgate_sampling_traces_handed_off_total";
-pub const SAMPLING_TRACES_RECEIVED_BY_HANDOFF: &str = "tailgate_sampling_traces_received_by_handoff_total";
+pub const SAMPLING_TRACES_RECEIVED_BY_HANDOFF: &str =
+    "tailgate_sampling_traces_received_by_handoff_total";
 /// Spans whose parent never arrived by decision time. Label: service_name.
 pub const ORPHAN_SPANS: &str = "tailgate_orphan_spans_total";
 

@@ -24,7 +24,12 @@ struct Capture {
 
 impl Consumer for Capture {
     fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
-        let at = self.start.lock().unwrap().map(|s| s.elapsed()).unwrap_or_default();
+        let at = self
+            .start
+            .lock()
+            .unwrap()
+            .map(|s| s.elapsed())
+            .unwrap_or_default();
         let mut out = self.spans.lock().unwrap();
         for s in spans {
             out.push((at, s.name().to_string()));
@@ -53,28 +58,52 @@ fn spans(trace: u8, items: &[(&str, bool, bool)]) -> Vec<EncodedSpan> {
             },
             parent_span_id: if *root { vec![] } else { vec![0xAA; 8] },
             name: name.to_string(),
-            status: Some(Status { message: String::new(), code: if *err { 2 } else { 0 } }),
+            status: Some(Status {
+                message: String::new(),
+                code: if *err { 2 } else { 0 },
+            }),
             ..Default::default()
         })
         .collect();
     let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
     };
-    scan_export_request(&Bytes::from(req.encode_to_vec())).unwrap().spans
+    scan_export_request(&Bytes::from(req.encode_to_vec()))
+        .unwrap()
+        .spans
 }
 
 fn config(yaml_policies: &str, extra: &str) -> TailSamplingConfig {
-    let text = format!("decision_wait: 10s\ndecision_wait_after_root_received: 2s\n{extra}policies:\n{yaml_policies}");
+    let text = format!(
+        "decision_wait: 10s\ndecision_wait_after_root_received: 2s\n{extra}policies:\n{yaml_policies}"
+    );
     serde_saphyr::from_str(&text).unwrap()
 }
 
-const ERRORS: &str = "  - name: errors\n    type: status_code\n    status_code: {status_codes: [ERROR]}\n";
+const ERRORS: &str =
+    "  - name: errors\n    type: status_code\n    status_code: {status_codes: [ERROR]}\n";
 
 async fn stage(cfg: TailSamplingConfig, budget: u64) -> (TailSamplingStage, Arc<Capture>) {
     let capture = Arc::new(Capture::default());
     *capture.start.lock().unwrap() = Some(Instant::now());
-    let setup = SamplingSetup { name: "tail_sampling".into(), cfg, buffer_limit_bytes: budget, shards: 2 };
-    (TailSamplingStage::start(setup, capture.clone()).await.unwrap(), capture)
+    let setup = SamplingSetup {
+        name: "tail_sampling".into(),
+        cfg,
+        buffer_limit_bytes: budget,
+        shards: 2,
+    };
+    (
+        TailSamplingStage::start(setup, capture.clone())
+            .await
+            .unwrap(),
+        capture,
+    )
 }
 
 /// Lets actors run and paused time advance to the next timer.
@@ -93,27 +122,55 @@ async fn settle(d: Duration) {
 async fn root_plus_quiet_period_deadline_and_late_spans_on_the_paused_clock() {
     let (stage, capture) = stage(config(ERRORS, ""), 1 << 20).await;
     // Trace 1: error child now, root at 1s -> decided at 3s.
-    stage.consume(spans(1, &[("child-1", false, true)])).await.unwrap();
+    stage
+        .consume(spans(1, &[("child-1", false, true)]))
+        .await
+        .unwrap();
     settle(Duration::from_secs(1)).await;
-    stage.consume(spans(1, &[("root-1", true, false)])).await.unwrap();
+    stage
+        .consume(spans(1, &[("root-1", true, false)]))
+        .await
+        .unwrap();
     // Trace 2: error, no root -> decided at its 10s deadline (sent at 1s -> 11s).
-    stage.consume(spans(2, &[("orphan-2", false, true)])).await.unwrap();
+    stage
+        .consume(spans(2, &[("orphan-2", false, true)]))
+        .await
+        .unwrap();
     settle(Duration::from_millis(1500)).await;
-    assert!(capture.spans.lock().unwrap().is_empty(), "nothing before root + 2s");
+    assert!(
+        capture.spans.lock().unwrap().is_empty(),
+        "nothing before root + 2s"
+    );
     settle(Duration::from_millis(700)).await;
     let got = capture.spans.lock().unwrap().clone();
-    assert_eq!(got.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), vec!["child-1", "root-1"]);
-    assert!(got[0].0 >= Duration::from_secs(3) && got[0].0 <= Duration::from_millis(3050), "decided at {:?}", got[0].0);
+    assert_eq!(
+        got.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
+        vec!["child-1", "root-1"]
+    );
+    assert!(
+        got[0].0 >= Duration::from_secs(3) && got[0].0 <= Duration::from_millis(3050),
+        "decided at {:?}",
+        got[0].0
+    );
     settle(Duration::from_secs(9)).await;
     let got = capture.spans.lock().unwrap().clone();
     assert_eq!(got.len(), 3);
     assert_eq!(got[2].1, "orphan-2");
-    assert!(got[2].0 >= Duration::from_secs(11) && got[2].0 <= Duration::from_millis(11_050), "deadline at {:?}", got[2].0);
+    assert!(
+        got[2].0 >= Duration::from_secs(11) && got[2].0 <= Duration::from_millis(11_050),
+        "deadline at {:?}",
+        got[2].0
+    );
     // A late span of kept trace 1 is exported at once, not buffered for another wait.
-    stage.consume(spans(1, &[("late-1", false, false)])).await.unwrap();
+    stage
+        .consume(spans(1, &[("late-1", false, false)]))
+        .await
+        .unwrap();
     settle(Duration::from_millis(50)).await;
     assert_eq!(capture.spans.lock().unwrap().last().unwrap().1, "late-1");
-    stage.shutdown(Instant::now() + Duration::from_secs(5)).await;
+    stage
+        .shutdown(Instant::now() + Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,12 +180,23 @@ async fn full_budget_refuses_retryably_and_shutdown_decides_what_is_pending() {
     stage.consume(spans(1, &[("a", true, true)])).await.unwrap();
     stage.consume(spans(2, &[("b", true, true)])).await.unwrap();
     stage.consume(spans(3, &[("c", true, true)])).await.unwrap();
-    let err = stage.consume(spans(4, &[("d", true, true)])).await.unwrap_err();
+    let err = stage
+        .consume(spans(4, &[("d", true, true)]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ConsumeError::Refused { .. }), "{err:?}");
     settle(Duration::from_millis(100)).await;
     // Shutdown decides the pending traces on the data at hand: all three had errors.
-    stage.shutdown(Instant::now() + Duration::from_secs(5)).await;
-    let mut names: Vec<String> = capture.spans.lock().unwrap().iter().map(|(_, n)| n.clone()).collect();
+    stage
+        .shutdown(Instant::now() + Duration::from_secs(5))
+        .await;
+    let mut names: Vec<String> = capture
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["a", "b", "c"]);
 }

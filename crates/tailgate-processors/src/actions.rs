@@ -10,7 +10,9 @@ use std::borrow::Cow;
 use sha2::{Digest, Sha256};
 use tailgate_config::AttributeValue;
 use tailgate_config::components::{ActionKind, AttributeAction};
-use tailgate_otlp::wire::{FieldReader, WIRE_FIXED64, WIRE_VARINT, put_key, put_len_field, put_varint};
+use tailgate_otlp::wire::{
+    FieldReader, WIRE_FIXED64, WIRE_VARINT, put_key, put_len_field, put_varint,
+};
 use tailgate_otlp::{AnyValueRef, for_each_attribute_raw};
 
 /// A compiled list of actions, applied in order.
@@ -27,7 +29,9 @@ struct Attr<'a> {
 
 impl AttributeActions {
     pub fn new(actions: &[AttributeAction]) -> Self {
-        AttributeActions { actions: actions.to_vec() }
+        AttributeActions {
+            actions: actions.to_vec(),
+        }
     }
 
     /// Applies the actions to the `KeyValue` list in field `field` of the encoded `message`,
@@ -36,7 +40,12 @@ impl AttributeActions {
     /// the attributes are written after them, in their resulting order.
     pub fn apply_encoded(&self, message: &[u8], field: u32) -> Option<Vec<u8>> {
         let mut attrs: Vec<Attr<'_>> = Vec::new();
-        for_each_attribute_raw(message, field, |k, v| attrs.push(Attr { key: Cow::Borrowed(k), value: Cow::Borrowed(v) }));
+        for_each_attribute_raw(message, field, |k, v| {
+            attrs.push(Attr {
+                key: Cow::Borrowed(k),
+                value: Cow::Borrowed(v),
+            })
+        });
         let mut changed = false;
         for a in &self.actions {
             changed |= apply_one(a, &mut attrs);
@@ -48,7 +57,9 @@ impl AttributeActions {
         let mut reader = FieldReader::new(message);
         loop {
             let start = reader.position();
-            let Some(Ok((num, _))) = reader.next_field() else { break };
+            let Some(Ok((num, _))) = reader.next_field() else {
+                break;
+            };
             if num != field {
                 out.extend_from_slice(&message[start..reader.position()]);
             }
@@ -117,21 +128,35 @@ fn apply_one<'a>(a: &AttributeAction, attrs: &mut Vec<Attr<'a>>) -> bool {
             if position(attrs, key).is_some() {
                 return false;
             }
-            let Some(v) = new_value(a, attrs) else { return false };
-            attrs.push(Attr { key: Cow::Owned(key.to_vec()), value: v });
+            let Some(v) = new_value(a, attrs) else {
+                return false;
+            };
+            attrs.push(Attr {
+                key: Cow::Owned(key.to_vec()),
+                value: v,
+            });
             true
         }
         ActionKind::Update => {
-            let Some(i) = position(attrs, key) else { return false };
-            let Some(v) = new_value(a, attrs) else { return false };
+            let Some(i) = position(attrs, key) else {
+                return false;
+            };
+            let Some(v) = new_value(a, attrs) else {
+                return false;
+            };
             attrs[i].value = v;
             true
         }
         ActionKind::Upsert => {
-            let Some(v) = new_value(a, attrs) else { return false };
+            let Some(v) = new_value(a, attrs) else {
+                return false;
+            };
             match position(attrs, key) {
                 Some(i) => attrs[i].value = v,
-                None => attrs.push(Attr { key: Cow::Owned(key.to_vec()), value: v }),
+                None => attrs.push(Attr {
+                    key: Cow::Owned(key.to_vec()),
+                    value: v,
+                }),
             }
             true
         }
@@ -151,21 +176,35 @@ fn apply_one<'a>(a: &AttributeAction, attrs: &mut Vec<Attr<'a>>) -> bool {
             changed
         }
         ActionKind::Extract => {
-            let Some(pattern) = &a.pattern else { return false };
-            let Some(i) = position(attrs, key) else { return false };
-            let AnyValueRef::String(s) = AnyValueRef::parse(&attrs[i].value) else { return false };
-            let Some(caps) = pattern.0.captures(s) else { return false };
+            let Some(pattern) = &a.pattern else {
+                return false;
+            };
+            let Some(i) = position(attrs, key) else {
+                return false;
+            };
+            let AnyValueRef::String(s) = AnyValueRef::parse(&attrs[i].value) else {
+                return false;
+            };
+            let Some(caps) = pattern.0.captures(s) else {
+                return false;
+            };
             let found: Vec<(String, String)> = pattern
                 .0
                 .capture_names()
                 .flatten()
-                .filter_map(|name| caps.name(name).map(|m| (name.to_string(), m.as_str().to_string())))
+                .filter_map(|name| {
+                    caps.name(name)
+                        .map(|m| (name.to_string(), m.as_str().to_string()))
+                })
                 .collect();
             for (name, value) in &found {
                 let v = Cow::Owned(string_value(value));
                 match position(attrs, name.as_bytes()) {
                     Some(j) => attrs[j].value = v,
-                    None => attrs.push(Attr { key: Cow::Owned(name.as_bytes().to_vec()), value: v }),
+                    None => attrs.push(Attr {
+                        key: Cow::Owned(name.as_bytes().to_vec()),
+                        value: v,
+                    }),
                 }
             }
             !found.is_empty()

@@ -25,7 +25,10 @@ impl AttributesProcessor {
 impl SpanProcessor for AttributesProcessor {
     fn process(&self, spans: &mut Vec<EncodedSpan>) -> Processed {
         for span in spans.iter_mut() {
-            if let Some(bytes) = self.actions.apply_encoded(&span.bytes, SPAN_ATTRIBUTES_FIELD) {
+            if let Some(bytes) = self
+                .actions
+                .apply_encoded(&span.bytes, SPAN_ATTRIBUTES_FIELD)
+            {
                 span.bytes = Bytes::from(bytes);
             }
         }

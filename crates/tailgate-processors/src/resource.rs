@@ -23,7 +23,9 @@ impl ResourceProcessor {
     }
 
     fn rewrite(&self, ctx: &ResourceScope) -> Option<Bytes> {
-        self.actions.apply_encoded(&ctx.resource, RESOURCE_ATTRIBUTES).map(Bytes::from)
+        self.actions
+            .apply_encoded(&ctx.resource, RESOURCE_ATTRIBUTES)
+            .map(Bytes::from)
     }
 }
 

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const EARLY_DECISION_HIGH_PERCENT: u64 = 90;
 /// Early decisions continue until usage is back under this share.
 pub const EARLY_DECISION_LOW_PERCENT: u64 = 80;
-const _: () = assert!(EARLY_DECISION_LOW_PERCENT < EARLY_DECISION_HIGH_PERCENT && EARLY_DECISION_HIGH_PERCENT < 100);
+const _: () = assert!(
+    EARLY_DECISION_LOW_PERCENT < EARLY_DECISION_HIGH_PERCENT && EARLY_DECISION_HIGH_PERCENT < 100
+);
 
 #[derive(Debug)]
 pub struct BufferBudget {
@@ -22,7 +24,11 @@ pub struct BufferBudget {
 impl BufferBudget {
     pub fn new(bytes_limit: u64) -> Self {
         assert!(bytes_limit > 0, "validated budget is positive");
-        BufferBudget { bytes_limit, bytes_used: AtomicU64::new(0), traces_live: AtomicU64::new(0) }
+        BufferBudget {
+            bytes_limit,
+            bytes_used: AtomicU64::new(0),
+            traces_live: AtomicU64::new(0),
+        }
     }
 
     pub fn bytes_limit(&self) -> u64 {

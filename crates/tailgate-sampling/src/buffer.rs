@@ -91,7 +91,8 @@ impl TraceBuffer {
         let mut out = Appended::default();
         let mut fresh: Vec<&EncodedSpan> = Vec::with_capacity(spans.len());
         for s in spans {
-            let dup = self.contains(&s.meta.span_id) || fresh.iter().any(|f| f.meta.span_id == s.meta.span_id);
+            let dup = self.contains(&s.meta.span_id)
+                || fresh.iter().any(|f| f.meta.span_id == s.meta.span_id);
             if dup {
                 out.duplicate_spans += 1;
                 out.duplicate_bytes += s.bytes.len() as u64;
@@ -111,7 +112,11 @@ impl TraceBuffer {
         let chunk_index = u32::try_from(self.chunks.len()).expect("chunks per trace fit u32");
         for s in fresh {
             debug_assert_eq!(s.meta.trace_id, trace_id, "one trace per buffer");
-            let context = match self.contexts.iter().position(|c| Arc::ptr_eq(c, &s.context) || **c == *s.context) {
+            let context = match self
+                .contexts
+                .iter()
+                .position(|c| Arc::ptr_eq(c, &s.context) || **c == *s.context)
+            {
                 Some(i) => i,
                 None => {
                     self.contexts.push(Arc::clone(&s.context));
@@ -150,12 +155,15 @@ impl TraceBuffer {
 
     /// The spans as [`EncodedSpan`]s (zero-copy slices of the chunks), in arrival order.
     pub fn spans(&self) -> Vec<EncodedSpan> {
-        let Some(trace_id) = self.trace_id else { return Vec::new() };
+        let Some(trace_id) = self.trace_id else {
+            return Vec::new();
+        };
         self.spans
             .iter()
             .map(|s| EncodedSpan {
                 context: Arc::clone(&self.contexts[s.context as usize]),
-                bytes: self.chunks[s.chunk as usize].slice(s.offset as usize..(s.offset + s.len) as usize),
+                bytes: self.chunks[s.chunk as usize]
+                    .slice(s.offset as usize..(s.offset + s.len) as usize),
                 meta: s.meta(trace_id),
             })
             .collect()
@@ -173,7 +181,11 @@ impl TraceBuffer {
             .filter(|s| s.parent_span_id.is_some_and(|p| !has(&p)))
             .map(|s| {
                 let ctx = &self.contexts[s.context as usize];
-                match tailgate_otlp::find_attribute(&ctx.resource, tailgate_otlp::RESOURCE_ATTRIBUTES, "service.name") {
+                match tailgate_otlp::find_attribute(
+                    &ctx.resource,
+                    tailgate_otlp::RESOURCE_ATTRIBUTES,
+                    "service.name",
+                ) {
                     Some(tailgate_otlp::AnyValueRef::String(name)) => Some(name.to_string()),
                     _ => None,
                 }

@@ -26,7 +26,11 @@ struct Bounded {
 
 impl Bounded {
     fn new(capacity: usize) -> Self {
-        Bounded { capacity, map: HashMap::new(), order: VecDeque::new() }
+        Bounded {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     /// Inserts; returns the IDs evicted to make room.
@@ -38,7 +42,9 @@ impl Bounded {
         self.map.insert(id, d);
         self.order.push_back((id, d.decided_at));
         while self.map.len() > self.capacity || self.order.len() > 2 * self.capacity {
-            let Some((old, at)) = self.order.pop_front() else { break };
+            let Some((old, at)) = self.order.pop_front() else {
+                break;
+            };
             // Only evict if this queue entry is the live one (re-inserted IDs have newer entries).
             if self.map.get(&old).is_some_and(|e| e.decided_at == at) {
                 self.map.remove(&old);
@@ -161,25 +167,58 @@ mod tests {
     #[test]
     fn bounded_expiring_and_remembers_what_it_forgot() {
         let mut c = DecisionCache::new(2, 1, Duration::from_secs(10));
-        let at = |s| CachedDecision { keep: true, decided_at: Duration::from_secs(s), policy: None };
+        let at = |s| CachedDecision {
+            keep: true,
+            decided_at: Duration::from_secs(s),
+            policy: None,
+        };
         c.insert(id(1), at(1));
         c.insert(id(2), at(2));
         c.insert(id(3), at(3));
-        assert_eq!(c.get(&id(1), Duration::from_secs(3)), None, "oldest evicted at capacity");
+        assert_eq!(
+            c.get(&id(1), Duration::from_secs(3)),
+            None,
+            "oldest evicted at capacity"
+        );
         assert!(c.was_forgotten(&id(1)));
         assert!(c.get(&id(3), Duration::from_secs(3)).is_some());
-        c.insert(id(4), CachedDecision { keep: false, decided_at: Duration::from_secs(4), policy: None });
-        assert_eq!(c.get(&id(4), Duration::from_secs(4)).map(|d| d.keep), Some(false));
-        assert_eq!(c.get(&id(3), Duration::from_secs(14)), None, "expired by ttl");
+        c.insert(
+            id(4),
+            CachedDecision {
+                keep: false,
+                decided_at: Duration::from_secs(4),
+                policy: None,
+            },
+        );
+        assert_eq!(
+            c.get(&id(4), Duration::from_secs(4)).map(|d| d.keep),
+            Some(false)
+        );
+        assert_eq!(
+            c.get(&id(3), Duration::from_secs(14)),
+            None,
+            "expired by ttl"
+        );
         c.expire(Duration::from_secs(14));
         assert!(c.was_forgotten(&id(2)));
-        assert_eq!(c.len(), 1, "the drop decision of id 4 is exactly ttl old: still remembered");
+        assert_eq!(
+            c.len(),
+            1,
+            "the drop decision of id 4 is exactly ttl old: still remembered"
+        );
     }
 
     #[test]
     fn zero_capacity_disables() {
         let mut c = DecisionCache::new(0, 0, Duration::from_secs(10));
-        c.insert(id(1), CachedDecision { keep: true, decided_at: Duration::ZERO, policy: None });
+        c.insert(
+            id(1),
+            CachedDecision {
+                keep: true,
+                decided_at: Duration::ZERO,
+                policy: None,
+            },
+        );
         assert_eq!(c.get(&id(1), Duration::ZERO), None);
         assert!(c.was_forgotten(&id(1)));
     }

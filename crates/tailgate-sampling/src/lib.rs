@@ -21,7 +21,8 @@ pub use budget::BufferBudget;
 pub use buffer::TraceBuffer;
 pub use cache::DecisionCache;
 pub use shard::{
-    DecisionTransfer, EarlyReason, POLICY_ATTRIBUTE, Released, ShardConfig, ShardCounters, TraceShard, TraceTransfer,
+    DecisionTransfer, EarlyReason, POLICY_ATTRIBUTE, Released, ShardConfig, ShardCounters,
+    TraceShard, TraceTransfer,
 };
 
 #[cfg(test)]

@@ -170,9 +170,18 @@ pub struct TraceShard {
 }
 
 impl TraceShard {
-    pub fn new(cfg: ShardConfig, policies: PolicySet, budget: Arc<BufferBudget>, shard_count: usize) -> Self {
+    pub fn new(
+        cfg: ShardConfig,
+        policies: PolicySet,
+        budget: Arc<BufferBudget>,
+        shard_count: usize,
+    ) -> Self {
         assert!(shard_count > 0 && cfg.traces_max > 0, "validated config");
-        let cache = DecisionCache::new(cfg.sampled_cache_size, cfg.non_sampled_cache_size, cfg.cache_ttl);
+        let cache = DecisionCache::new(
+            cfg.sampled_cache_size,
+            cfg.non_sampled_cache_size,
+            cfg.cache_ttl,
+        );
         TraceShard {
             cfg,
             policies,
@@ -193,7 +202,8 @@ impl TraceShard {
     }
 
     pub fn set_rate_share(&mut self, share: f64) {
-        self.policies.set_rate_share(share / self.shard_count as f64);
+        self.policies
+            .set_rate_share(share / self.shard_count as f64);
     }
 
     pub fn traces_buffered(&self) -> usize {
@@ -201,7 +211,13 @@ impl TraceShard {
     }
 
     pub fn spans_buffered(&self) -> usize {
-        debug_assert_eq!(self.spans_buffered, self.traces.values().map(|t| t.buffer.span_count()).sum::<usize>());
+        debug_assert_eq!(
+            self.spans_buffered,
+            self.traces
+                .values()
+                .map(|t| t.buffer.span_count())
+                .sum::<usize>()
+        );
         self.spans_buffered
     }
 
@@ -247,12 +263,16 @@ impl TraceShard {
             // Late spans follow the decision already taken.
             self.budget.release(bytes);
             let n = spans.len() as u64;
-            self.counters.late_span_ages.extend(std::iter::repeat_n(now.saturating_sub(d.decided_at), spans.len()));
+            self.counters.late_span_ages.extend(std::iter::repeat_n(
+                now.saturating_sub(d.decided_at),
+                spans.len(),
+            ));
             if d.keep {
                 self.counters.late_spans_kept += n;
                 self.counters.spans_kept += n;
                 let name = d.policy.map(|i| self.policies.names()[i].clone());
-                out.kept.extend(self.with_policy_attribute(spans, name.as_deref()));
+                out.kept
+                    .extend(self.with_policy_attribute(spans, name.as_deref()));
             } else {
                 self.counters.late_spans_dropped += n;
                 self.counters.spans_dropped_late += n;
@@ -272,7 +292,13 @@ impl TraceShard {
             self.next_seq += 1;
             self.traces.insert(
                 trace_id,
-                TraceEntry { buffer: TraceBuffer::default(), first_seen, decide_at, root_seen: false, seq },
+                TraceEntry {
+                    buffer: TraceBuffer::default(),
+                    first_seen,
+                    decide_at,
+                    root_seen: false,
+                    seq,
+                },
             );
             self.by_deadline.insert((decide_at, seq, trace_id));
             self.by_arrival.insert(seq, trace_id);
@@ -358,46 +384,79 @@ impl TraceShard {
         Some(entry)
     }
 
-    fn decide(&mut self, id: TraceId, early: Option<EarlyReason>, now: Duration, out: &mut Released) {
+    fn decide(
+        &mut self,
+        id: TraceId,
+        early: Option<EarlyReason>,
+        now: Duration,
+        out: &mut Released,
+    ) {
         let entry = self.remove(&id).expect("deciding a buffered trace");
         if let Some(reason) = early {
             *self.counters.early_decisions.entry(reason).or_default() += 1;
         }
         let spans = entry.buffer.spans();
-        let view = TraceView { trace_id: id, spans: &spans, encoded_bytes: entry.buffer.encoded_bytes() };
+        let view = TraceView {
+            trace_id: id,
+            spans: &spans,
+            encoded_bytes: entry.buffer.encoded_bytes(),
+        };
         let verdict = self.policies.decide(&view, now);
         for (i, d) in &verdict.votes {
             *self.counters.votes.entry((*i, d.label())).or_default() += 1;
         }
-        let label = match (verdict.keep, verdict.votes.iter().any(|(_, d)| *d == Decision::Dropped)) {
+        let label = match (
+            verdict.keep,
+            verdict.votes.iter().any(|(_, d)| *d == Decision::Dropped),
+        ) {
             (true, _) => "sampled",
             (false, true) => "dropped",
             (false, false) => "not_sampled",
         };
         *self.counters.decisions.entry(label).or_default() += 1;
         for service in entry.buffer.orphans() {
-            *self.counters.orphan_spans.entry(service.unwrap_or_default()).or_default() += 1;
+            *self
+                .counters
+                .orphan_spans
+                .entry(service.unwrap_or_default())
+                .or_default() += 1;
         }
-        self.cache.insert(id, CachedDecision { keep: verdict.keep, decided_at: now, policy: verdict.decided_by });
+        self.cache.insert(
+            id,
+            CachedDecision {
+                keep: verdict.keep,
+                decided_at: now,
+                policy: verdict.decided_by,
+            },
+        );
         let n = spans.len() as u64;
         if verdict.keep {
             self.counters.spans_kept += n;
             let name = verdict.decided_by.map(|i| self.policies.names()[i].clone());
-            out.kept.extend(self.with_policy_attribute(spans, name.as_deref()));
+            out.kept
+                .extend(self.with_policy_attribute(spans, name.as_deref()));
         } else {
             self.counters.spans_dropped_policy += n;
         }
     }
 
-    fn with_policy_attribute(&self, spans: Vec<EncodedSpan>, policy: Option<&str>) -> Vec<EncodedSpan> {
-        let (true, Some(name)) = (self.cfg.record_policy, policy) else { return spans };
+    fn with_policy_attribute(
+        &self,
+        spans: Vec<EncodedSpan>,
+        policy: Option<&str>,
+    ) -> Vec<EncodedSpan> {
+        let (true, Some(name)) = (self.cfg.record_policy, policy) else {
+            return spans;
+        };
         spans
             .into_iter()
             .map(|mut s| {
                 let mut span = Span::decode(s.bytes.clone()).expect("buffered spans decode");
                 span.attributes.push(KeyValue {
                     key: POLICY_ATTRIBUTE.into(),
-                    value: Some(AnyValue { value: Some(any_value::Value::StringValue(name.to_string())) }),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(name.to_string())),
+                    }),
                     ..Default::default()
                 });
                 s.bytes = Bytes::from(span.encode_to_vec());
@@ -423,8 +482,17 @@ impl TraceShard {
 
     /// Removes and returns every buffered trace `moves` selects (its owner changed), oldest
     /// first. The caller hands them to the new owner.
-    pub fn take_traces(&mut self, now: Duration, moves: &dyn Fn(&TraceId) -> bool) -> Vec<TraceTransfer> {
-        let ids: Vec<TraceId> = self.by_arrival.values().filter(|id| moves(id)).copied().collect();
+    pub fn take_traces(
+        &mut self,
+        now: Duration,
+        moves: &dyn Fn(&TraceId) -> bool,
+    ) -> Vec<TraceTransfer> {
+        let ids: Vec<TraceId> = self
+            .by_arrival
+            .values()
+            .filter(|id| moves(id))
+            .copied()
+            .collect();
         ids.into_iter()
             .map(|id| {
                 let e = self.remove(&id).expect("listed in by_arrival");
@@ -451,23 +519,44 @@ impl TraceShard {
         self.budget.force_reserve(bytes);
         self.counters.traces_received_by_handoff += 1;
         self.counters.spans_received_by_handoff += t.spans.len() as u64;
-        self.ingest_trace(t.trace_id, t.spans, Some((t.remaining, t.age, t.root_seen)), now, &mut out);
+        self.ingest_trace(
+            t.trace_id,
+            t.spans,
+            Some((t.remaining, t.age, t.root_seen)),
+            now,
+            &mut out,
+        );
         self.enforce_limits(now, &mut out);
         out
     }
 
     /// Remembered decisions of the traces `moves` selects, for their new owner.
-    pub fn decisions_for(&self, now: Duration, moves: &dyn Fn(&TraceId) -> bool) -> Vec<DecisionTransfer> {
+    pub fn decisions_for(
+        &self,
+        now: Duration,
+        moves: &dyn Fn(&TraceId) -> bool,
+    ) -> Vec<DecisionTransfer> {
         self.cache
             .matching(moves)
             .into_iter()
-            .map(|(id, d)| DecisionTransfer { trace_id: id, keep: d.keep, age: now.saturating_sub(d.decided_at) })
+            .map(|(id, d)| DecisionTransfer {
+                trace_id: id,
+                keep: d.keep,
+                age: now.saturating_sub(d.decided_at),
+            })
             .collect()
     }
 
     /// Remembers a decision made by a trace's previous owner.
     pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) {
-        self.cache.insert(d.trace_id, CachedDecision { keep: d.keep, decided_at: now.saturating_sub(d.age), policy: None });
+        self.cache.insert(
+            d.trace_id,
+            CachedDecision {
+                keep: d.keep,
+                decided_at: now.saturating_sub(d.age),
+                policy: None,
+            },
+        );
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use serde_json::json;
 use tailgate_config::sampling::PolicyConfig;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
@@ -41,7 +41,10 @@ fn span(t: u32, n: u32, parent: u32, error: bool) -> EncodedSpan {
         name: format!("s{n}"),
         start_time_unix_nano: 1,
         end_time_unix_nano: 2,
-        status: Some(Status { message: String::new(), code: if error { 2 } else { 0 } }),
+        status: Some(Status {
+            message: String::new(),
+            code: if error { 2 } else { 0 },
+        }),
         ..Default::default()
     };
     let req = ExportTraceServiceRequest {
@@ -49,16 +52,24 @@ fn span(t: u32, n: u32, parent: u32, error: bool) -> EncodedSpan {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
                     key: "service.name".into(),
-                    value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("svc".into())),
+                    }),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans { spans: vec![sp], ..Default::default() }],
+            scope_spans: vec![ScopeSpans {
+                spans: vec![sp],
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     };
-    scan_export_request(&Bytes::from(req.encode_to_vec())).unwrap().spans.remove(0)
+    scan_export_request(&Bytes::from(req.encode_to_vec()))
+        .unwrap()
+        .spans
+        .remove(0)
 }
 
 fn tid(t: u32) -> TraceId {
@@ -94,7 +105,10 @@ struct Rig {
 impl Rig {
     fn new(cfg: ShardConfig, budget_bytes: u64) -> Rig {
         let budget = Arc::new(BufferBudget::new(budget_bytes));
-        Rig { shard: TraceShard::new(cfg, errors_only(), Arc::clone(&budget), 1), budget }
+        Rig {
+            shard: TraceShard::new(cfg, errors_only(), Arc::clone(&budget), 1),
+            budget,
+        }
     }
 
     /// Reserves like the pipeline stage does, then ingests.
@@ -106,7 +120,10 @@ impl Rig {
 }
 
 fn names(spans: &[EncodedSpan]) -> Vec<String> {
-    spans.iter().map(|s| format!("{}:{}", s.meta.trace_id.0[15], s.name())).collect()
+    spans
+        .iter()
+        .map(|s| format!("{}:{}", s.meta.trace_id.0[15], s.name()))
+        .collect()
 }
 
 #[test]
@@ -114,7 +131,10 @@ fn decides_at_decision_wait_when_no_root_arrives() {
     let mut r = Rig::new(cfg(), 1 << 20);
     assert!(r.ingest(vec![span(1, 1, 7, true)], S).is_empty());
     assert_eq!(r.shard.next_deadline(), Some(11 * S));
-    assert!(r.shard.poll(11 * S - ms(1)).kept.is_empty(), "not before the deadline");
+    assert!(
+        r.shard.poll(11 * S - ms(1)).kept.is_empty(),
+        "not before the deadline"
+    );
     let kept = r.shard.poll(11 * S).kept;
     assert_eq!(names(&kept), vec!["2:s1"]);
     assert_eq!(r.shard.traces_buffered(), 0);
@@ -126,7 +146,11 @@ fn root_span_pulls_the_decision_to_root_plus_quiet_period() {
     let mut r = Rig::new(cfg(), 1 << 20);
     r.ingest(vec![span(1, 2, 1, true)], S);
     r.ingest(vec![span(1, 1, 0, false)], 3 * S);
-    assert_eq!(r.shard.next_deadline(), Some(5 * S), "root at 3s + 2s quiet");
+    assert_eq!(
+        r.shard.next_deadline(),
+        Some(5 * S),
+        "root at 3s + 2s quiet"
+    );
     assert_eq!(r.shard.poll(5 * S).kept.len(), 2);
     // A root arriving late cannot push the deadline past decision_wait.
     r.ingest(vec![span(2, 2, 1, true)], 20 * S);
@@ -141,11 +165,19 @@ fn late_spans_follow_the_cached_decision() {
     r.ingest(vec![span(2, 1, 0, false)], S);
     assert_eq!(r.shard.poll(3 * S).kept.len(), 1);
     let late = r.ingest(vec![span(1, 2, 1, false), span(2, 2, 1, false)], 7 * S);
-    assert_eq!(names(&late), vec!["2:s2"], "kept trace's late span exported at once; dropped trace's dropped");
+    assert_eq!(
+        names(&late),
+        vec!["2:s2"],
+        "kept trace's late span exported at once; dropped trace's dropped"
+    );
     let c = r.shard.take_counters();
     assert_eq!((c.late_spans_kept, c.late_spans_dropped), (1, 1));
     assert_eq!(c.late_span_ages, vec![4 * S, 4 * S]);
-    assert_eq!(r.shard.traces_buffered(), 0, "late spans never start a new trace");
+    assert_eq!(
+        r.shard.traces_buffered(),
+        0,
+        "late spans never start a new trace"
+    );
     assert_eq!(r.budget.bytes_used(), 0);
 }
 
@@ -191,15 +223,30 @@ fn byte_budget_decides_oldest_traces_early_and_accounts_for_every_span() {
     for (t, s) in spans.iter().take(9).enumerate() {
         r.ingest(vec![s.clone()], S + ms(t as u64));
     }
-    assert_eq!(r.shard.traces_buffered(), 9, "at 90% of the budget: not above the high watermark");
+    assert_eq!(
+        r.shard.traces_buffered(),
+        9,
+        "at 90% of the budget: not above the high watermark"
+    );
     r.ingest(vec![spans[9].clone()], 2 * S);
     // 100% > 90%: the oldest traces are decided until usage is at most 80%.
-    assert!(r.budget.bytes_used() * 100 <= limit * 80, "{} of {limit}", r.budget.bytes_used());
+    assert!(
+        r.budget.bytes_used() * 100 <= limit * 80,
+        "{} of {limit}",
+        r.budget.bytes_used()
+    );
     let buffered = r.shard.traces_buffered();
     assert!(buffered < 9);
     let c = r.shard.take_counters();
-    assert_eq!(c.early_decisions.get(&EarlyReason::BufferFull), Some(&(10 - buffered as u64)));
-    assert_eq!(c.spans_dropped_policy, 10 - buffered as u64, "oldest first: the error trace (newest) is still buffered");
+    assert_eq!(
+        c.early_decisions.get(&EarlyReason::BufferFull),
+        Some(&(10 - buffered as u64))
+    );
+    assert_eq!(
+        c.spans_dropped_policy,
+        10 - buffered as u64,
+        "oldest first: the error trace (newest) is still buffered"
+    );
     // What no early decision can make room for is refused before the shard sees it.
     assert!(!r.budget.try_reserve(limit));
 }
@@ -223,10 +270,19 @@ fn an_oversized_trace_is_decided_at_once() {
     let mut c = cfg();
     c.trace_bytes_max = (span(1, 1, 0, true).bytes.len() + span(1, 2, 1, false).bytes.len()) as u64;
     let mut r = Rig::new(c, 1 << 20);
-    assert!(r.ingest(vec![span(1, 1, 0, true), span(1, 2, 1, false)], S).is_empty());
+    assert!(
+        r.ingest(vec![span(1, 1, 0, true), span(1, 2, 1, false)], S)
+            .is_empty()
+    );
     let kept = r.ingest(vec![span(1, 3, 1, false)], S);
     assert_eq!(kept.len(), 3);
-    assert_eq!(r.shard.take_counters().early_decisions.get(&EarlyReason::TraceTooLarge), Some(&1));
+    assert_eq!(
+        r.shard
+            .take_counters()
+            .early_decisions
+            .get(&EarlyReason::TraceTooLarge),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -239,7 +295,10 @@ fn handoff_keeps_the_remaining_deadline_and_merges_with_local_spans() {
     b.ingest(vec![span(1, 3, 1, false)], 2 * S + ms(500));
     let moved = a.shard.take_traces(2 * S, &|id| *id == tid(1));
     assert_eq!(moved.len(), 1);
-    assert_eq!(moved[0].remaining, S, "root at 1s + 2s quiet = 3s; 1s left at 2s");
+    assert_eq!(
+        moved[0].remaining, S,
+        "root at 1s + 2s quiet = 3s; 1s left at 2s"
+    );
     assert_eq!(moved[0].age, S);
     assert!(moved[0].root_seen);
     assert_eq!(a.shard.traces_buffered(), 1);
@@ -255,7 +314,10 @@ fn handoff_keeps_the_remaining_deadline_and_merges_with_local_spans() {
     let kept = b.shard.poll(3 * S + ms(500)).kept;
     assert_eq!(names(&kept), vec!["2:s3", "2:s1", "2:s2"]);
     assert_eq!(b.budget.bytes_used(), 0);
-    assert_eq!(a.budget.bytes_used(), span(2, 1, 0, false).bytes.len() as u64);
+    assert_eq!(
+        a.budget.bytes_used(),
+        span(2, 1, 0, false).bytes.len() as u64
+    );
 }
 
 #[test]
@@ -292,7 +354,14 @@ fn shutdown_decides_pending_traces_or_drops_them_counted() {
 #[test]
 fn orphan_spans_are_counted_per_service_at_decision_time() {
     let mut r = Rig::new(cfg(), 1 << 20);
-    r.ingest(vec![span(1, 1, 0, false), span(1, 2, 1, false), span(1, 3, 9, false)], S);
+    r.ingest(
+        vec![
+            span(1, 1, 0, false),
+            span(1, 2, 1, false),
+            span(1, 3, 9, false),
+        ],
+        S,
+    );
     r.shard.poll(20 * S);
     assert_eq!(r.shard.take_counters().orphan_spans.get("svc"), Some(&1));
 }
@@ -304,7 +373,10 @@ fn record_policy_names_the_deciding_policy_on_kept_spans() {
     let mut r = Rig::new(c, 1 << 20);
     r.ingest(vec![span(1, 1, 0, true)], S);
     let kept = r.shard.poll(20 * S).kept;
-    assert_eq!(kept[0].attribute(POLICY_ATTRIBUTE), Some(tailgate_otlp::AnyValueRef::String("errors")));
+    assert_eq!(
+        kept[0].attribute(POLICY_ATTRIBUTE),
+        Some(tailgate_otlp::AnyValueRef::String("errors"))
+    );
 }
 
 proptest! {

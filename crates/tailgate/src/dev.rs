@@ -80,7 +80,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(h) = service.addresses().health {
         println!("  health     http://{h}/");
     }
-    println!("  sampling   the article's policies: errors, slow > 2s, sampling.priority=always_on, 5% of the rest");
+    println!(
+        "  sampling   the article's policies: errors, slow > 2s, sampling.priority=always_on, 5% of the rest"
+    );
     println!("  exporting  {file} (OTLP/JSON lines), db.statement and auth headers redacted");
 
     if !args.demo {
@@ -112,7 +114,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "demo: sending 200 traces/s (10 spans each; 2% with an error, 2% slow, 1% flagged) for {:?}",
         args.demo_duration
     );
-    println!("      decided 2s after each root span: errors, slow and flagged traces kept, 5% of the rest");
+    println!(
+        "      decided 2s after each root span: errors, slow and flagged traces kept, 5% of the rest"
+    );
     let stats = Arc::new(LoadStats::default());
     let started = Instant::now();
     let sender = tokio::spawn(run_load(load, Arc::clone(&stats)));
@@ -132,13 +136,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     while !sender.is_finished() {
         tick.tick().await;
-        println!("{}", line(&telemetry::render(), started.elapsed().as_secs_f64(), stats.spans.load(Ordering::Relaxed)));
+        println!(
+            "{}",
+            line(
+                &telemetry::render(),
+                started.elapsed().as_secs_f64(),
+                stats.spans.load(Ordering::Relaxed)
+            )
+        );
     }
     sender.await.context("load generator")??;
     // Let the last traces reach their decision (root + 2s) and the 1s batch flush.
     for _ in 0..4 {
         tick.tick().await;
-        println!("{}", line(&telemetry::render(), started.elapsed().as_secs_f64(), stats.spans.load(Ordering::Relaxed)));
+        println!(
+            "{}",
+            line(
+                &telemetry::render(),
+                started.elapsed().as_secs_f64(),
+                stats.spans.load(Ordering::Relaxed)
+            )
+        );
     }
     service.shutdown(Duration::from_secs(10)).await;
     let m = telemetry::render();
@@ -146,15 +164,32 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("demo finished:");
     println!("  {}", stats.line(started.elapsed()));
     println!("  traces kept by policy (a trace can match several; the first named decides):");
-    for policy in ["keep-errors", "keep-slow", "keep-debug-flagged", "sample-normal"] {
+    for policy in [
+        "keep-errors",
+        "keep-slow",
+        "keep-debug-flagged",
+        "sample-normal",
+    ] {
         let filter = format!("policy=\"{policy}\"");
         println!(
             "    {policy:<20} voted keep for {:>5} traces",
-            sum_metric(&m, telemetry::TAIL_SAMPLING_COUNT_TRACES_SAMPLED, &[&filter, "decision=\"sampled\""]) as u64
+            sum_metric(
+                &m,
+                telemetry::TAIL_SAMPLING_COUNT_TRACES_SAMPLED,
+                &[&filter, "decision=\"sampled\""]
+            ) as u64
         );
     }
-    let kept = sum_metric(&m, telemetry::TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED, &["decision=\"sampled\""]) as u64;
-    let decided = sum_metric(&m, telemetry::TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED, &[]) as u64;
+    let kept = sum_metric(
+        &m,
+        telemetry::TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED,
+        &["decision=\"sampled\""],
+    ) as u64;
+    let decided = sum_metric(
+        &m,
+        telemetry::TAIL_SAMPLING_GLOBAL_COUNT_TRACES_SAMPLED,
+        &[],
+    ) as u64;
     println!(
         "  decisions: {kept} of {decided} traces kept; sent {} error, {} slow, {} flagged",
         stats.error_traces.load(Ordering::Relaxed),
@@ -165,7 +200,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  gateway: accepted {} spans, kept {}, dropped by policy {}, exported {} to the file, failed {}",
         sum_metric(&m, telemetry::RECEIVER_ACCEPTED_SPANS, &[]) as u64,
         sum_metric(&m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
-        sum_metric(&m, telemetry::SAMPLING_SPANS_DROPPED, &["reason=\"policy\""]) as u64,
+        sum_metric(
+            &m,
+            telemetry::SAMPLING_SPANS_DROPPED,
+            &["reason=\"policy\""]
+        ) as u64,
         sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
         sum_metric(&m, telemetry::EXPORTER_SEND_FAILED_SPANS, &[]) as u64,
     );

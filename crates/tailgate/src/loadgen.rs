@@ -357,7 +357,11 @@ struct SpanSlots {
 }
 
 impl RequestTemplate {
-    fn build(generator: &mut TraceGenerator, spans_per_request: usize, service_name: &str) -> RequestTemplate {
+    fn build(
+        generator: &mut TraceGenerator,
+        spans_per_request: usize,
+        service_name: &str,
+    ) -> RequestTemplate {
         let per_trace = generator.args.spans_per_trace.max(1);
         let trace_count = (spans_per_request / per_trace).max(1);
         let mut spans = Vec::new();
@@ -393,12 +397,24 @@ impl RequestTemplate {
             }
             let parent = parent_at.map(|at| {
                 let pid = s.meta.parent_span_id.expect("parent bytes present");
-                let idx = scanned.spans.iter().position(|o| o.meta.span_id == pid && o.meta.trace_id == s.meta.trace_id);
+                let idx = scanned
+                    .spans
+                    .iter()
+                    .position(|o| o.meta.span_id == pid && o.meta.trace_id == s.meta.trace_id);
                 (at, idx.expect("parent in the same request"))
             });
-            slots.push(SpanSlots { trace, trace_id_at, span_id_at, parent });
+            slots.push(SpanSlots {
+                trace,
+                trace_id_at,
+                span_id_at,
+                parent,
+            });
         }
-        RequestTemplate { bytes: body.to_vec(), spans: slots, traces }
+        RequestTemplate {
+            bytes: body.to_vec(),
+            spans: slots,
+            traces,
+        }
     }
 
     /// A copy with fresh random IDs, parent links kept consistent.
@@ -453,7 +469,13 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
             let mut generator = TraceGenerator::new(&args, seed);
             let templates: Vec<RequestTemplate> = (0..TEMPLATES_PER_WORKER)
-                .map(|_| RequestTemplate::build(&mut generator, args.spans_per_request, &args.service_name))
+                .map(|_| {
+                    RequestTemplate::build(
+                        &mut generator,
+                        args.spans_per_request,
+                        &args.service_name,
+                    )
+                })
                 .collect();
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
             let mut next_at = Instant::now();
@@ -465,21 +487,39 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
                 let template = &templates[round % templates.len()];
                 if args.rate > 0 {
                     // This worker's share of the rate, one request of several traces at a time.
-                    let per_request = Duration::from_secs_f64(template.traces.len() as f64 * workers as f64 / args.rate as f64);
+                    let per_request = Duration::from_secs_f64(
+                        template.traces.len() as f64 * workers as f64 / args.rate as f64,
+                    );
                     tokio::time::sleep_until(next_at).await;
                     next_at += per_request;
                 }
                 let body = template.instantiate(&mut rng);
                 let n = template.spans.len() as u64;
                 made += template.traces.len() as u64;
-                stats.traces.fetch_add(template.traces.len() as u64, Ordering::Relaxed);
+                stats
+                    .traces
+                    .fetch_add(template.traces.len() as u64, Ordering::Relaxed);
                 stats.spans.fetch_add(n, Ordering::Relaxed);
                 for (error, slow, flagged) in &template.traces {
-                    stats.error_traces.fetch_add(u64::from(*error), Ordering::Relaxed);
-                    stats.slow_traces.fetch_add(u64::from(*slow), Ordering::Relaxed);
-                    stats.flagged_traces.fetch_add(u64::from(*flagged), Ordering::Relaxed);
+                    stats
+                        .error_traces
+                        .fetch_add(u64::from(*error), Ordering::Relaxed);
+                    stats
+                        .slow_traces
+                        .fetch_add(u64::from(*slow), Ordering::Relaxed);
+                    stats
+                        .flagged_traces
+                        .fetch_add(u64::from(*flagged), Ordering::Relaxed);
                 }
-                send(&channel, body, n, args.gzip, &stats, stop_at + Duration::from_secs(10)).await;
+                send(
+                    &channel,
+                    body,
+                    n,
+                    args.gzip,
+                    &stats,
+                    stop_at + Duration::from_secs(10),
+                )
+                .await;
             }
         }));
     }

@@ -43,12 +43,23 @@ pub fn describe(cfg: &Config) -> String {
                     let policies: Vec<String> = t
                         .policies
                         .iter()
-                        .map(|p| format!("{} ({})", p.name, p.policy_type.settings_key().unwrap_or(match p.policy_type {
-                            tailgate_config::sampling::PolicyType::TraceFlags => "trace_flags",
-                            _ => "always_sample",
-                        })))
+                        .map(|p| {
+                            format!(
+                                "{} ({})",
+                                p.name,
+                                p.policy_type.settings_key().unwrap_or(match p.policy_type {
+                                    tailgate_config::sampling::PolicyType::TraceFlags =>
+                                        "trace_flags",
+                                    _ => "always_sample",
+                                })
+                            )
+                        })
                         .collect();
-                    format!("decision_wait {}, policies: {}", t.decision_wait, policies.join(", "))
+                    format!(
+                        "decision_wait {}, policies: {}",
+                        t.decision_wait,
+                        policies.join(", ")
+                    )
                 }
                 ProcessorConfig::Filter(f) => format!(
                     "{} span / {} spanevent condition(s)",

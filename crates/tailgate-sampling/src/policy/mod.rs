@@ -77,22 +77,64 @@ struct CompositeSub {
 #[derive(Debug)]
 enum Policy {
     AlwaysSample,
-    Latency { threshold: Duration, upper: Option<Duration> },
-    NumericAttribute { key: String, min: Option<i64>, max: Option<i64>, invert: bool },
-    Probabilistic { threshold: u64, salt: String },
-    StatusCode { codes: Vec<StatusCode> },
-    StringAttribute { key: String, matcher: StringMatcher, invert: bool },
-    BooleanAttribute { key: String, value: bool, invert: bool },
-    RateLimiting { bucket: TokenBucket, spans_per_sec: f64, burst: f64 },
-    BytesLimiting { bucket: TokenBucket, bytes_per_sec: f64, burst: f64 },
-    SpanCount { min: u64, max: Option<u64> },
-    TraceState { key: String, values: Vec<String> },
+    Latency {
+        threshold: Duration,
+        upper: Option<Duration>,
+    },
+    NumericAttribute {
+        key: String,
+        min: Option<i64>,
+        max: Option<i64>,
+        invert: bool,
+    },
+    Probabilistic {
+        threshold: u64,
+        salt: String,
+    },
+    StatusCode {
+        codes: Vec<StatusCode>,
+    },
+    StringAttribute {
+        key: String,
+        matcher: StringMatcher,
+        invert: bool,
+    },
+    BooleanAttribute {
+        key: String,
+        value: bool,
+        invert: bool,
+    },
+    RateLimiting {
+        bucket: TokenBucket,
+        spans_per_sec: f64,
+        burst: f64,
+    },
+    BytesLimiting {
+        bucket: TokenBucket,
+        bytes_per_sec: f64,
+        burst: f64,
+    },
+    SpanCount {
+        min: u64,
+        max: Option<u64>,
+    },
+    TraceState {
+        key: String,
+        values: Vec<String>,
+    },
     TraceFlags,
-    Ottl { span: Vec<Condition>, spanevent: Vec<Condition> },
+    Ottl {
+        span: Vec<Condition>,
+        spanevent: Vec<Condition>,
+    },
     And(Vec<NamedPolicy>),
     Not(Box<NamedPolicy>),
     Drop(Vec<NamedPolicy>),
-    Composite { subs: Vec<CompositeSub>, total: TokenBucket, total_sps: f64 },
+    Composite {
+        subs: Vec<CompositeSub>,
+        total: TokenBucket,
+        total_sps: f64,
+    },
 }
 
 /// A policy with its configured name.
@@ -104,7 +146,11 @@ pub struct NamedPolicy {
 
 /// True when some span's attribute `key`, or its resource's, satisfies `pred`. Each distinct
 /// resource is checked once, not once per span.
-fn any_attribute(t: &TraceView<'_>, key: &str, pred: impl Fn(Option<AnyValueRef<'_>>) -> bool) -> bool {
+fn any_attribute(
+    t: &TraceView<'_>,
+    key: &str,
+    pred: impl Fn(Option<AnyValueRef<'_>>) -> bool,
+) -> bool {
     let mut seen: Vec<*const tailgate_otlp::ResourceScope> = Vec::new();
     for s in t.spans {
         if pred(s.attribute(key)) {
@@ -153,7 +199,8 @@ impl NamedPolicy {
                 let l = cfg.latency.as_ref().expect("validated");
                 Policy::Latency {
                     threshold: Duration::from_millis(l.threshold_ms),
-                    upper: (l.upper_threshold_ms > 0).then(|| Duration::from_millis(l.upper_threshold_ms)),
+                    upper: (l.upper_threshold_ms > 0)
+                        .then(|| Duration::from_millis(l.upper_threshold_ms)),
                 }
             }
             PolicyType::NumericAttribute => {
@@ -169,7 +216,11 @@ impl NamedPolicy {
                 let p = cfg.probabilistic.as_ref().expect("validated");
                 Policy::Probabilistic {
                     threshold: probabilistic_threshold(p.sampling_percentage),
-                    salt: p.hash_salt.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_HASH_SALT.to_string()),
+                    salt: p
+                        .hash_salt
+                        .clone()
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| DEFAULT_HASH_SALT.to_string()),
                 }
             }
             PolicyType::StatusCode => {
@@ -190,21 +241,37 @@ impl NamedPolicy {
                 let s = cfg.string_attribute.as_ref().expect("validated");
                 let matcher = if s.enabled_regex_matching {
                     StringMatcher::Regex(
-                        tailgate_config::sampling::compile_values(s).expect("validated").into_iter().map(|r| r.0).collect(),
+                        tailgate_config::sampling::compile_values(s)
+                            .expect("validated")
+                            .into_iter()
+                            .map(|r| r.0)
+                            .collect(),
                     )
                 } else {
                     StringMatcher::Exact(s.values.iter().cloned().collect())
                 };
-                Policy::StringAttribute { key: s.key.clone(), matcher, invert: s.invert_match }
+                Policy::StringAttribute {
+                    key: s.key.clone(),
+                    matcher,
+                    invert: s.invert_match,
+                }
             }
             PolicyType::BooleanAttribute => {
                 let b = cfg.boolean_attribute.as_ref().expect("validated");
-                Policy::BooleanAttribute { key: b.key.clone(), value: b.value, invert: b.invert_match }
+                Policy::BooleanAttribute {
+                    key: b.key.clone(),
+                    value: b.value,
+                    invert: b.invert_match,
+                }
             }
             PolicyType::RateLimiting => {
                 let r = cfg.rate_limiting.as_ref().expect("validated");
                 let rate = r.spans_per_second as f64;
-                let burst = if r.burst_capacity > 0 { r.burst_capacity as f64 } else { rate };
+                let burst = if r.burst_capacity > 0 {
+                    r.burst_capacity as f64
+                } else {
+                    rate
+                };
                 Policy::RateLimiting {
                     bucket: TokenBucket::new(rate * rate_share, burst * rate_share),
                     spans_per_sec: rate,
@@ -214,7 +281,11 @@ impl NamedPolicy {
             PolicyType::BytesLimiting => {
                 let b = cfg.bytes_limiting.as_ref().expect("validated");
                 let rate = b.bytes_per_second as f64;
-                let burst = if b.burst_capacity > 0 { b.burst_capacity as f64 } else { 2.0 * rate };
+                let burst = if b.burst_capacity > 0 {
+                    b.burst_capacity as f64
+                } else {
+                    2.0 * rate
+                };
                 Policy::BytesLimiting {
                     bucket: TokenBucket::new(rate * rate_share, burst * rate_share),
                     bytes_per_sec: rate,
@@ -223,11 +294,17 @@ impl NamedPolicy {
             }
             PolicyType::SpanCount => {
                 let c = cfg.span_count.as_ref().expect("validated");
-                Policy::SpanCount { min: c.min_spans, max: (c.max_spans > 0).then_some(c.max_spans) }
+                Policy::SpanCount {
+                    min: c.min_spans,
+                    max: (c.max_spans > 0).then_some(c.max_spans),
+                }
             }
             PolicyType::TraceState => {
                 let t = cfg.trace_state.as_ref().expect("validated");
-                Policy::TraceState { key: t.key.clone(), values: t.values.clone() }
+                Policy::TraceState {
+                    key: t.key.clone(),
+                    values: t.values.clone(),
+                }
             }
             PolicyType::TraceFlags => Policy::TraceFlags,
             PolicyType::OttlCondition => {
@@ -238,13 +315,26 @@ impl NamedPolicy {
                 }
             }
             PolicyType::And => Policy::And(
-                cfg.and.as_ref().expect("validated").and_sub_policy.iter().map(|p| NamedPolicy::compile(p, rate_share)).collect(),
+                cfg.and
+                    .as_ref()
+                    .expect("validated")
+                    .and_sub_policy
+                    .iter()
+                    .map(|p| NamedPolicy::compile(p, rate_share))
+                    .collect(),
             ),
-            PolicyType::Not => {
-                Policy::Not(Box::new(NamedPolicy::compile(&cfg.not.as_ref().expect("validated").not_sub_policy, rate_share)))
-            }
+            PolicyType::Not => Policy::Not(Box::new(NamedPolicy::compile(
+                &cfg.not.as_ref().expect("validated").not_sub_policy,
+                rate_share,
+            ))),
             PolicyType::Drop => Policy::Drop(
-                cfg.drop.as_ref().expect("validated").drop_sub_policy.iter().map(|p| NamedPolicy::compile(p, rate_share)).collect(),
+                cfg.drop
+                    .as_ref()
+                    .expect("validated")
+                    .drop_sub_policy
+                    .iter()
+                    .map(|p| NamedPolicy::compile(p, rate_share))
+                    .collect(),
             ),
             PolicyType::Composite => {
                 let c = cfg.composite.as_ref().expect("validated");
@@ -257,12 +347,20 @@ impl NamedPolicy {
                     .collect();
                 // Sub-policies without an allocation share what the others leave.
                 let leftover = total * (100 - allocated.min(100)) as f64 / 100.0;
-                let per_unallocated = if unallocated.is_empty() { 0.0 } else { leftover / unallocated.len() as f64 };
+                let per_unallocated = if unallocated.is_empty() {
+                    0.0
+                } else {
+                    leftover / unallocated.len() as f64
+                };
                 let subs = c
                     .policy_order
                     .iter()
                     .map(|name| {
-                        let sub_cfg = c.composite_sub_policy.iter().find(|p| &p.name == name).expect("validated order");
+                        let sub_cfg = c
+                            .composite_sub_policy
+                            .iter()
+                            .find(|p| &p.name == name)
+                            .expect("validated order");
                         let sps = match c.rate_allocation.iter().find(|r| &r.policy == name) {
                             Some(r) => total * r.percent as f64 / 100.0,
                             None => per_unallocated,
@@ -274,10 +372,17 @@ impl NamedPolicy {
                         }
                     })
                     .collect();
-                Policy::Composite { subs, total: TokenBucket::new(total * rate_share, total * rate_share), total_sps: total }
+                Policy::Composite {
+                    subs,
+                    total: TokenBucket::new(total * rate_share, total * rate_share),
+                    total_sps: total,
+                }
             }
         };
-        NamedPolicy { name: cfg.name.clone(), policy }
+        NamedPolicy {
+            name: cfg.name.clone(),
+            policy,
+        }
     }
 
     /// Whether this is a `drop` policy (evaluated first, vetoes).
@@ -288,14 +393,29 @@ impl NamedPolicy {
     /// Re-scales rate limits to a new share of the configured rate.
     pub fn set_rate_share(&mut self, share: f64) {
         match &mut self.policy {
-            Policy::RateLimiting { bucket, spans_per_sec, burst } => bucket.rescale(*spans_per_sec * share, *burst * share),
-            Policy::BytesLimiting { bucket, bytes_per_sec, burst } => bucket.rescale(*bytes_per_sec * share, *burst * share),
-            Policy::And(subs) | Policy::Drop(subs) => subs.iter_mut().for_each(|s| s.set_rate_share(share)),
+            Policy::RateLimiting {
+                bucket,
+                spans_per_sec,
+                burst,
+            } => bucket.rescale(*spans_per_sec * share, *burst * share),
+            Policy::BytesLimiting {
+                bucket,
+                bytes_per_sec,
+                burst,
+            } => bucket.rescale(*bytes_per_sec * share, *burst * share),
+            Policy::And(subs) | Policy::Drop(subs) => {
+                subs.iter_mut().for_each(|s| s.set_rate_share(share))
+            }
             Policy::Not(sub) => sub.set_rate_share(share),
-            Policy::Composite { subs, total, total_sps } => {
+            Policy::Composite {
+                subs,
+                total,
+                total_sps,
+            } => {
                 total.rescale(*total_sps * share, *total_sps * share);
                 for s in subs {
-                    s.bucket.rescale(s.allocated_sps * share, s.allocated_sps * share);
+                    s.bucket
+                        .rescale(s.allocated_sps * share, s.allocated_sps * share);
                     s.policy.set_rate_share(share);
                 }
             }
@@ -305,7 +425,13 @@ impl NamedPolicy {
 
     /// This policy's vote on a trace.
     pub fn evaluate(&mut self, t: &TraceView<'_>, now: Duration) -> Decision {
-        let yes = |b: bool| if b { Decision::Sampled } else { Decision::NotSampled };
+        let yes = |b: bool| {
+            if b {
+                Decision::Sampled
+            } else {
+                Decision::NotSampled
+            }
+        };
         let invertible = |found: bool, invert: bool| match (invert, found) {
             (false, f) => yes(f),
             (true, true) => Decision::InvertNotSampled,
@@ -314,12 +440,27 @@ impl NamedPolicy {
         match &mut self.policy {
             Policy::AlwaysSample => Decision::Sampled,
             Policy::Latency { threshold, upper } => {
-                let start = t.spans.iter().map(|s| s.meta.start_time_unix_nano).min().unwrap_or(0);
-                let end = t.spans.iter().map(|s| s.meta.end_time_unix_nano).max().unwrap_or(0);
+                let start = t
+                    .spans
+                    .iter()
+                    .map(|s| s.meta.start_time_unix_nano)
+                    .min()
+                    .unwrap_or(0);
+                let end = t
+                    .spans
+                    .iter()
+                    .map(|s| s.meta.end_time_unix_nano)
+                    .max()
+                    .unwrap_or(0);
                 let d = Duration::from_nanos(end.saturating_sub(start));
                 yes(d >= *threshold && upper.is_none_or(|u| d <= u))
             }
-            Policy::NumericAttribute { key, min, max, invert } => {
+            Policy::NumericAttribute {
+                key,
+                min,
+                max,
+                invert,
+            } => {
                 let in_range = |v: Option<AnyValueRef<'_>>| {
                     let n = match v {
                         Some(AnyValueRef::Int(i)) => i as f64,
@@ -333,8 +474,14 @@ impl NamedPolicy {
             Policy::Probabilistic { threshold, salt } => {
                 yes(*threshold > 0 && trace_id_hash(salt, &t.trace_id) <= *threshold)
             }
-            Policy::StatusCode { codes } => yes(t.spans.iter().any(|s| codes.contains(&s.meta.status_code))),
-            Policy::StringAttribute { key, matcher, invert } => {
+            Policy::StatusCode { codes } => {
+                yes(t.spans.iter().any(|s| codes.contains(&s.meta.status_code)))
+            }
+            Policy::StringAttribute {
+                key,
+                matcher,
+                invert,
+            } => {
                 let matcher = &*matcher;
                 let matches = |v: Option<AnyValueRef<'_>>| match v {
                     Some(AnyValueRef::String(s)) => match matcher {
@@ -351,19 +498,28 @@ impl NamedPolicy {
                 invertible(any_attribute(t, key, matches), *invert)
             }
             Policy::RateLimiting { bucket, .. } => yes(bucket.try_take(t.spans.len() as f64, now)),
-            Policy::BytesLimiting { bucket, .. } => yes(bucket.try_take(t.encoded_bytes as f64, now)),
+            Policy::BytesLimiting { bucket, .. } => {
+                yes(bucket.try_take(t.encoded_bytes as f64, now))
+            }
             Policy::SpanCount { min, max } => {
                 let n = t.spans.len() as u64;
                 yes(n >= *min && max.is_none_or(|m| n <= m))
             }
             Policy::TraceState { key, values } => yes(t.spans.iter().any(|s| {
-                s.trace_state().split(',').filter_map(|kv| kv.trim().split_once('=')).any(|(k, v)| k == key && values.iter().any(|x| x == v))
+                s.trace_state()
+                    .split(',')
+                    .filter_map(|kv| kv.trim().split_once('='))
+                    .any(|(k, v)| k == key && values.iter().any(|x| x == v))
             })),
             Policy::TraceFlags => yes(t.spans.iter().any(|s| s.meta.flags & 0x01 != 0)),
             Policy::Ottl { span, spanevent } => yes(t.spans.iter().any(|s| {
                 span.iter().any(|c| c.eval(&SpanContext(s)))
                     || (!spanevent.is_empty()
-                        && s.events().any(|event| spanevent.iter().any(|c| c.eval(&SpanEventContext { span: s, event }))))
+                        && s.events().any(|event| {
+                            spanevent
+                                .iter()
+                                .any(|c| c.eval(&SpanEventContext { span: s, event }))
+                        }))
             })),
             Policy::And(subs) => {
                 for sub in subs {
@@ -426,12 +582,23 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    pub fn compile(configs: &[PolicyConfig], sample_on_first_match: bool, rate_share: f64) -> PolicySet {
-        let mut policies: Vec<NamedPolicy> = configs.iter().map(|c| NamedPolicy::compile(c, rate_share)).collect();
+    pub fn compile(
+        configs: &[PolicyConfig],
+        sample_on_first_match: bool,
+        rate_share: f64,
+    ) -> PolicySet {
+        let mut policies: Vec<NamedPolicy> = configs
+            .iter()
+            .map(|c| NamedPolicy::compile(c, rate_share))
+            .collect();
         // Stable: drop policies first, each group in configured order.
         policies.sort_by_key(|p| !p.is_drop());
         let names = policies.iter().map(|p| p.name.clone()).collect();
-        PolicySet { policies, names, sample_on_first_match }
+        PolicySet {
+            policies,
+            names,
+            sample_on_first_match,
+        }
     }
 
     /// Policy names in evaluation order.
@@ -440,7 +607,9 @@ impl PolicySet {
     }
 
     pub fn set_rate_share(&mut self, share: f64) {
-        self.policies.iter_mut().for_each(|p| p.set_rate_share(share));
+        self.policies
+            .iter_mut()
+            .for_each(|p| p.set_rate_share(share));
     }
 
     /// The collector's combination: drop vetoes; invert-not-sampled beats sampled; any
@@ -474,7 +643,11 @@ impl PolicySet {
         } else {
             (false, first[1])
         };
-        Verdict { keep, decided_by, votes }
+        Verdict {
+            keep,
+            decided_by,
+            votes,
+        }
     }
 }
 

@@ -15,15 +15,24 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// Starts full.
     pub fn new(rate_per_sec: f64, capacity: f64) -> Self {
-        assert!(rate_per_sec >= 0.0 && capacity >= 0.0, "validated rates are non-negative");
-        TokenBucket { rate_per_sec, capacity, tokens: capacity, last: None }
+        assert!(
+            rate_per_sec >= 0.0 && capacity >= 0.0,
+            "validated rates are non-negative"
+        );
+        TokenBucket {
+            rate_per_sec,
+            capacity,
+            tokens: capacity,
+            last: None,
+        }
     }
 
     fn refill(&mut self, now: Duration) {
         if let Some(last) = self.last
             && now > last
         {
-            self.tokens = (self.tokens + (now - last).as_secs_f64() * self.rate_per_sec).min(self.capacity);
+            self.tokens =
+                (self.tokens + (now - last).as_secs_f64() * self.rate_per_sec).min(self.capacity);
         }
         if self.last.is_none_or(|l| now > l) {
             self.last = Some(now);
@@ -49,7 +58,11 @@ impl TokenBucket {
     /// Changes the rate (a cluster member's share changes with membership), keeping the
     /// fill level proportional.
     pub fn rescale(&mut self, rate_per_sec: f64, capacity: f64) {
-        let fill = if self.capacity > 0.0 { self.tokens / self.capacity } else { 1.0 };
+        let fill = if self.capacity > 0.0 {
+            self.tokens / self.capacity
+        } else {
+            1.0
+        };
         self.rate_per_sec = rate_per_sec;
         self.capacity = capacity;
         self.tokens = capacity * fill;
@@ -68,7 +81,10 @@ mod tests {
         assert!(!b.try_take(1.0, t0));
         assert!(b.try_take(5.0, t0 + Duration::from_millis(500)));
         assert!(!b.try_take(1.0, t0 + Duration::from_millis(500)));
-        assert!(b.try_take(10.0, t0 + Duration::from_secs(60)), "capacity caps the refill");
+        assert!(
+            b.try_take(10.0, t0 + Duration::from_secs(60)),
+            "capacity caps the refill"
+        );
         assert!(!b.try_take(0.5, t0 + Duration::from_secs(60)));
     }
 }
