@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One command for the figures in docs/performance.md: builds release binaries, installs rotel
+# if it is missing, then runs P1 (Tailgate beside rotel) and P2. Extra arguments go to the P1
+# run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release -p tailgate -p tailgate-bench
+if ! python3 -c 'import rotel' 2>/dev/null; then
+    python3 -m pip install --quiet --pre rotel || echo "rotel could not be installed: P1 runs without it"
+fi
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required to pin processes"; exit 1; }
+
+rotel_flag=()
+python3 -c 'import rotel' 2>/dev/null || rotel_flag=(--no-rotel)
+./target/release/tailgate-bench gateway "${rotel_flag[@]}" "$@"
+./target/release/tailgate-bench memory
