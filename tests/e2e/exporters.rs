@@ -278,3 +278,55 @@ async fn filter_and_resource_processors_shape_what_is_exported() {
         2.0
     );
 }
+
+#[tokio::test]
+async fn otlp_exporter_verifies_the_backend_with_tls_ca_file() {
+    tailgate_pipeline::install_crypto_provider();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (sink, addr) = Sink::start_tls(&cert.pem(), &signing_key.serialize_pem()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    // Trusted through ca_file: delivered. Without it (system roots only): refused by TLS.
+    let exporters = format!(
+        "  otlp/tls:\n    endpoint: localhost:{port}\n    tls:\n      ca_file: {ca}\n  otlp/untrusted:\n    endpoint: localhost:{port}\n    retry_on_failure:\n      enabled: false\n",
+        port = addr.port(),
+        ca = ca.display()
+    );
+    let config = gateway_config(sink_addr_unused(), "", "batch", &exporters).replace(
+        "exporters: [otlp/sink]",
+        "exporters: [otlp/tls, otlp/untrusted]",
+    );
+    let gw = Gateway::start(&config).await;
+    send_grpc(&gw.grpc_url(), request(spans(10))).await.unwrap();
+    let got = sink.wait_for_spans(10, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 10, "exactly the trusted exporter's copy");
+    for _ in 0..100 {
+        if gw
+            .metric(
+                "otelcol_exporter_send_failed_spans_total",
+                "exporter=\"otlp/untrusted\"",
+            )
+            .await
+            >= 10.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gw.metric("otelcol_exporter_sent_spans_total", "exporter=\"otlp/tls\"")
+            .await,
+        10.0
+    );
+    assert_eq!(
+        gw.metric(
+            "otelcol_exporter_send_failed_spans_total",
+            "exporter=\"otlp/untrusted\""
+        )
+        .await,
+        10.0
+    );
+    assert_eq!(sink.spans().len(), 10);
+}

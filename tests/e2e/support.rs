@@ -235,6 +235,27 @@ impl Sink {
         (sink, addr)
     }
 
+    /// Starts the sink serving TLS with `cert_pem` / `key_pem` (for `localhost`).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> (Sink, SocketAddr) {
+        let sink = Sink::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = TraceServiceServer::new(sink.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        let server = tonic::transport::Server::builder().tls_config(tls).unwrap();
+        tokio::spawn(async move {
+            let mut server = server;
+            server
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (sink, addr)
+    }
+
     pub fn spans(&self) -> Vec<Span> {
         self.received
             .lock()

@@ -451,7 +451,12 @@ fn combination_semantics_table() {
     let not_api_inverted = json!({"name": "not-api", "type": "string_attribute", "string_attribute": {"key": "service.name", "values": ["api"], "invert_match": true}});
 
     /// (policies in config order, trace, kept, deciding policy)
-    type Case<'a> = (Vec<&'a serde_json::Value>, &'a [EncodedSpan], bool, Option<&'a str>);
+    type Case<'a> = (
+        Vec<&'a serde_json::Value>,
+        &'a [EncodedSpan],
+        bool,
+        Option<&'a str>,
+    );
     let cases: Vec<Case<'_>> = vec![
         (vec![&errors, &never], &error_api, true, Some("errors")),
         // Not kept: attributed to the first policy that said not sampled.
