@@ -144,6 +144,18 @@ fn pinned(core: &str, program: &PathBuf, args: &[String], name: &str) -> anyhow:
     })
 }
 
+/// Writes `config` into `dir` and starts a gateway on it, pinned to core 0.
+fn start_gateway(dir: &std::path::Path, config: &str) -> anyhow::Result<Proc> {
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, config)?;
+    let args = [
+        "gateway".to_string(),
+        "--config".to_string(),
+        path.display().to_string(),
+    ];
+    pinned("0", &sibling_binary("tailgate"), &args, "tailgate")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -359,18 +371,7 @@ fn run_once(
                 .replace("{num_traces}", "200000")
                 .replace("{extra_sampling}", "")
                 .replace("{compression}", &args.compression);
-            let path = dir.join("gateway.yaml");
-            std::fs::write(&path, cfg)?;
-            let p = pinned(
-                "0",
-                &sibling_binary("tailgate"),
-                &[
-                    "gateway".into(),
-                    "--config".into(),
-                    path.display().to_string(),
-                ],
-                "tailgate",
-            )?;
+            let p = start_gateway(&dir, &cfg)?;
             let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
             (p, wait)
         }
@@ -544,18 +545,7 @@ fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
         .replace("{compression}", "none");
     let dir = std::env::temp_dir().join(format!("tailgate-bench-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, cfg)?;
-    let gw = pinned(
-        "0",
-        &sibling_binary("tailgate"),
-        &[
-            "gateway".into(),
-            "--config".into(),
-            path.display().to_string(),
-        ],
-        "tailgate",
-    )?;
+    let gw = start_gateway(&dir, &cfg)?;
     wait_port(port, "tailgate")?;
     let pid = gw.child.id();
     // Warm the allocator and the connection with a small load first.

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
 
 use crate::support::{Gateway, Sink, gateway_config, tests_path};
 
@@ -21,6 +22,26 @@ const REDACT: &str = r#"
       - key: http.request.header.cookie
         action: delete
 "#;
+
+/// A span attribute's value, if present.
+pub fn attribute(s: &Span, key: &str) -> Option<Value> {
+    s.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.clone()?.value)
+}
+
+/// The article's redaction happened: credentials gone, SQL replaced.
+pub fn assert_redacted(s: &Span) {
+    assert_eq!(attribute(s, "http.request.header.authorization"), None);
+    assert_eq!(attribute(s, "http.request.header.cookie"), None);
+    if s.name.starts_with("db-query") {
+        assert_eq!(
+            attribute(s, "db.statement"),
+            Some(Value::StringValue("[redacted]".into()))
+        );
+    }
+}
 
 /// Runs the Python sender; the SDK must be installed (`.ci/run` does it).
 pub fn python_send(protocol: &str, endpoint: &str, traces: u32) -> serde_json::Value {
@@ -77,27 +98,16 @@ async fn sdk_spans_arrive_redacted(protocol: &str) {
     assert_eq!(got_ids, want, "exactly the SDK's spans, each once");
     assert_eq!(got.len(), want.len(), "no duplicates");
     for s in &got {
-        let attr = |k: &str| {
-            s.attributes
-                .iter()
-                .find(|a| a.key == k)
-                .and_then(|a| a.value.clone()?.value)
-        };
-        assert_eq!(attr("http.request.header.authorization"), None);
-        assert_eq!(attr("http.request.header.cookie"), None);
+        assert_redacted(s);
         if s.name.starts_with("db-query") {
             assert_eq!(
-                attr("db.statement"),
-                Some(Value::StringValue("[redacted]".into()))
-            );
-            assert_eq!(
-                attr("db.system"),
+                attribute(s, "db.system"),
                 Some(Value::StringValue("postgresql".into())),
                 "other attributes untouched"
             );
         } else {
             assert_eq!(
-                attr("http.route"),
+                attribute(s, "http.route"),
                 Some(Value::StringValue("/checkout".into()))
             );
         }

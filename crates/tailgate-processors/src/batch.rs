@@ -36,23 +36,18 @@ impl Batcher {
         } else {
             self.pending.extend(spans);
         }
-        let mut out = Vec::new();
-        while self.pending.len() >= self.send_batch_size {
-            let cut = if self.send_batch_max_size > 0 {
-                self.pending.len().min(self.send_batch_max_size)
-            } else {
-                self.pending.len()
-            };
-            let rest = self.pending.split_off(cut);
-            out.push(std::mem::replace(&mut self.pending, rest));
-        }
-        out
+        self.cut_while(self.send_batch_size)
     }
 
     /// Everything pending (the timeout fired, or shutdown), split at the max size.
     pub fn flush(&mut self) -> Vec<Vec<EncodedSpan>> {
+        self.cut_while(1)
+    }
+
+    /// Cuts batches (each at most `send_batch_max_size`) while at least `pending_min` spans wait.
+    fn cut_while(&mut self, pending_min: usize) -> Vec<Vec<EncodedSpan>> {
         let mut out = Vec::new();
-        while !self.pending.is_empty() {
+        while !self.pending.is_empty() && self.pending.len() >= pending_min {
             let cut = if self.send_batch_max_size > 0 {
                 self.pending.len().min(self.send_batch_max_size)
             } else {

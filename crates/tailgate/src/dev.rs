@@ -134,29 +134,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             sum_metric(m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
         )
     };
-    while !sender.is_finished() {
-        tick.tick().await;
+    let print_line = || {
+        let sent = stats.spans.load(Ordering::Relaxed);
         println!(
             "{}",
-            line(
-                &telemetry::render(),
-                started.elapsed().as_secs_f64(),
-                stats.spans.load(Ordering::Relaxed)
-            )
+            line(&telemetry::render(), started.elapsed().as_secs_f64(), sent)
         );
+    };
+    while !sender.is_finished() {
+        tick.tick().await;
+        print_line();
     }
     sender.await.context("load generator")??;
     // Let the last traces reach their decision (root + 2s) and the 1s batch flush.
     for _ in 0..4 {
         tick.tick().await;
-        println!(
-            "{}",
-            line(
-                &telemetry::render(),
-                started.elapsed().as_secs_f64(),
-                stats.spans.load(Ordering::Relaxed)
-            )
-        );
+        print_line();
     }
     service.shutdown(Duration::from_secs(10)).await;
     let m = telemetry::render();
