@@ -7,6 +7,8 @@
 //!   turn (A B A B), medians and the ratio.
 //! - `memory`: P2 — memory per buffered span: RSS growth of a gateway holding a known number
 //!   of spans (nothing decided yet), divided by their encoded bytes.
+//! - `latency`: P4 — how late decisions run after their deadline (root span + quiet period)
+//!   under steady load, from the gateway's own lateness histogram.
 //! - `sink`: the OTLP sink both use (counts spans, keeps nothing).
 //!
 //! Nothing here asserts: it prints. The machine is shared and noisy; compare ratios from one run.
@@ -32,6 +34,8 @@ enum Command {
     Gateway(measure::GatewayArgs),
     /// P2: memory per buffered span.
     Memory(measure::MemoryArgs),
+    /// P4: how late decisions run after root + quiet period, under load.
+    Latency(measure::LatencyArgs),
     /// An OTLP/gRPC sink that counts spans (used by the other commands).
     Sink {
         #[arg(long)]
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sink { port } => rt.block_on(sink::serve(port)),
         Command::Gateway(args) => rt.block_on(measure::gateway(args)),
         Command::Memory(args) => rt.block_on(measure::memory(args)),
+        Command::Latency(args) => rt.block_on(measure::latency(args)),
     }
 }
 

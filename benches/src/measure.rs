@@ -576,3 +576,94 @@ fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[derive(Args, Clone)]
+pub struct LatencyArgs {
+    /// Traces per second offered (steady, below saturation).
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    #[arg(long, default_value = "20")]
+    pub seconds: u64,
+}
+
+/// The `q` quantile from a Prometheus histogram's cumulative buckets (upper bound of the
+/// first bucket holding it).
+fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let bucket = format!("{name}_bucket");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&bucket))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(le, _)| *le)
+}
+
+pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || latency_blocking(args)).await?
+}
+
+fn latency_blocking(args: LatencyArgs) -> anyhow::Result<()> {
+    let sink_port = free_port();
+    let _sink = pinned(
+        "1",
+        &sibling_binary("tailgate-bench"),
+        &["sink".into(), "--port".into(), sink_port.to_string()],
+        "sink",
+    )?;
+    wait_port(sink_port, "sink")?;
+    let port = free_port();
+    let metrics = free_port();
+    let cfg = GATEWAY_CONFIG
+        .replace("{grpc}", &port.to_string())
+        .replace("{sink}", &sink_port.to_string())
+        .replace("{metrics}", &metrics.to_string())
+        .replace("{limit_mib}", "4096")
+        .replace("{decision_wait}", "10s")
+        .replace("{num_traces}", "200000")
+        .replace(
+            "{extra_sampling}",
+            "    decision_wait_after_root_received: 1s\n",
+        )
+        .replace("{compression}", "none");
+    let dir = std::env::temp_dir().join(format!("tailgate-bench-lat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _gw = start_gateway(&dir, &cfg)?;
+    wait_port(port, "tailgate")?;
+    let sent = loadgen(port, args.seconds, args.rate, 4, 0, 9, false)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let text = http_get(metrics, "/metrics")?;
+    let name = "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
+    let p50 = histogram_quantile(&text, name, 0.50);
+    let p99 = histogram_quantile(&text, name, 0.99);
+    let fmt = |v: Option<f64>| {
+        v.map(|v| format!("<= {v} ms"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!(
+        "P4: {sent} spans at {} traces/s; quiet period 1s after the root span",
+        args.rate
+    );
+    println!(
+        "P4: decision lateness after root + quiet period: p50 {}, p99 {} (target p99 <= 50 ms)",
+        fmt(p50),
+        fmt(p99)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
