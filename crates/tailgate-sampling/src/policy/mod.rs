@@ -82,7 +82,7 @@ enum Policy {
         upper: Option<Duration>,
     },
     NumericAttribute {
-        key: String,
+        key: AttributeKey,
         min: Option<i64>,
         max: Option<i64>,
         invert: bool,
@@ -95,12 +95,12 @@ enum Policy {
         codes: Vec<StatusCode>,
     },
     StringAttribute {
-        key: String,
+        key: AttributeKey,
         matcher: StringMatcher,
         invert: bool,
     },
     BooleanAttribute {
-        key: String,
+        key: AttributeKey,
         value: bool,
         invert: bool,
     },
@@ -144,22 +144,44 @@ pub struct NamedPolicy {
     policy: Policy,
 }
 
+/// An attribute key with a substring prefilter: a span whose bytes do not contain the key
+/// cannot have the attribute, and a SIMD substring search is several times cheaper than
+/// walking the span's fields. A hit in some other field only costs the walk.
+#[derive(Debug)]
+struct AttributeKey {
+    key: String,
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl AttributeKey {
+    fn new(key: &str) -> Self {
+        AttributeKey {
+            key: key.to_string(),
+            finder: memchr::memmem::Finder::new(key.as_bytes()).into_owned(),
+        }
+    }
+
+    fn maybe_in(&self, bytes: &[u8]) -> bool {
+        self.finder.find(bytes).is_some()
+    }
+}
+
 /// True when some span's attribute `key`, or its resource's, satisfies `pred`. Each distinct
 /// resource is checked once, not once per span.
 fn any_attribute(
     t: &TraceView<'_>,
-    key: &str,
+    key: &AttributeKey,
     pred: impl Fn(Option<AnyValueRef<'_>>) -> bool,
 ) -> bool {
     let mut seen: Vec<*const tailgate_otlp::ResourceScope> = Vec::new();
     for s in t.spans {
-        if pred(s.attribute(key)) {
+        if key.maybe_in(&s.bytes) && pred(s.attribute(&key.key)) {
             return true;
         }
         let ctx = std::sync::Arc::as_ptr(&s.context);
         if !seen.contains(&ctx) {
             seen.push(ctx);
-            if pred(s.resource_attribute(key)) {
+            if key.maybe_in(&s.context.resource) && pred(s.resource_attribute(&key.key)) {
                 return true;
             }
         }
@@ -206,7 +228,7 @@ impl NamedPolicy {
             PolicyType::NumericAttribute => {
                 let n = cfg.numeric_attribute.as_ref().expect("validated");
                 Policy::NumericAttribute {
-                    key: n.key.clone(),
+                    key: AttributeKey::new(&n.key),
                     min: (n.min_value != 0).then_some(n.min_value),
                     max: (n.max_value != 0).then_some(n.max_value),
                     invert: n.invert_match,
@@ -251,7 +273,7 @@ impl NamedPolicy {
                     StringMatcher::Exact(s.values.iter().cloned().collect())
                 };
                 Policy::StringAttribute {
-                    key: s.key.clone(),
+                    key: AttributeKey::new(&s.key),
                     matcher,
                     invert: s.invert_match,
                 }
@@ -259,7 +281,7 @@ impl NamedPolicy {
             PolicyType::BooleanAttribute => {
                 let b = cfg.boolean_attribute.as_ref().expect("validated");
                 Policy::BooleanAttribute {
-                    key: b.key.clone(),
+                    key: AttributeKey::new(&b.key),
                     value: b.value,
                     invert: b.invert_match,
                 }
