@@ -144,6 +144,39 @@ fn pinned(core: &str, program: &PathBuf, args: &[String], name: &str) -> anyhow:
     })
 }
 
+/// The counting sink on core 1; returns it and its gRPC port.
+fn start_sink() -> anyhow::Result<(Proc, u16)> {
+    let port = free_port();
+    let args = ["sink".to_string(), "--port".to_string(), port.to_string()];
+    let sink = pinned("1", &sibling_binary("tailgate-bench"), &args, "sink")?;
+    wait_port(port, "sink")?;
+    Ok((sink, port))
+}
+
+/// What varies between benchmark gateway configs.
+struct GatewayParams<'a> {
+    grpc_port: u16,
+    sink_port: u16,
+    metrics_port: u16,
+    limit_mib: &'a str,
+    decision_wait: &'a str,
+    num_traces: &'a str,
+    extra_sampling: &'a str,
+    compression: &'a str,
+}
+
+fn render_config(p: &GatewayParams<'_>) -> String {
+    GATEWAY_CONFIG
+        .replace("{grpc}", &p.grpc_port.to_string())
+        .replace("{sink}", &p.sink_port.to_string())
+        .replace("{metrics}", &p.metrics_port.to_string())
+        .replace("{limit_mib}", p.limit_mib)
+        .replace("{decision_wait}", p.decision_wait)
+        .replace("{num_traces}", p.num_traces)
+        .replace("{extra_sampling}", p.extra_sampling)
+        .replace("{compression}", p.compression)
+}
+
 /// Writes `config` into `dir` and starts a gateway on it, pinned to core 0.
 fn start_gateway(dir: &std::path::Path, config: &str) -> anyhow::Result<Proc> {
     let path = dir.join("gateway.yaml");
@@ -348,29 +381,23 @@ fn run_once(
     rotel: Option<&PathBuf>,
     seed: u64,
 ) -> anyhow::Result<RunResult> {
-    let sink_port = free_port();
-    let _sink = pinned(
-        "1",
-        &sibling_binary("tailgate-bench"),
-        &["sink".into(), "--port".into(), sink_port.to_string()],
-        "sink",
-    )?;
-    wait_port(sink_port, "sink")?;
+    let (_sink, sink_port) = start_sink()?;
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("tailgate-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (target, quiet) = match system {
         "tailgate" => {
             let metrics = free_port();
-            let cfg = GATEWAY_CONFIG
-                .replace("{grpc}", &port.to_string())
-                .replace("{sink}", &sink_port.to_string())
-                .replace("{metrics}", &metrics.to_string())
-                .replace("{limit_mib}", "4096")
-                .replace("{decision_wait}", &args.decision_wait)
-                .replace("{num_traces}", "200000")
-                .replace("{extra_sampling}", "")
-                .replace("{compression}", &args.compression);
+            let cfg = render_config(&GatewayParams {
+                grpc_port: port,
+                sink_port,
+                metrics_port: metrics,
+                limit_mib: "4096",
+                decision_wait: &args.decision_wait,
+                num_traces: "200000",
+                extra_sampling: "",
+                compression: &args.compression,
+            });
             let p = start_gateway(&dir, &cfg)?;
             let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
             (p, wait)
@@ -521,28 +548,19 @@ pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
 }
 
 fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
-    let sink_port = free_port();
-    let _sink = pinned(
-        "1",
-        &sibling_binary("tailgate-bench"),
-        &["sink".into(), "--port".into(), sink_port.to_string()],
-        "sink",
-    )?;
-    wait_port(sink_port, "sink")?;
+    let (_sink, sink_port) = start_sink()?;
     let port = free_port();
     let metrics = free_port();
-    let cfg = GATEWAY_CONFIG
-        .replace("{grpc}", &port.to_string())
-        .replace("{sink}", &sink_port.to_string())
-        .replace("{metrics}", &metrics.to_string())
-        .replace("{limit_mib}", "16384")
-        .replace("{decision_wait}", "600s")
-        .replace("{num_traces}", &(args.traces * 2).to_string())
-        .replace(
-            "{extra_sampling}",
-            "    buffer_limit_mib: 8192\n    shards: 1\n",
-        )
-        .replace("{compression}", "none");
+    let cfg = render_config(&GatewayParams {
+        grpc_port: port,
+        sink_port,
+        metrics_port: metrics,
+        limit_mib: "16384",
+        decision_wait: "600s",
+        num_traces: &(args.traces * 2).to_string(),
+        extra_sampling: "    buffer_limit_mib: 8192\n    shards: 1\n",
+        compression: "none",
+    });
     let dir = std::env::temp_dir().join(format!("tailgate-bench-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let gw = start_gateway(&dir, &cfg)?;
@@ -619,28 +637,19 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 }
 
 fn latency_blocking(args: LatencyArgs) -> anyhow::Result<()> {
-    let sink_port = free_port();
-    let _sink = pinned(
-        "1",
-        &sibling_binary("tailgate-bench"),
-        &["sink".into(), "--port".into(), sink_port.to_string()],
-        "sink",
-    )?;
-    wait_port(sink_port, "sink")?;
+    let (_sink, sink_port) = start_sink()?;
     let port = free_port();
     let metrics = free_port();
-    let cfg = GATEWAY_CONFIG
-        .replace("{grpc}", &port.to_string())
-        .replace("{sink}", &sink_port.to_string())
-        .replace("{metrics}", &metrics.to_string())
-        .replace("{limit_mib}", "4096")
-        .replace("{decision_wait}", "10s")
-        .replace("{num_traces}", "200000")
-        .replace(
-            "{extra_sampling}",
-            "    decision_wait_after_root_received: 1s\n",
-        )
-        .replace("{compression}", "none");
+    let cfg = render_config(&GatewayParams {
+        grpc_port: port,
+        sink_port,
+        metrics_port: metrics,
+        limit_mib: "4096",
+        decision_wait: "10s",
+        num_traces: "200000",
+        extra_sampling: "    decision_wait_after_root_received: 1s\n",
+        compression: "none",
+    });
     let dir = std::env::temp_dir().join(format!("tailgate-bench-lat-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _gw = start_gateway(&dir, &cfg)?;
