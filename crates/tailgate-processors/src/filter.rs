@@ -3,9 +3,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use prost::Message;
 use tailgate_config::components::FilterConfig;
-use tailgate_otlp::proto::trace::v1::Span;
 use tailgate_otlp::{
     EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, find_attribute, string_field,
 };
@@ -85,6 +83,30 @@ impl Context for SpanEventContext<'_> {
     }
 }
 
+/// The span's bytes without the events whose index is marked in `drop`; every other field is
+/// copied as it is (no decode, so malformed nested content cannot fail here).
+fn without_events(span: &[u8], drop: &[bool]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(span.len());
+    let mut reader = tailgate_otlp::wire::FieldReader::new(span);
+    let mut event = 0;
+    loop {
+        let start = reader.position();
+        let Some(Ok((num, _))) = reader.next_field() else {
+            break;
+        };
+        if num == SPAN_EVENTS_FIELD {
+            event += 1;
+            if drop.get(event - 1).copied().unwrap_or(false) {
+                continue;
+            }
+        }
+        out.extend_from_slice(&span[start..reader.position()]);
+    }
+    out
+}
+
+const SPAN_EVENTS_FIELD: u32 = 11;
+
 impl SpanProcessor for FilterProcessor {
     fn process(&self, spans: &mut Vec<EncodedSpan>) -> Processed {
         let before = spans.len();
@@ -103,15 +125,8 @@ impl SpanProcessor for FilterProcessor {
                     })
                     .collect();
                 if drop.iter().any(|d| *d) {
-                    let mut decoded =
-                        Span::decode(span.bytes.clone()).expect("scanned span decodes");
-                    let mut i = 0;
-                    decoded.events.retain(|_| {
-                        i += 1;
-                        !drop[i - 1]
-                    });
                     events_dropped += drop.iter().filter(|d| **d).count();
-                    span.bytes = Bytes::from(decoded.encode_to_vec());
+                    span.bytes = Bytes::from(without_events(&span.bytes, &drop));
                 }
             }
         }

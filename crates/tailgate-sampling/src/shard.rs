@@ -31,9 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
-use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
-use tailgate_otlp::proto::trace::v1::Span;
+use tailgate_otlp::wire::put_len_field;
 use tailgate_otlp::{EncodedSpan, TraceId};
 
 use crate::budget::BufferBudget;
@@ -43,6 +41,8 @@ use crate::policy::{Decision, PolicySet, TraceView};
 
 /// Attribute naming the deciding policy on kept spans when `record_policy` is on.
 pub const POLICY_ATTRIBUTE: &str = "tailgate.sampling.policy";
+/// `Span.attributes`.
+const SPAN_ATTRIBUTES: u32 = 9;
 
 /// Settings of one shard, derived from the processor config.
 #[derive(Debug, Clone)]
@@ -448,18 +448,19 @@ impl TraceShard {
         let (true, Some(name)) = (self.cfg.record_policy, policy) else {
             return spans;
         };
+        // Appended on the wire: a repeated field may occur anywhere, so no decode is needed.
+        let mut kv = Vec::new();
+        put_len_field(&mut kv, 1, POLICY_ATTRIBUTE.as_bytes());
+        let mut value = Vec::new();
+        put_len_field(&mut value, 1, name.as_bytes());
+        put_len_field(&mut kv, 2, &value);
         spans
             .into_iter()
             .map(|mut s| {
-                let mut span = Span::decode(s.bytes.clone()).expect("buffered spans decode");
-                span.attributes.push(KeyValue {
-                    key: POLICY_ATTRIBUTE.into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(name.to_string())),
-                    }),
-                    ..Default::default()
-                });
-                s.bytes = Bytes::from(span.encode_to_vec());
+                let mut bytes = Vec::with_capacity(s.bytes.len() + kv.len() + 4);
+                bytes.extend_from_slice(&s.bytes);
+                put_len_field(&mut bytes, SPAN_ATTRIBUTES, &kv);
+                s.bytes = Bytes::from(bytes);
                 s
             })
             .collect()

@@ -407,3 +407,26 @@ proptest! {
         prop_assert_eq!(c.spans_kept + c2.spans_kept, kept);
     }
 }
+
+#[test]
+fn malformed_nested_content_is_carried_not_decoded() {
+    // A span whose attribute entry is garbage inside but well-formed at the top level: the
+    // scanner accepts it, and nothing on the way (decision, record_policy) may fail on it.
+    let good = span(1, 1, 0, true);
+    let mut bytes = good.bytes.to_vec();
+    bytes.extend_from_slice(&[0x4a, 0x03, 0x0a, 0x09, b'x']); // field 9, KeyValue with a truncated key
+    let odd = EncodedSpan {
+        bytes: Bytes::from(bytes),
+        ..good
+    };
+    let mut c = cfg();
+    c.record_policy = true;
+    let mut r = Rig::new(c, 1 << 20);
+    r.ingest(vec![odd.clone()], S);
+    let kept = r.shard.poll(20 * S).kept;
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0].bytes.starts_with(&odd.bytes),
+        "original bytes carried as they are"
+    );
+}
