@@ -1,6 +1,6 @@
 //! OTLP traces kept encoded.
 //!
-//! Tailgate never decodes a span it does not change. This crate owns the representation every
+//! Tailgate never decodes a span into the generated types on its data path. This crate owns the representation every
 //! other crate passes around:
 //!
 //! - [`scan_export_request`] splits a request body into [`EncodedSpan`]s — zero-copy slices of
@@ -28,7 +28,7 @@ pub use span::{
     for_each_attribute_raw, string_field,
 };
 
-/// The generated OTLP message types, for the code paths that must decode (redaction, JSON).
+/// The generated OTLP message types, for OTLP/JSON and for tests.
 pub use opentelemetry_proto::tonic as proto;
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //! | `memory_limiter` | [`memory`] | turns limits and a measurement into accept / refuse |
 //!
 //! **Invariant:** no I/O, no clock, no randomness: the same input gives the same output, so
-//! the simulator and unit tests drive these directly. Spans are decoded only when an action
-//! actually changes them.
+//! the simulator and unit tests drive these directly. Spans are never decoded: actions edit
+//! the wire format, and a span nothing applies to keeps its original bytes.
 
 pub mod actions;
 pub mod attributes;
