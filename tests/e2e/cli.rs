@@ -88,3 +88,42 @@ fn agent_says_it_is_not_available_yet() {
     assert_eq!(code, 2);
     assert!(err.contains("not available yet"), "{err}");
 }
+
+#[test]
+fn dev_demo_runs_the_article_pipeline_and_reports_decisions() {
+    // The README's first command, shortened: a local gateway driven by the built-in load
+    // generator, with every listener on a free port so it can run beside other tests.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["dev", "--demo", "--demo-duration", "2s"])
+        .args([
+            "--grpc-endpoint",
+            "127.0.0.1:0",
+            "--http-endpoint",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--metrics-endpoint",
+            "127.0.0.1:0",
+            "--health-endpoint",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tailgate dev: gateway ready"), "{stdout}");
+    assert!(
+        stdout.contains("keep-errors"),
+        "decisions reported by policy:\n{stdout}"
+    );
+    assert!(stdout.contains("unredacted secrets found: 0"), "{stdout}");
+    let file = std::fs::read_to_string(dir.path().join("tailgate-data/traces.jsonl")).unwrap();
+    assert!(file.lines().count() > 0, "kept traces were written");
+    assert!(!file.contains("secret-token"));
+}
