@@ -43,6 +43,11 @@ use crate::stages::{
 };
 use crate::telemetry::{PROCESS_MEMORY_RSS, PROCESS_UPTIME};
 
+/// HTTP/2 flow-control windows and frame size of the OTLP/gRPC receiver.
+const GRPC_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+const GRPC_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+const GRPC_FRAME_BYTES_MAX: u32 = 1024 * 1024;
+
 /// Knobs that are not in the config file.
 #[derive(Clone)]
 pub struct ServiceOptions {
@@ -290,7 +295,12 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // Large requests (hundreds of spans) arrive in fewer frames and without waiting
+                // on window updates; h2's 64 KiB defaults cost a third of the CPU at load.
                 let result = tonic::transport::Server::builder()
+                    .initial_stream_window_size(GRPC_STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(GRPC_CONNECTION_WINDOW_BYTES)
+                    .max_frame_size(GRPC_FRAME_BYTES_MAX)
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
