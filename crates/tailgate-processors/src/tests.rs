@@ -243,3 +243,65 @@ fn batcher_cuts_at_size_and_splits_at_max() {
     assert_eq!(b.flush().iter().map(Vec::len).collect::<Vec<_>>(), vec![2]);
     assert_eq!(b.pending_spans(), 0);
 }
+
+mod wire_edits {
+    //! Goal: wire-level attribute edits mean exactly what the actions say, for any attribute
+    //! list. Method: random spans and a fixed mix of actions, compared with a plain model on
+    //! decoded (key, value) lists; the output must decode with prost and keep other fields.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn model(mut attrs: Vec<(String, String)>) -> Vec<(String, String)> {
+        // update a -> "A"; delete b; insert c -> "C" if absent; upsert d -> "D"
+        if let Some(e) = attrs.iter_mut().find(|(k, _)| k == "a") {
+            e.1 = "A".into();
+        }
+        attrs.retain(|(k, _)| k != "b");
+        if !attrs.iter().any(|(k, _)| k == "c") {
+            attrs.push(("c".into(), "C".into()));
+        }
+        match attrs.iter_mut().find(|(k, _)| k == "d") {
+            Some(e) => e.1 = "D".into(),
+            None => attrs.push(("d".into(), "D".into())),
+        }
+        attrs
+    }
+
+    proptest! {
+        #[test]
+        fn edits_match_the_model(raw in proptest::collection::vec((0usize..6, "[a-z]{0,8}"), 0..12)) {
+            let keys = ["a", "b", "c", "d", "e", "f"];
+            // Unique keys, as attribute maps have.
+            let mut attrs: Vec<(String, String)> = Vec::new();
+            for (k, v) in raw {
+                if !attrs.iter().any(|(x, _)| x == keys[k]) {
+                    attrs.push((keys[k].to_string(), v));
+                }
+            }
+            let cfg = serde_json::from_value(json!({"actions": [
+                {"key": "a", "action": "update", "value": "A"},
+                {"key": "b", "action": "delete"},
+                {"key": "c", "action": "insert", "value": "C"},
+                {"key": "d", "action": "upsert", "value": "D"},
+            ]})).unwrap();
+            let p = AttributesProcessor::new(&cfg);
+            let mut spans = scan(vec![span(7, attrs.iter().map(|(k, v)| kv(k, s(v))).collect())]);
+            p.process(&mut spans);
+            let out = Span::decode(spans[0].bytes.clone()).expect("edited span decodes");
+            let got: Vec<(String, String)> = out
+                .attributes
+                .into_iter()
+                .map(|kv| match kv.value.and_then(|v| v.value) {
+                    Some(Value::StringValue(v)) => (kv.key, v),
+                    other => panic!("unexpected value {other:?}"),
+                })
+                .collect();
+            prop_assert_eq!(got, model(attrs));
+            prop_assert_eq!(out.name, "span-7");
+            prop_assert_eq!(out.trace_id, vec![7u8; 16]);
+            prop_assert_eq!(spans[0].meta.span_id.0, [7u8; 8]);
+        }
+    }
+}
