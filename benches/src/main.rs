@@ -55,15 +55,16 @@ pub fn secs(d: Duration) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     match cli.command {
-        Command::Sink { port } => rt.block_on(sink::serve(port)),
-        Command::Gateway(args) => rt.block_on(measure::gateway(args)),
-        Command::Memory(args) => rt.block_on(measure::memory(args)),
-        Command::Latency(args) => rt.block_on(measure::latency(args)),
+        // Only the sink serves the network; the drivers are plain blocking programs.
+        Command::Sink { port } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(sink::serve(port)),
+        Command::Gateway(args) => measure::gateway(args),
+        Command::Memory(args) => measure::memory(args),
+        Command::Latency(args) => measure::latency(args),
     }
 }
 

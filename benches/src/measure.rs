@@ -479,11 +479,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || gateway_blocking(args)).await?
-}
-
-fn gateway_blocking(args: GatewayArgs) -> anyhow::Result<()> {
+pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let rotel = if args.no_rotel {
         None
     } else {
@@ -543,11 +539,7 @@ fn gateway_blocking(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || memory_blocking(args)).await?
-}
-
-fn memory_blocking(args: MemoryArgs) -> anyhow::Result<()> {
+pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     let (_sink, sink_port) = start_sink()?;
     let port = free_port();
     let metrics = free_port();
@@ -632,11 +624,7 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || latency_blocking(args)).await?
-}
-
-fn latency_blocking(args: LatencyArgs) -> anyhow::Result<()> {
+pub fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     let (_sink, sink_port) = start_sink()?;
     let port = free_port();
     let metrics = free_port();
