@@ -114,6 +114,10 @@ pub struct ShardCounters {
     pub spans_handed_off: u64,
     pub traces_received_by_handoff: u64,
     pub spans_received_by_handoff: u64,
+    /// Traces kept only by the runtime sampling override.
+    pub traces_kept_by_override: u64,
+    /// Buffered traces decided by a decision that arrived from their previous owner.
+    pub traces_decided_by_handoff: u64,
 }
 
 /// Spans a shard operation released downstream (kept traces, late spans of kept traces).
@@ -402,6 +406,9 @@ impl TraceShard {
             encoded_bytes: entry.buffer.encoded_bytes(),
         };
         let verdict = self.policies.decide(&view, now);
+        if verdict.by_override {
+            self.counters.traces_kept_by_override += 1;
+        }
         for (i, d) in &verdict.votes {
             *self.counters.votes.entry((*i, d.label())).or_default() += 1;
         }
@@ -549,7 +556,22 @@ impl TraceShard {
     }
 
     /// Remembers a decision made by a trace's previous owner.
-    pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) {
+    ///
+    /// If this node already buffers spans of that trace (they reached it under the new ring
+    /// before the handoff did), the decision settles them too: one decision per trace.
+    pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) -> Released {
+        let mut out = Released::default();
+        if let Some(entry) = self.remove(&d.trace_id) {
+            self.counters.traces_decided_by_handoff += 1;
+            let spans = entry.buffer.spans();
+            let n = spans.len() as u64;
+            if d.keep {
+                self.counters.spans_kept += n;
+                out.kept.extend(spans);
+            } else {
+                self.counters.spans_dropped_policy += n;
+            }
+        }
         self.cache.insert(
             d.trace_id,
             CachedDecision {
@@ -558,6 +580,12 @@ impl TraceShard {
                 policy: None,
             },
         );
+        out
+    }
+
+    /// Sets or clears the runtime sampling override (see `PolicySet::set_override`).
+    pub fn set_override(&mut self, percentage: Option<f64>) {
+        self.policies.set_override(percentage);
     }
 }
 

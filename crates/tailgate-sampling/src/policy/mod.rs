@@ -593,6 +593,8 @@ pub struct Verdict {
     pub decided_by: Option<usize>,
     /// Every vote cast, in evaluation order, for per-policy metrics.
     pub votes: Vec<(usize, Decision)>,
+    /// Kept only because a runtime sampling override selected it.
+    pub by_override: bool,
 }
 
 /// The configured policies in evaluation order (drop policies first).
@@ -601,6 +603,8 @@ pub struct PolicySet {
     policies: Vec<NamedPolicy>,
     names: Vec<String>,
     sample_on_first_match: bool,
+    /// Runtime sampling override (replicated through the cluster), as a hash threshold.
+    override_threshold: Option<u64>,
 }
 
 impl PolicySet {
@@ -620,6 +624,7 @@ impl PolicySet {
             policies,
             names,
             sample_on_first_match,
+            override_threshold: None,
         }
     }
 
@@ -665,11 +670,25 @@ impl PolicySet {
         } else {
             (false, first[1])
         };
+        // A runtime override raises sampling: it keeps traces the policies did not, never
+        // those a drop policy vetoed.
+        let by_override = !keep
+            && first[4].is_none()
+            && self.override_threshold.is_some_and(|threshold| {
+                threshold > 0 && trace_id_hash(DEFAULT_HASH_SALT, &t.trace_id) <= threshold
+            });
         Verdict {
-            keep,
-            decided_by,
+            keep: keep || by_override,
+            decided_by: if by_override { None } else { decided_by },
             votes,
+            by_override,
         }
+    }
+
+    /// Sets (or clears) the runtime sampling override: while set, traces the policies do not
+    /// keep are kept at this percentage, chosen by trace ID like `probabilistic`.
+    pub fn set_override(&mut self, percentage: Option<f64>) {
+        self.override_threshold = percentage.map(probabilistic_threshold);
     }
 }
 
