@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod exporters;
 mod extensions;
 mod otlp;

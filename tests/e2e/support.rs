@@ -27,6 +27,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Ports of one gateway process.
+#[derive(Clone, Copy)]
 pub struct Ports {
     pub grpc: u16,
     pub http: u16,
@@ -60,9 +61,14 @@ impl Gateway {
     }
 
     pub async fn start_with_args(config: &str, extra: &[&str]) -> Gateway {
+        Self::start_on(config, Ports::new(), extra).await
+    }
+
+    /// Like `start_with_args`, on given ports (a restarted gateway keeps its addresses, as
+    /// a StatefulSet pod does).
+    pub async fn start_on(config: &str, ports: Ports, extra: &[&str]) -> Gateway {
         // reqwest (used by the tests too) needs the process-wide rustls provider.
         tailgate_pipeline::install_crypto_provider();
-        let ports = Ports::new();
         let dir = tempfile::tempdir().unwrap();
         let text = config
             .replace("{grpc}", &ports.grpc.to_string())
@@ -123,6 +129,12 @@ impl Gateway {
     /// Sum of a metric's series whose labels contain `filter`.
     pub async fn metric(&self, name: &str, filter: &str) -> f64 {
         tailgate_pipeline_sum(&self.metrics().await, name, filter)
+    }
+
+    /// SIGKILL: no goodbye, no handoff.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait for a clean exit. Async so in-test sinks on this runtime keep

@@ -1,1 +1,37 @@
+//! The gateway cluster: membership agreed through Raft (`openraft`), the ring every node and
+//! agent routes by, forwarding of spans to their owner, and handoff of buffered traces when
+//! the ring changes. See `docs/cluster.md` for the protocol and its guarantees.
+//!
+//! - [`raft`]: type config, in-memory log and state machine over `tailgate_ring::ClusterState`.
+//! - [`network`]: the [`network::Dialer`] seam, channels per peer, openraft's RPCs over gRPC.
+//! - [`node`]: [`ClusterNode`] — bootstrap/join, leader duties, leaving, and the
+//!   `ClusterLink` the tail-sampling engine routes through.
+//! - [`server`]: the `Cluster` and `RingWatch` gRPC services.
+//! - [`transfer`]: forward and handoff messages (spans stay encoded).
 
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("tailgate.cluster.v1");
+}
+
+pub mod gateway;
+pub mod network;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod transfer;
+
+pub use node::{ClusterNode, ClusterSettings, WallClock, system_wall_clock};
+
+/// The epoch this node routes by.
+pub const CLUSTER_EPOCH: &str = "tailgate_cluster_epoch";
+/// Members owning ring ranges at this node's epoch.
+pub const CLUSTER_OWNERS: &str = "tailgate_cluster_owners";
+/// Members the leader removed (`reason`: timeout).
+pub const CLUSTER_MEMBERS_REMOVED: &str = "tailgate_cluster_members_removed_total";
+/// Traces, spans and decisions this node handed off (acknowledged by the receiver).
+pub const CLUSTER_HANDOFF_SENT_TRACES: &str = "tailgate_cluster_handoff_sent_traces_total";
+pub const CLUSTER_HANDOFF_SENT_SPANS: &str = "tailgate_cluster_handoff_sent_spans_total";
+pub const CLUSTER_HANDOFF_SENT_DECISIONS: &str = "tailgate_cluster_handoff_sent_decisions_total";
+/// Traces this node received by handoff.
+pub const CLUSTER_HANDOFF_RECEIVED_TRACES: &str = "tailgate_cluster_handoff_received_traces_total";

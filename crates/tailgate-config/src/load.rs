@@ -106,6 +106,8 @@ pub struct Config {
     pub exporters: BTreeMap<ComponentId, ExporterConfig>,
     pub extensions: BTreeMap<ComponentId, ExtensionConfig>,
     pub service: ServiceConfig,
+    /// Tailgate's own `cluster` section (not a collector key).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// One problem in a config file.
@@ -367,12 +369,23 @@ pub fn load_str(
             cfg.extensions.insert(id, p);
         }
     }
+    if let Some(v) = root.remove("cluster") {
+        cfg.cluster = l.typed("cluster", v);
+        if let Some(c) = &cfg.cluster {
+            if c.member_timeout.0.is_zero() {
+                l.error("cluster.member_timeout", "must be positive");
+            }
+            if c.join.iter().any(|p| p.trim().is_empty()) {
+                l.error("cluster.join", "addresses must not be empty");
+            }
+        }
+    }
     let service = root.remove("service");
     for key in root.keys() {
         let msg = if key == "connectors" {
-            "connectors are not supported; allowed top-level keys: receivers, processors, exporters, extensions, service".to_string()
+            "connectors are not supported; allowed top-level keys: receivers, processors, exporters, extensions, service, cluster".to_string()
         } else {
-            "unknown top-level key; allowed: receivers, processors, exporters, extensions, service"
+            "unknown top-level key; allowed: receivers, processors, exporters, extensions, service, cluster"
                 .to_string()
         };
         l.errors.push(ConfigError {

@@ -74,7 +74,7 @@ fn bad_configs_give_exact_errors() {
         // 6. unknown top-level key
         (
             format!("receivers:\n  otlp:\nexporters:\n  debug:\nrecievers: {{}}\n{MINIMAL_SERVICE}"),
-            vec!["test.yaml: recievers: unknown top-level key; allowed: receivers, processors, exporters, extensions, service"],
+            vec!["test.yaml: recievers: unknown top-level key; allowed: receivers, processors, exporters, extensions, service, cluster"],
         ),
         // 7. metrics pipeline
         (

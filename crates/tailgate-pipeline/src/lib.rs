@@ -17,6 +17,7 @@
 //! `tokio::time` and randomness from seeds in [`service::ServiceOptions`], so the simulator
 //! can drive this code.
 
+pub mod cluster;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;

@@ -13,20 +13,36 @@
 //! Ractor mailboxes are unbounded; what bounds them is the byte budget: every span in a
 //! mailbox was reserved before it was sent. No lock is taken on the hot path (the budget is
 //! atomics; each shard is owned by one actor).
+//!
+//! ## In a cluster
+//!
+//! With a [`ClusterLink`], `consume` splits each batch by owner on the newest ring: spans
+//! this node owns go to the shards, the rest are forwarded to their owner (one call per
+//! owner). When the ring changes, every shard takes out the traces it no longer owns
+//! (`TraceShard::take_traces`) with the decisions of those traces and hands them to their new
+//! owners; a trace whose handoff fails comes back (`restore_trace`) and is retried, so the
+//! sender holds its copy until the receiver acknowledged it. A shard decides what it
+//! holds at the deadline; traces it does not own are there only while no owner could take
+//! them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tailgate_config::sampling::TailSamplingConfig;
 use tailgate_otlp::{EncodedSpan, TraceId};
+use tailgate_ring::{Placement, Ring};
 use tailgate_sampling::policy::PolicySet;
-use tailgate_sampling::{BufferBudget, ShardConfig, ShardCounters, TraceShard};
-use tokio::sync::Mutex;
+use tailgate_sampling::{
+    BufferBudget, DecisionTransfer, ShardConfig, ShardCounters, TraceShard, TraceTransfer,
+};
+use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
+use crate::cluster::{ClusterLink, FORWARD_HOPS_MAX, HandoffFailed};
 use crate::consumer::{BoxFuture, ConsumeError, Consumer, RefuseReason};
 use crate::telemetry::*;
 
@@ -34,6 +50,10 @@ use crate::telemetry::*;
 pub const BUFFER_LIMIT_MIB_DEFAULT: u64 = 512;
 /// Longest pause between retries when the next stage refuses kept spans.
 const DELIVER_RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// Pause before a shard retries handing off traces whose handoff failed.
+const HANDOFF_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Most traces in one handoff message (bounds message size and the work lost to a failure).
+const HANDOFF_TRACES_PER_MESSAGE: usize = 2048;
 
 /// Which shard owns a trace. Mixes both halves of the ID so shard choice is independent of
 /// probabilistic sampling (which hashes the ID with FNV) and of ring placement.
@@ -47,10 +67,42 @@ pub fn shard_of(trace_id: &TraceId, shards: usize) -> usize {
 pub enum ShardMsg {
     /// Spans whose bytes were reserved in the budget.
     Ingest(Vec<EncodedSpan>),
+    /// Spans of traces this node does not own, kept because their owner could not be
+    /// reached; bytes reserved. Handed off again later.
+    IngestStray(Vec<EncodedSpan>),
     /// A deadline may have passed.
     Tick,
     /// Shutdown: decide (or drop) everything, deliver, reply.
     Drain(RpcReplyPort<()>),
+    /// A new ring: hand off what moved.
+    Ring(Arc<Ring>),
+    /// The runtime sampling override changed.
+    Override(Option<f64>),
+    /// Traces and decisions handed to this node by their previous owner.
+    Accept {
+        traces: Vec<TraceTransfer>,
+        decisions: Vec<DecisionTransfer>,
+        reply: RpcReplyPort<()>,
+    },
+    /// A handoff failed; the traces come back, `away` after they left.
+    Returned {
+        traces: Vec<TraceTransfer>,
+        away: Duration,
+    },
+    /// Buffered (traces, spans, bytes).
+    Status(RpcReplyPort<(u64, u64, u64)>),
+}
+
+/// A shard's view of the cluster.
+struct ShardCluster {
+    link: Arc<dyn ClusterLink>,
+    ring: Arc<Ring>,
+    local: String,
+    /// Traces on their way to another node (shared by every shard of the stage).
+    in_flight: Arc<AtomicU64>,
+    /// When to retry handing off traces this shard holds but does not own.
+    retry_at: Option<Duration>,
+    shards: usize,
 }
 
 struct ShardActor;
@@ -63,6 +115,7 @@ struct ShardState {
     next: Arc<dyn Consumer>,
     epoch: Instant,
     tick_at: Option<Duration>,
+    cluster: Option<ShardCluster>,
 }
 
 impl ShardState {
@@ -90,8 +143,72 @@ impl ShardState {
         }
     }
 
+    /// Hands every trace this shard does not own at its ring to its owner (with the
+    /// decisions of such traces when `with_decisions`, i.e. after a ring change).
+    fn hand_off(&mut self, myself: &ActorRef<ShardMsg>, with_decisions: bool) {
+        let Some(c) = &mut self.cluster else { return };
+        c.retry_at = None;
+        if c.ring.is_empty() {
+            return;
+        }
+        let now = Instant::now().saturating_duration_since(self.epoch);
+        let (ring, local) = (Arc::clone(&c.ring), c.local.clone());
+        let moves = |id: &TraceId| !ring.owns(&local, id);
+        let traces = self.shard.take_traces(now, &moves);
+        let decisions = if with_decisions {
+            self.shard.decisions_for(now, &moves)
+        } else {
+            Vec::new()
+        };
+        if traces.is_empty() && decisions.is_empty() {
+            return;
+        }
+        let mut traces = Placement::split(&ring, &local, traces, |t| t.trace_id).remote;
+        let mut decisions = Placement::split(&ring, &local, decisions, |d| d.trace_id).remote;
+        let owners: std::collections::BTreeSet<String> =
+            traces.keys().chain(decisions.keys()).cloned().collect();
+        for owner in owners {
+            let mut ts = traces.remove(&owner).unwrap_or_default();
+            let mut ds = decisions.remove(&owner).unwrap_or_default();
+            while !ts.is_empty() || !ds.is_empty() {
+                let chunk: Vec<TraceTransfer> = ts
+                    .drain(..ts.len().min(HANDOFF_TRACES_PER_MESSAGE))
+                    .collect();
+                let dchunk: Vec<DecisionTransfer> = std::mem::take(&mut ds);
+                let n = chunk.len() as u64;
+                c.in_flight.fetch_add(n, Ordering::AcqRel);
+                let send = c.link.hand_off(&owner, ring.epoch(), chunk, dchunk);
+                let (in_flight, myself, owner) =
+                    (Arc::clone(&c.in_flight), myself.clone(), owner.clone());
+                let started = Instant::now();
+                tokio::spawn(async move {
+                    let result = send.await;
+                    if let Err(HandoffFailed { error, traces }) = result {
+                        tracing::warn!(%owner, traces = traces.len(), error = %error, "handoff failed; the traces stay here and are retried");
+                        counter!(CLUSTER_HANDOFF_FAILED_TRACES).increment(traces.len() as u64);
+                        let away = started.elapsed();
+                        // Fails only after shutdown stopped the shard: counted, never silent.
+                        if let Err(ractor::MessagingErr::SendErr(ShardMsg::Returned {
+                            traces,
+                            ..
+                        })) = myself.cast(ShardMsg::Returned { traces, away })
+                        {
+                            counter!(CLUSTER_HANDOFF_LOST_TRACES).increment(traces.len() as u64);
+                        }
+                    }
+                    in_flight.fetch_sub(n, Ordering::AcqRel);
+                });
+            }
+        }
+    }
+
     fn schedule(&mut self, myself: &ActorRef<ShardMsg>) {
-        let Some(deadline) = self.shard.next_deadline() else {
+        let retry = self.cluster.as_ref().and_then(|c| c.retry_at);
+        let Some(deadline) = [self.shard.next_deadline(), retry]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             return;
         };
         if self.tick_at.is_some_and(|t| t <= deadline) {
@@ -269,11 +386,81 @@ impl Actor for ShardActor {
                 let released = state.shard.ingest(spans, now);
                 state.deliver(released.kept).await;
             }
+            ShardMsg::IngestStray(spans) => {
+                let now = state.now();
+                let released = state.shard.ingest(spans, now);
+                state.deliver(released.kept).await;
+                if let Some(c) = &mut state.cluster {
+                    c.retry_at.get_or_insert(now + HANDOFF_RETRY_PAUSE);
+                }
+            }
             ShardMsg::Tick => {
                 state.tick_at = None;
                 let now = state.now();
                 let released = state.shard.poll(now);
                 state.deliver(released.kept).await;
+                if state
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.retry_at)
+                    .is_some_and(|at| at <= now)
+                {
+                    state.hand_off(&myself, false);
+                }
+            }
+            ShardMsg::Ring(ring) => {
+                if let Some(c) = &mut state.cluster {
+                    let owners = ring.owners().len().max(1);
+                    // Rate limits are cluster-wide: each owner takes its share.
+                    state.shard.set_rate_share(1.0 / (c.shards * owners) as f64);
+                    c.ring = ring;
+                }
+                state.hand_off(&myself, true);
+            }
+            ShardMsg::Override(percent) => state.shard.set_override(percent),
+            ShardMsg::Accept {
+                traces,
+                decisions,
+                reply,
+            } => {
+                let now = state.now();
+                for d in decisions {
+                    let released = state.shard.accept_decision(d, now);
+                    state.deliver(released.kept).await;
+                }
+                let mut stray = false;
+                for t in traces {
+                    if let Some(c) = &state.cluster {
+                        stray |= !c.ring.owns(&c.local, &t.trace_id);
+                    }
+                    let released = state.shard.accept_trace(t, now);
+                    state.deliver(released.kept).await;
+                }
+                let _ = reply.send(());
+                if stray && let Some(c) = &mut state.cluster {
+                    // Sent for an older epoch: passed on to the newest owner.
+                    c.retry_at = Some(now);
+                }
+            }
+            ShardMsg::Returned { traces, away } => {
+                let now = state.now();
+                for mut t in traces {
+                    t.remaining = t.remaining.saturating_sub(away);
+                    t.age += away;
+                    let released = state.shard.restore_trace(t, now);
+                    state.deliver(released.kept).await;
+                }
+                if let Some(c) = &mut state.cluster {
+                    c.retry_at = Some(now + HANDOFF_RETRY_PAUSE);
+                }
+            }
+            ShardMsg::Status(reply) => {
+                let _ = reply.send((
+                    state.shard.traces_buffered() as u64,
+                    state.shard.spans_buffered() as u64,
+                    state.shard.bytes_buffered(),
+                ));
+                return Ok(());
             }
             ShardMsg::Drain(reply) => {
                 let now = state.now();
@@ -299,6 +486,24 @@ pub struct SamplingSetup {
     pub shards: usize,
 }
 
+/// What a node buffers, for `tailgate status` and for waiting out a handoff.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferedStatus {
+    pub traces: u64,
+    pub spans: u64,
+    pub bytes: u64,
+    /// Traces sent to another node and not acknowledged yet.
+    pub in_flight: u64,
+}
+
+/// The stage's view of the cluster.
+struct StageCluster {
+    link: Arc<dyn ClusterLink>,
+    ring: watch::Receiver<Arc<Ring>>,
+    in_flight: Arc<AtomicU64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
 /// The `tail_sampling` processor stage.
 pub struct TailSamplingStage {
     name: String,
@@ -308,10 +513,16 @@ pub struct TailSamplingStage {
     traces_limit: u64,
     block_on_overflow: bool,
     next: Arc<dyn Consumer>,
+    cluster: Option<StageCluster>,
 }
 
 impl TailSamplingStage {
-    pub async fn start(setup: SamplingSetup, next: Arc<dyn Consumer>) -> anyhow::Result<Self> {
+    /// Starts the shards. With `cluster`, the stage routes by its ring (see the module docs).
+    pub async fn start(
+        setup: SamplingSetup,
+        next: Arc<dyn Consumer>,
+        cluster: Option<Arc<dyn ClusterLink>>,
+    ) -> anyhow::Result<Self> {
         let cfg = &setup.cfg;
         let shards = setup.shards.max(1);
         let budget = Arc::new(BufferBudget::new(setup.buffer_limit_bytes));
@@ -329,15 +540,29 @@ impl TailSamplingStage {
             drop_pending_on_shutdown: cfg.drop_pending_traces_on_shutdown,
         };
         let epoch = Instant::now();
+        let in_flight = Arc::new(AtomicU64::new(0));
         let mut refs = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for index in 0..shards {
             // Each shard keeps its share of every rate limit (traces spread evenly by hash).
-            let policies = PolicySet::compile(
+            let mut policies = PolicySet::compile(
                 &cfg.policies,
                 cfg.sample_on_first_match,
                 1.0 / shards as f64,
             );
+            let shard_cluster = cluster.as_ref().map(|link| {
+                let ring = Arc::clone(&link.ring().borrow());
+                policies.set_rate_share(1.0 / (shards * ring.owners().len().max(1)) as f64);
+                policies.set_override(*link.sampling_override().borrow());
+                ShardCluster {
+                    link: Arc::clone(link),
+                    ring,
+                    local: link.local_name().to_string(),
+                    in_flight: Arc::clone(&in_flight),
+                    retry_at: None,
+                    shards,
+                }
+            });
             let state = ShardState {
                 budget: Arc::clone(&budget),
                 metrics: ShardMetrics::new(&setup.name, index),
@@ -346,6 +571,7 @@ impl TailSamplingStage {
                 next: Arc::clone(&next),
                 epoch,
                 tick_at: None,
+                cluster: shard_cluster,
             };
             let (actor, handle) = Actor::spawn(None, ShardActor, state).await.map_err(|e| {
                 anyhow::anyhow!("processors.{}: cannot start shard {index}: {e}", setup.name)
@@ -355,6 +581,20 @@ impl TailSamplingStage {
         }
         gauge!(SAMPLING_BUFFER_LIMIT_BYTES, "processor" => setup.name.clone())
             .set(setup.buffer_limit_bytes as f64);
+        let cluster = cluster.map(|link| {
+            let ring = link.ring();
+            let watcher = tokio::spawn(watch_cluster(
+                link.ring(),
+                link.sampling_override(),
+                refs.clone(),
+            ));
+            StageCluster {
+                link,
+                ring,
+                in_flight,
+                watcher,
+            }
+        });
         Ok(TailSamplingStage {
             name: setup.name,
             shards: refs,
@@ -363,7 +603,180 @@ impl TailSamplingStage {
             traces_limit: cfg.num_traces,
             block_on_overflow: cfg.block_on_overflow,
             next,
+            cluster,
         })
+    }
+
+    /// Takes spans another gateway forwarded (they passed `hops` gateways): buffered here
+    /// when this node owns them at its ring, passed on otherwise.
+    pub async fn ingest_forwarded(
+        &self,
+        spans: Vec<EncodedSpan>,
+        hops: u32,
+    ) -> Result<(), ConsumeError> {
+        counter!(CLUSTER_FORWARDED_IN_SPANS).increment(spans.len() as u64);
+        self.route(spans, hops).await
+    }
+
+    /// Takes traces and decisions handed off by their previous owner; returns once every
+    /// shard applied them (this is the ack the sender waits for).
+    pub async fn accept_handoff(
+        &self,
+        traces: Vec<TraceTransfer>,
+        decisions: Vec<DecisionTransfer>,
+    ) -> Result<(), ConsumeError> {
+        let shards = self.shards.len();
+        let mut per_shard: Vec<(Vec<TraceTransfer>, Vec<DecisionTransfer>)> =
+            (0..shards).map(|_| Default::default()).collect();
+        for t in traces {
+            per_shard[shard_of(&t.trace_id, shards)].0.push(t);
+        }
+        for d in decisions {
+            per_shard[shard_of(&d.trace_id, shards)].1.push(d);
+        }
+        for (i, (traces, decisions)) in per_shard.into_iter().enumerate() {
+            if traces.is_empty() && decisions.is_empty() {
+                continue;
+            }
+            self.shards[i]
+                .call(
+                    |reply| ShardMsg::Accept {
+                        traces,
+                        decisions,
+                        reply,
+                    },
+                    None,
+                )
+                .await
+                .map_err(|_| ConsumeError::ShuttingDown)?;
+        }
+        Ok(())
+    }
+
+    /// What this node buffers now.
+    pub async fn status(&self) -> BufferedStatus {
+        let mut status = BufferedStatus {
+            in_flight: self
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.in_flight.load(Ordering::Acquire)),
+            ..Default::default()
+        };
+        for shard in &self.shards {
+            if let Ok(ractor::rpc::CallResult::Success((t, s, b))) = shard
+                .call(ShardMsg::Status, Some(Duration::from_secs(2)))
+                .await
+            {
+                status.traces += t;
+                status.spans += s;
+                status.bytes += b;
+            }
+        }
+        status
+    }
+
+    /// Waits until nothing is buffered or in flight (a leaving node's handoff is done), or
+    /// `deadline`. Returns whether everything left.
+    pub async fn wait_handed_off(&self, deadline: Instant) -> bool {
+        loop {
+            let s = self.status().await;
+            if s.traces == 0 && s.in_flight == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    buffered = s.traces,
+                    in_flight = s.in_flight,
+                    "handoff did not finish before the deadline"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reserves budget for spans and sends them to their shards (`stray`: not owned here).
+    fn enqueue(&self, spans: Vec<EncodedSpan>, stray: bool) -> Result<(), ConsumeError> {
+        let n = spans.len() as u64;
+        let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        if stray {
+            // Spans are never lost for want of a reachable owner: over budget, early
+            // decisions bring memory back down.
+            self.budget.force_reserve(bytes);
+        } else if !self.budget.try_reserve(bytes) {
+            self.update_gauges();
+            return Err(self.refuse(n, "buffer_full"));
+        }
+        let shards = self.shards.len();
+        let mut per_shard: Vec<Vec<EncodedSpan>> = (0..shards).map(|_| Vec::new()).collect();
+        for s in spans {
+            per_shard[shard_of(&s.meta.trace_id, shards)].push(s);
+        }
+        for (i, group) in per_shard.into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let msg = if stray {
+                ShardMsg::IngestStray(group)
+            } else {
+                ShardMsg::Ingest(group)
+            };
+            if let Err(e) = self.shards[i].cast(msg) {
+                // Only after shutdown stopped the actor; give the reservation back.
+                if let ractor::MessagingErr::SendErr(
+                    ShardMsg::Ingest(lost) | ShardMsg::IngestStray(lost),
+                ) = e
+                {
+                    self.budget
+                        .release(lost.iter().map(|s| s.bytes.len() as u64).sum());
+                }
+                return Err(ConsumeError::ShuttingDown);
+            }
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Buffers what this node owns, forwards the rest to its owners.
+    async fn route(&self, spans: Vec<EncodedSpan>, hops: u32) -> Result<(), ConsumeError> {
+        let Some(c) = &self.cluster else {
+            return self.enqueue(spans, false);
+        };
+        let ring = Arc::clone(&c.ring.borrow());
+        let local = c.link.local_name();
+        let placement = Placement::split(&ring, local, spans, |s| s.meta.trace_id);
+        if placement.is_all_local() {
+            return self.enqueue(placement.local, false);
+        }
+        if !placement.local.is_empty() {
+            self.enqueue(placement.local, false)?;
+        }
+        let mut strays = Vec::new();
+        for (owner, spans) in placement.remote {
+            let n = spans.len() as u64;
+            if hops >= FORWARD_HOPS_MAX {
+                counter!(CLUSTER_FORWARD_HOP_LIMIT_SPANS).increment(n);
+                strays.extend(spans);
+                continue;
+            }
+            match c
+                .link
+                .forward(&owner, ring.epoch(), hops + 1, spans.clone())
+                .await
+            {
+                Ok(()) => counter!(CLUSTER_FORWARDED_OUT_SPANS).increment(n),
+                Err(e) => {
+                    tracing::debug!(%owner, error = %e, "forward failed; keeping the spans here until the owner is back or replaced");
+                    counter!(CLUSTER_FORWARD_FAILED_SPANS).increment(n);
+                    strays.extend(spans);
+                }
+            }
+        }
+        if strays.is_empty() {
+            Ok(())
+        } else {
+            self.enqueue(strays, true)
+        }
     }
 
     fn refuse(&self, n: u64, reason: &'static str) -> ConsumeError {
@@ -392,36 +805,15 @@ impl Consumer for TailSamplingStage {
             if self.block_on_overflow && self.budget.traces_live() >= self.traces_limit {
                 return Err(self.refuse(n, "num_traces"));
             }
-            let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
-            if !self.budget.try_reserve(bytes) {
-                self.update_gauges();
-                return Err(self.refuse(n, "buffer_full"));
-            }
-            let shards = self.shards.len();
-            let mut per_shard: Vec<Vec<EncodedSpan>> = (0..shards).map(|_| Vec::new()).collect();
-            for s in spans {
-                per_shard[shard_of(&s.meta.trace_id, shards)].push(s);
-            }
-            for (i, group) in per_shard.into_iter().enumerate() {
-                if group.is_empty() {
-                    continue;
-                }
-                if let Err(e) = self.shards[i].cast(ShardMsg::Ingest(group)) {
-                    // Only after shutdown stopped the actor; give the reservation back.
-                    if let ractor::MessagingErr::SendErr(ShardMsg::Ingest(lost)) = e {
-                        self.budget
-                            .release(lost.iter().map(|s| s.bytes.len() as u64).sum());
-                    }
-                    return Err(ConsumeError::ShuttingDown);
-                }
-            }
-            self.update_gauges();
-            Ok(())
+            self.route(spans, 0).await
         })
     }
 
     fn shutdown(&self, deadline: Instant) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            if let Some(c) = &self.cluster {
+                c.watcher.abort();
+            }
             for shard in &self.shards {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 if let Err(e) = shard.call(ShardMsg::Drain, Some(wait)).await {
@@ -435,5 +827,34 @@ impl Consumer for TailSamplingStage {
             self.update_gauges();
             self.next.shutdown(deadline).await;
         })
+    }
+}
+
+/// Tells every shard about new rings and overrides, newest value first (a shard that misses
+/// an intermediate epoch plans against the latest one, never chains moves).
+async fn watch_cluster(
+    mut ring: watch::Receiver<Arc<Ring>>,
+    mut sampling: watch::Receiver<Option<f64>>,
+    shards: Vec<ActorRef<ShardMsg>>,
+) {
+    ring.mark_unchanged();
+    sampling.mark_unchanged();
+    loop {
+        tokio::select! {
+            changed = ring.changed() => {
+                if changed.is_err() { return; }
+                let r = Arc::clone(&ring.borrow_and_update());
+                for s in &shards {
+                    let _ = s.cast(ShardMsg::Ring(Arc::clone(&r)));
+                }
+            }
+            changed = sampling.changed() => {
+                if changed.is_err() { return; }
+                let p = *sampling.borrow_and_update();
+                for s in &shards {
+                    let _ = s.cast(ShardMsg::Override(p));
+                }
+            }
+        }
     }
 }

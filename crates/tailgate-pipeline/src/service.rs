@@ -30,7 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tonic::service::Routes;
 
+use crate::cluster::ClusterLink;
 use crate::consumer::Consumer;
 use crate::exporter::{FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::extension::health::Health;
@@ -55,13 +57,22 @@ pub struct ServiceOptions {
     pub seed: u64,
     /// Where the memory limiter reads memory use; `None` = this process's RSS.
     pub memory_source: Option<Arc<dyn MemorySource>>,
+    /// The gateway cluster `tail_sampling` routes by; `None` = a single gateway.
+    pub cluster: Option<Arc<dyn ClusterLink>>,
+    /// Adds gRPC services to every OTLP/gRPC receiver's port (the cluster's `WatchRing`).
+    pub grpc_services: Option<GrpcServices>,
 }
+
+/// A function adding services to a receiver's gRPC routes.
+pub type GrpcServices = Arc<dyn Fn(Routes) -> Routes + Send + Sync>;
 
 impl Default for ServiceOptions {
     fn default() -> Self {
         ServiceOptions {
             seed: 0x7a11_9a7e,
             memory_source: None,
+            cluster: None,
+            grpc_services: None,
         }
     }
 }
@@ -90,6 +101,7 @@ pub struct RunningService {
     receivers: Vec<Server>,
     auxiliary: Vec<Server>,
     pipelines: Vec<Arc<dyn Consumer>>,
+    samplers: Vec<Arc<TailSamplingStage>>,
     health: Arc<Health>,
 }
 
@@ -203,6 +215,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         .clone()
         .unwrap_or_else(|| Arc::new(ProcessRss));
     let mut heads: Vec<(ComponentId, Arc<dyn Consumer>)> = Vec::new();
+    let mut samplers: Vec<Arc<TailSamplingStage>> = Vec::new();
     for p in &cfg.service.pipelines {
         let fan_out = FanOut::new(
             p.exporters
@@ -254,7 +267,11 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                                 .unwrap_or(2)
                         }),
                     };
-                    Arc::new(TailSamplingStage::start(setup, next).await?)
+                    let stage = Arc::new(
+                        TailSamplingStage::start(setup, next, opts.cluster.clone()).await?,
+                    );
+                    samplers.push(Arc::clone(&stage));
+                    stage
                 }
             };
         }
@@ -292,6 +309,10 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                 .otlp_grpc
                 .insert(id.to_string(), listener.local_addr()?);
             let svc = OtlpGrpcService::new(Arc::clone(&ingest), grpc.max_recv_msg_size_mib);
+            let mut routes = Routes::new(svc);
+            if let Some(add) = &opts.grpc_services {
+                routes = add(routes);
+            }
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -301,7 +322,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                     .initial_stream_window_size(GRPC_STREAM_WINDOW_BYTES)
                     .initial_connection_window_size(GRPC_CONNECTION_WINDOW_BYTES)
                     .max_frame_size(GRPC_FRAME_BYTES_MAX)
-                    .add_service(svc)
+                    .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -370,6 +391,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         receivers,
         auxiliary,
         pipelines: heads.into_iter().map(|(_, h)| h).collect(),
+        samplers,
         health,
     })
 }
@@ -377,6 +399,11 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
 impl RunningService {
     pub fn addresses(&self) -> &BoundAddresses {
         &self.addresses
+    }
+
+    /// The `tail_sampling` stages, in pipeline order (the cluster attaches to them).
+    pub fn samplers(&self) -> &[Arc<TailSamplingStage>] {
+        &self.samplers
     }
 
     /// Graceful shutdown within `timeout`: see the module docs for the order.

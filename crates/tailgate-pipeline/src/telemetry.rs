@@ -75,6 +75,17 @@ pub const SAMPLING_BUFFER_LIMIT_BYTES: &str = "tailgate_sampling_buffer_limit_by
 pub const SAMPLING_BUFFERED_SPANS: &str = "tailgate_sampling_buffered_spans";
 pub const SAMPLING_LATE_SPANS_AFTER_FORGET: &str =
     "tailgate_sampling_late_spans_after_forget_total";
+/// Spans this gateway forwarded to their owner / received forwarded from another gateway.
+pub const CLUSTER_FORWARDED_OUT_SPANS: &str = "tailgate_cluster_forwarded_spans_total";
+pub const CLUSTER_FORWARDED_IN_SPANS: &str = "tailgate_cluster_forwarded_received_spans_total";
+/// Spans whose owner could not be reached: kept here and handed off later.
+pub const CLUSTER_FORWARD_FAILED_SPANS: &str = "tailgate_cluster_forward_failed_spans_total";
+/// Spans kept by the last gateway of a forwarding chain at the hop limit.
+pub const CLUSTER_FORWARD_HOP_LIMIT_SPANS: &str = "tailgate_cluster_forward_hop_limit_spans_total";
+/// Traces whose handoff failed (they came back and are retried).
+pub const CLUSTER_HANDOFF_FAILED_TRACES: &str = "tailgate_cluster_handoff_failed_traces_total";
+/// Traces whose handoff failed after their shard stopped (only at the very end of shutdown).
+pub const CLUSTER_HANDOFF_LOST_TRACES: &str = "tailgate_cluster_handoff_lost_traces_total";
 pub const SAMPLING_TRACES_HANDED_OFF: &str = "tailgate_sampling_traces_handed_off_total";
 pub const SAMPLING_TRACES_RECEIVED_BY_HANDOFF: &str =
     "tailgate_sampling_traces_received_by_handoff_total";

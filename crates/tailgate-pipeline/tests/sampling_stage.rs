@@ -99,7 +99,7 @@ async fn stage(cfg: TailSamplingConfig, budget: u64) -> (TailSamplingStage, Arc<
         shards: 2,
     };
     (
-        TailSamplingStage::start(setup, capture.clone())
+        TailSamplingStage::start(setup, capture.clone(), None)
             .await
             .unwrap(),
         capture,

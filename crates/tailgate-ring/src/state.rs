@@ -199,3 +199,26 @@ impl ClusterState {
             .map(|o| o.probabilistic_percent)
     }
 }
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Join(m) => write!(f, "join {} (raft id {})", m.name, m.raft_id),
+            Command::Activate { raft_ids } => write!(f, "activate {raft_ids:?}"),
+            Command::Leave { raft_id } => write!(f, "leave {raft_id}"),
+            Command::Remove { raft_id } => write!(f, "remove {raft_id}"),
+            Command::SetSampling(o) => write!(f, "set sampling {}%", o.probabilistic_percent),
+            Command::ClearSampling => write!(f, "clear sampling"),
+        }
+    }
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Applied::Changed { epoch } => write!(f, "changed (epoch {epoch})"),
+            Applied::Unchanged { epoch } => write!(f, "unchanged (epoch {epoch})"),
+            Applied::Refused { reason } => write!(f, "refused: {reason}"),
+        }
+    }
+}

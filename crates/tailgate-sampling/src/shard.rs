@@ -118,6 +118,8 @@ pub struct ShardCounters {
     pub traces_kept_by_override: u64,
     /// Buffered traces decided by a decision that arrived from their previous owner.
     pub traces_decided_by_handoff: u64,
+    /// Traces taken for a handoff that failed and came back (`restore_trace`).
+    pub traces_handoff_returned: u64,
 }
 
 /// Spans a shard operation released downstream (kept traces, late spans of kept traces).
@@ -527,6 +529,24 @@ impl TraceShard {
         self.budget.force_reserve(bytes);
         self.counters.traces_received_by_handoff += 1;
         self.counters.spans_received_by_handoff += t.spans.len() as u64;
+        self.ingest_trace(
+            t.trace_id,
+            t.spans,
+            Some((t.remaining, t.age, t.root_seen)),
+            now,
+            &mut out,
+        );
+        self.enforce_limits(now, &mut out);
+        out
+    }
+
+    /// Takes back a trace whose handoff failed: it is buffered again as it was (its deadline
+    /// kept running while it was away), and the next ring change re-plans it.
+    pub fn restore_trace(&mut self, t: TraceTransfer, now: Duration) -> Released {
+        let mut out = Released::default();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        self.budget.force_reserve(bytes);
+        self.counters.traces_handoff_returned += 1;
         self.ingest_trace(
             t.trace_id,
             t.spans,

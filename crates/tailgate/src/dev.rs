@@ -94,7 +94,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let target = format!("http://127.0.0.1:{}", grpc.port());
     let load = LoadgenArgs {
-        endpoint: target,
+        endpoint: vec![target],
         traces: 0,
         duration: args.demo_duration,
         rate: 200,

@@ -1,9 +1,15 @@
-//! `tailgate gateway --config F`
+//! `tailgate gateway --config F [--node-id ID --cluster-listen ADDR --advertise ADDR --join PEERS]`
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use tailgate_cluster::gateway::{ClusterStart, RunningGateway, start_gateway};
+use tailgate_cluster::network::TcpDialer;
+use tailgate_cluster::{ClusterSettings, system_wall_clock};
+use tailgate_config::cluster::ClusterConfig;
+use tailgate_config::{Config, ReceiverConfig};
 use tailgate_pipeline::ServiceOptions;
 
 #[derive(Args)]
@@ -11,33 +17,127 @@ pub struct GatewayArgs {
     /// Collector-style YAML config.
     #[arg(long)]
     pub config: String,
-    /// How long shutdown may take to drain the pipeline before counting the rest as failed.
+    /// How long shutdown may take (leave the ring, hand traces off, drain, export).
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Seed for every random choice (retry jitter); fixed for reproducible runs.
+    /// Seed for every random choice (retry jitter, Raft timers); fixed for reproducible runs.
     #[arg(long, default_value_t = 0x7a11_9a7e)]
     pub seed: u64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
-pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let cfg = tailgate_config::load_file(&args.config)
-        .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
-    let logs = &cfg.service.telemetry.logs;
-    crate::init_logging(
-        &format!("{:?}", logs.level).to_lowercase(),
-        logs.encoding == tailgate_config::components::LogEncoding::Json,
-    );
-    tailgate_pipeline::install_crypto_provider();
-    let service = tailgate_pipeline::start(
-        &cfg,
-        ServiceOptions {
-            seed: args.seed,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("cannot start gateway")?;
-    let a = service.addresses();
+/// Cluster membership; each flag overrides the config's `cluster` section. Giving any of
+/// them (or the section) makes the gateway a cluster member.
+#[derive(Args, Default, Clone)]
+pub struct ClusterArgs {
+    /// Stable member name (the pod name).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Where the cluster gRPC service listens.
+    #[arg(long)]
+    pub cluster_listen: Option<String>,
+    /// The cluster address peers reach this node at.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The OTLP gRPC address agents reach this node at.
+    #[arg(long)]
+    pub otlp_advertise: Option<String>,
+    /// Peers' cluster addresses, comma-separated (may include this node's own).
+    #[arg(long, value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// A member silent for this long is removed by the leader.
+    #[arg(long, value_parser = crate::parse_duration)]
+    pub member_timeout: Option<Duration>,
+}
+
+impl ClusterArgs {
+    fn any(&self) -> bool {
+        self.node_id.is_some()
+            || self.cluster_listen.is_some()
+            || self.advertise.is_some()
+            || self.join.is_some()
+    }
+}
+
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+fn otlp_grpc_port(cfg: &Config) -> Option<String> {
+    cfg.receivers.values().find_map(|r| {
+        let ReceiverConfig::Otlp(o) = r;
+        o.protocols
+            .grpc
+            .as_ref()
+            .and_then(|g| g.endpoint.rsplit_once(':').map(|(_, p)| p.to_string()))
+    })
+}
+
+/// Resolves the cluster settings from the config section and the flags (flags win).
+pub async fn cluster_start(
+    cfg: &Config,
+    args: &ClusterArgs,
+    seed: u64,
+) -> anyhow::Result<Option<ClusterStart>> {
+    if cfg.cluster.is_none() && !args.any() {
+        return Ok(None);
+    }
+    let section = cfg.cluster.clone().unwrap_or_default();
+    let ClusterConfig {
+        node_id,
+        listen,
+        advertise,
+        otlp_advertise,
+        join,
+        member_timeout,
+        ring_debounce,
+    } = section;
+    let listen = args.cluster_listen.clone().unwrap_or(listen);
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cluster: cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    let advertise = match args.advertise.clone().or(advertise) {
+        Some(a) => a,
+        None if !bound.ip().is_unspecified() => bound.to_string(),
+        None => anyhow::bail!(
+            "cluster: --advertise is required when listening on a wildcard address ({listen})"
+        ),
+    };
+    let name = match args.node_id.clone().or(node_id) {
+        Some(n) => n,
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| advertise.clone()),
+    };
+    let otlp_advertise = match args.otlp_advertise.clone().or(otlp_advertise) {
+        Some(a) => a,
+        None => {
+            let port = otlp_grpc_port(cfg)
+                .context("cluster: no OTLP gRPC receiver to advertise; set --otlp-advertise")?;
+            format!("{}:{port}", host_of(&advertise))
+        }
+    };
+    let join = args.join.clone().unwrap_or(join);
+    let mut settings = ClusterSettings::new(&name, &advertise, &otlp_advertise, join);
+    settings.member_timeout = args.member_timeout.unwrap_or(member_timeout.0);
+    settings.ring_debounce = ring_debounce.0;
+    // Each incarnation draws a fresh Raft id: mix in the start time unless the seed is
+    // meant to replay a run (then the operator passes distinct seeds per node).
+    settings.seed = seed
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    Ok(Some(ClusterStart {
+        settings,
+        listener,
+        dialer: Arc::new(TcpDialer),
+        wall_clock: system_wall_clock(),
+    }))
+}
+
+pub fn log_addresses(g: &RunningGateway) {
+    let a = g.service.addresses();
     for (id, addr) in &a.otlp_grpc {
         tracing::info!(receiver = %id, %addr, "OTLP/gRPC listening");
     }
@@ -50,10 +150,36 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(addr) = a.health {
         tracing::info!(%addr, "health check listening");
     }
+    if let (Some(addr), Some(node)) = (g.cluster_addr, &g.node) {
+        tracing::info!(%addr, name = node.name(), raft_id = node.raft_id(), "cluster listening");
+    }
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let cfg = tailgate_config::load_file(&args.config)
+        .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    let logs = &cfg.service.telemetry.logs;
+    crate::init_logging(
+        &format!("{:?}", logs.level).to_lowercase(),
+        logs.encoding == tailgate_config::components::LogEncoding::Json,
+    );
+    tailgate_pipeline::install_crypto_provider();
+    let cluster = cluster_start(&cfg, &args.cluster, args.seed).await?;
+    let gateway = start_gateway(
+        &cfg,
+        ServiceOptions {
+            seed: args.seed,
+            ..Default::default()
+        },
+        cluster,
+    )
+    .await
+    .context("cannot start gateway")?;
+    log_addresses(&gateway);
     tracing::info!("gateway ready");
     wait_for_signal().await;
-    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down: draining pipeline");
-    service.shutdown(args.shutdown_timeout).await;
+    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down");
+    gateway.shutdown(args.shutdown_timeout).await;
     tracing::info!("shutdown complete");
     Ok(())
 }

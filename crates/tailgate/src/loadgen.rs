@@ -29,9 +29,10 @@ use tonic::transport::Channel;
 
 #[derive(Args, Clone, Debug)]
 pub struct LoadgenArgs {
-    /// OTLP/gRPC endpoint of the target.
-    #[arg(long, default_value = "http://127.0.0.1:4317")]
-    pub endpoint: String,
+    /// OTLP/gRPC endpoint(s) of the target, comma-separated: requests go round-robin, and a
+    /// retry goes to the next one.
+    #[arg(long, default_value = "http://127.0.0.1:4317", value_delimiter = ',')]
+    pub endpoint: Vec<String>,
     /// Stop after this many traces (0 = no limit; then --duration applies).
     #[arg(long, default_value_t = 0)]
     pub traces: u64,
@@ -280,9 +281,19 @@ fn request(service_name: &str, spans: Vec<Span>) -> Bytes {
     .into()
 }
 
+/// A connection-level failure (the server went away, e.g. GOAWAY on shutdown): tonic
+/// reports it as CANCELLED, as UNKNOWN "transport error", or as INTERNAL for h2 errors. Retried, as the collector's
+/// exporters retry CANCELLED.
+fn is_transport_error(s: &tonic::Status) -> bool {
+    s.code() == Code::Cancelled
+        || (s.code() == Code::Internal && s.message().contains("h2 protocol error"))
+        || (s.code() == Code::Unknown && s.message().contains("transport error"))
+}
+
 /// Sends one request, retrying refusals (RESOURCE_EXHAUSTED / UNAVAILABLE) with a bounded backoff.
 async fn send(
-    channel: &Channel,
+    channels: &[Channel],
+    first: usize,
     body: Bytes,
     spans: u64,
     gzip: bool,
@@ -291,7 +302,10 @@ async fn send(
 ) {
     const ATTEMPTS_MAX: u32 = 20;
     let mut wait = Duration::from_millis(50);
-    for _attempt in 0..ATTEMPTS_MAX {
+    for attempt in 0..ATTEMPTS_MAX {
+        // A retry goes to the next endpoint, as an agent re-routes around a gateway that is
+        // restarting.
+        let channel = &channels[(first + attempt as usize) % channels.len()];
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         if gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
@@ -320,7 +334,8 @@ async fn send(
                 return;
             }
             Err(s)
-                if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable)
+                if (matches!(s.code(), Code::ResourceExhausted | Code::Unavailable)
+                    || is_transport_error(&s))
                     && Instant::now() < stop_at =>
             {
                 stats.requests_refused.fetch_add(1, Ordering::Relaxed);
@@ -450,11 +465,21 @@ const TEMPLATES_PER_WORKER: usize = 8;
 
 /// Runs the load; `stats` is updated live so callers can print progress.
 pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())
-        .map_err(|e| anyhow::anyhow!("invalid --endpoint `{}`: {e}", args.endpoint))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
+    let channels = args
+        .endpoint
+        .iter()
+        .map(|e| {
+            Ok(tonic::transport::Endpoint::from_shared(e.clone())
+                .map_err(|err| anyhow::anyhow!("invalid --endpoint `{e}`: {err}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .connect_lazy())
+        })
+        .collect::<anyhow::Result<Vec<Channel>>>()?;
+    anyhow::ensure!(
+        !channels.is_empty(),
+        "--endpoint needs at least one address"
+    );
     let started = Instant::now();
     let stop_at = started + args.duration;
     let workers = args.concurrency.max(1);
@@ -463,7 +488,7 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
     for w in 0..workers {
         let args = args.clone();
         let stats = Arc::clone(&stats);
-        let channel = channel.clone();
+        let channels = channels.clone();
         let limit = per_worker_traces.map(|n| n.min(args.traces.saturating_sub(n * w as u64)));
         handles.push(tokio::spawn(async move {
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
@@ -512,7 +537,8 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
                         .fetch_add(u64::from(*flagged), Ordering::Relaxed);
                 }
                 send(
-                    &channel,
+                    &channels,
+                    w + round,
                     body,
                     n,
                     args.gzip,
