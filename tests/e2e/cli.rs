@@ -91,12 +91,13 @@ fn agent_says_it_is_not_available_yet() {
 
 #[test]
 fn dev_demo_runs_the_article_pipeline_and_reports_decisions() {
-    // The README's first command, shortened: a local gateway driven by the built-in load
-    // generator, with every listener on a free port so it can run beside other tests.
+    // The README's first command, shortened: a local cluster (an agent, three gateways)
+    // driven by the built-in load generator, one gateway rolled halfway, with every
+    // listener on a free port so it can run beside other tests.
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .current_dir(dir.path())
-        .args(["dev", "--demo", "--demo-duration", "2s"])
+        .args(["dev", "--demo", "--demo-duration", "4s"])
         .args([
             "--grpc-endpoint",
             "127.0.0.1:0",
@@ -117,13 +118,39 @@ fn dev_demo_runs_the_article_pipeline_and_reports_decisions() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("tailgate dev: gateway ready"), "{stdout}");
+    assert!(
+        stdout.contains("local cluster ready (1 agent, 3 gateways)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rolling gateway-2"), "{stdout}");
+    let handed_off: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("cluster: ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no cluster summary:\n{stdout}"));
+    assert!(
+        handed_off > 0,
+        "rolling a gateway handed nothing off:\n{stdout}"
+    );
     assert!(
         stdout.contains("keep-errors"),
         "decisions reported by policy:\n{stdout}"
     );
     assert!(stdout.contains("unredacted secrets found: 0"), "{stdout}");
-    let file = std::fs::read_to_string(dir.path().join("tailgate-data/traces.jsonl")).unwrap();
-    assert!(file.lines().count() > 0, "kept traces were written");
-    assert!(!file.contains("secret-token"));
+    let mut written = 0;
+    for i in 0..3 {
+        let path = dir
+            .path()
+            .join(format!("tailgate-data/traces-gateway-{i}.jsonl"));
+        let file = std::fs::read_to_string(path).unwrap();
+        written += file.lines().count();
+        assert!(!file.contains("secret-token"));
+    }
+    assert!(written > 0, "kept traces were written");
 }

@@ -24,9 +24,20 @@ struct Cluster {
     /// Cluster ports of the initial members: every gateway's `--join` list.
     join: String,
     nodes: BTreeMap<String, (Gateway, u16)>,
+    policies: &'static str,
 }
 
-fn config(sink: std::net::SocketAddr, name: &str) -> String {
+const KEEP_EVERYTHING: &str = r#"
+      - name: everything
+        type: always_sample"#;
+
+const KEEP_ERRORS: &str = r#"
+      - name: errors
+        type: status_code
+        status_code:
+          status_codes: [ERROR]"#;
+
+fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> String {
     gateway_config(
         sink,
         &format!(
@@ -34,9 +45,7 @@ fn config(sink: std::net::SocketAddr, name: &str) -> String {
   tail_sampling:
     decision_wait: 2s
     decision_wait_after_root_received: 500ms
-    policies:
-      - name: everything
-        type: always_sample
+    policies:{policies}
   attributes/node:
     actions:
       - key: tailgate.exported_by
@@ -51,6 +60,10 @@ fn config(sink: std::net::SocketAddr, name: &str) -> String {
 
 impl Cluster {
     async fn start(n: usize, member_timeout: &str) -> Cluster {
+        Self::start_with(n, member_timeout, KEEP_EVERYTHING).await
+    }
+
+    async fn start_with(n: usize, member_timeout: &str, policies: &'static str) -> Cluster {
         let (sink, sink_addr) = Sink::start().await;
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let join = cluster_ports
@@ -63,11 +76,12 @@ impl Cluster {
             sink_addr,
             join,
             nodes: BTreeMap::new(),
+            policies,
         };
         // Started together, as a StatefulSet with parallel pod management does.
         let starts = cluster_ports.iter().enumerate().map(|(i, port)| {
             let name = format!("g{i}");
-            let cfg = config(sink_addr, &name);
+            let cfg = config(sink_addr, &name, policies);
             let join = c.join.clone();
             let port = *port;
             let timeout = member_timeout.to_string();
@@ -84,7 +98,7 @@ impl Cluster {
     }
 
     async fn add(&mut self, name: &str, ports: Ports, cluster_port: u16) {
-        let cfg = config(self.sink_addr, name);
+        let cfg = config(self.sink_addr, name, self.policies);
         let gw = start_member(&cfg, ports, name, cluster_port, &self.join, "3s").await;
         self.nodes.insert(name.to_string(), (gw, cluster_port));
     }
@@ -166,6 +180,13 @@ struct Load {
 
 impl Load {
     fn start(endpoints: &str, duration: &str) -> Load {
+        Self::start_args(
+            endpoints,
+            &["--duration", duration, "--rate", "1500", "--seed", "7"],
+        )
+    }
+
+    fn start_args(endpoints: &str, extra: &[&str]) -> Load {
         let out = tempfile::NamedTempFile::new().unwrap();
         let err = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(BIN)
@@ -173,19 +194,14 @@ impl Load {
                 "loadgen",
                 "--endpoint",
                 endpoints,
-                "--duration",
-                duration,
-                "--rate",
-                "1500",
                 "--concurrency",
                 "4",
                 "--spans-per-trace",
                 &SPANS_PER_TRACE.to_string(),
                 "--spans-per-request",
                 "100",
-                "--seed",
-                "7",
             ])
+            .args(extra)
             .stdout(out.reopen().unwrap())
             .stderr(err.reopen().unwrap())
             .spawn()
@@ -418,4 +434,140 @@ async fn kill_nine_loses_only_the_killed_gateways_buffer_and_the_rest_goes_on() 
     );
     // The loss is bounded by one gateway's share of a decision window of load.
     assert!(lost < sent / 3, "lost {lost} of {sent} spans");
+}
+
+fn admin(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tailgate {args:?} failed: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_override_reaches_every_gateway_and_expires_and_status_shows_the_cluster() {
+    let c = Cluster::start_with(3, "3s", KEEP_ERRORS).await;
+    let some = format!("127.0.0.1:{}", c.nodes["g2"].1);
+    let status = admin(&["status", "--admin", &some]);
+    for name in ["g0", "g1", "g2"] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{status}"));
+        assert!(line.contains("active"), "{status}");
+    }
+    assert!(status.contains("leader g"), "{status}");
+    assert!(status.contains("sampling override: none"), "{status}");
+
+    // Healthy traces only: the policies keep none of them. Each load has its own seed, so
+    // its trace IDs are new (a cached "drop" would otherwise decide them).
+    let healthy = |seed: &'static str| {
+        [
+            "--traces",
+            "200",
+            "--error-percent",
+            "0",
+            "--slow-percent",
+            "0",
+            "--seed",
+            seed,
+        ]
+    };
+    let load = Load::start_args(&c.endpoints(), &healthy("11"));
+    let (sent, _) = load.finish().await;
+    assert!(sent > 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        c.sink.spans().len(),
+        0,
+        "healthy traces kept without an override"
+    );
+
+    // Raised through any gateway, it takes effect everywhere (the load goes to all three).
+    let out = admin(&[
+        "sampling",
+        "set",
+        "--probabilistic",
+        "100",
+        "--for",
+        "30s",
+        "--admin",
+        &some,
+    ]);
+    assert!(out.contains("sampling override set"), "{out}");
+    let status = admin(&[
+        "status",
+        "--admin",
+        &format!("127.0.0.1:{}", c.nodes["g0"].1),
+    ]);
+    assert!(status.contains("sampling override: 100%"), "{status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, _) = Load::start_args(&c.endpoints(), &healthy("12"))
+        .finish()
+        .await;
+    let r = settle(&c.sink, sent).await;
+    assert_eq!(
+        r.copies.len() as u64,
+        sent,
+        "with a 100% override every trace is kept"
+    );
+    let exporters: BTreeSet<&String> = r.exporters.values().flatten().collect();
+    assert_eq!(
+        exporters.len(),
+        3,
+        "every gateway applied the override: {exporters:?}"
+    );
+
+    admin(&["sampling", "clear", "--admin", &some]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = c.sink.spans().len();
+    Load::start_args(&c.endpoints(), &healthy("13"))
+        .finish()
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        c.sink.spans().len(),
+        before,
+        "kept after the override was cleared"
+    );
+
+    // An override expires on its own.
+    admin(&[
+        "sampling",
+        "set",
+        "--probabilistic",
+        "100",
+        "--for",
+        "1s",
+        "--admin",
+        &some,
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Load::start_args(&c.endpoints(), &healthy("14"))
+        .finish()
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        c.sink.spans().len(),
+        before,
+        "kept after the override expired"
+    );
+
+    // Bad input: a clear error, nothing changed.
+    let out = Command::new(BIN)
+        .args([
+            "sampling",
+            "set",
+            "--probabilistic",
+            "150",
+            "--for",
+            "1m",
+            "--admin",
+            &some,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("within 0..=100"), "{err}");
 }

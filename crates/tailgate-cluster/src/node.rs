@@ -124,6 +124,8 @@ pub(crate) struct NodeInner {
     pub engine: OnceLock<Arc<TailSamplingStage>>,
     pub wall_clock: WallClock,
     pub leaving: AtomicBool,
+    /// Serializes membership changes on the leader (Raft takes one at a time).
+    membership: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rng: Mutex<StdRng>,
 }
@@ -193,6 +195,7 @@ impl ClusterNode {
                 engine: OnceLock::new(),
                 wall_clock,
                 leaving: AtomicBool::new(false),
+                membership: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 rng: Mutex::new(rng),
             }),
@@ -317,6 +320,7 @@ impl ClusterNode {
         if let Some(r) = self.not_leader_reply().await {
             return r;
         }
+        let _one_change_at_a_time = self.inner.membership.lock().await;
         let raft = &self.inner.raft;
         let node = BasicNode {
             addr: req.cluster_addr.clone(),
@@ -363,6 +367,10 @@ impl ClusterNode {
 
     async fn remove_from_raft(&self, raft_id: u64) -> Result<(), String> {
         let raft = &self.inner.raft;
+        if raft.voter_ids().all(|v| v == raft_id) {
+            // The last voter: the cluster ends with it; Raft cannot have an empty membership.
+            return Ok(());
+        }
         let change = if raft.voter_ids().any(|v| v == raft_id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([raft_id]))
         } else if raft.learner_ids().any(|v| v == raft_id) {
@@ -381,6 +389,7 @@ impl ClusterNode {
         if let Some(r) = self.not_leader_reply().await {
             return r;
         }
+        let _one_change_at_a_time = self.inner.membership.lock().await;
         if req.remove {
             if let Err(e) = self.remove_from_raft(req.raft_id).await {
                 return admin_err(format!("cannot remove {} from Raft: {e}", req.raft_id));

@@ -1,4 +1,6 @@
-//! `tailgate dev [--demo]`: a ready gateway with an embedded config, for a first run.
+//! `tailgate dev [--demo]`: a local cluster in one process — an agent and three gateways on
+//! loopback from embedded configs — for a first run. `--demo` drives it with synthetic
+//! traffic, prints a live summary, and rolls one gateway to show a handoff.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -6,95 +8,239 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use tailgate_cluster::gateway::{ClusterStart, RunningGateway, start_gateway};
+use tailgate_cluster::network::TcpDialer;
+use tailgate_cluster::{ClusterSettings, system_wall_clock};
+use tailgate_config::Config;
 use tailgate_pipeline::ServiceOptions;
+use tailgate_pipeline::service::RunningService;
 use tailgate_pipeline::telemetry::{self, sum_metric};
 use tokio::time::Instant;
 
 use crate::loadgen::{LoadStats, LoadgenArgs, run_load};
 
 const DEV_CONFIG: &str = include_str!("dev-config.yaml");
+const DEV_AGENT_CONFIG: &str = include_str!("dev-agent-config.yaml");
+/// Gateways in the local cluster.
+const GATEWAYS: usize = 3;
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Where the `file` exporter writes `traces.jsonl`.
+    /// Where the gateways' `file` exporters write `traces-<gateway>.jsonl`.
     #[arg(long, default_value = "./tailgate-data")]
     pub data_dir: String,
-    /// Drive the gateway with synthetic traffic, print what happens, then stop.
+    /// Drive the cluster with synthetic traffic, print what happens, then stop.
     #[arg(long)]
     pub demo: bool,
     /// How long `--demo` sends traffic.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub demo_duration: Duration,
+    /// Halfway through `--demo`, restart one gateway (leave, hand off, rejoin).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_roll: bool,
+    /// The agent's OTLP/gRPC address (what apps send to).
     #[arg(long, default_value = "0.0.0.0:4317")]
     pub grpc_endpoint: String,
+    /// The agent's OTLP/HTTP address.
     #[arg(long, default_value = "0.0.0.0:4318")]
     pub http_endpoint: String,
+    /// Prometheus metrics of the whole process.
     #[arg(long, default_value = "127.0.0.1:8888")]
     pub metrics_endpoint: String,
     #[arg(long, default_value = "127.0.0.1:13133")]
     pub health_endpoint: String,
-    /// Print the embedded config and exit.
+    /// Print the embedded configs and exit.
     #[arg(long)]
     pub print_config: bool,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    if args.print_config {
-        print!("{DEV_CONFIG}");
-        return Ok(());
-    }
-    crate::init_logging(if args.demo { "warn" } else { "info" }, false);
-    tailgate_pipeline::install_crypto_provider();
-    let vars = [
-        ("TAILGATE_DEV_GRPC", args.grpc_endpoint.clone()),
-        ("TAILGATE_DEV_HTTP", args.http_endpoint.clone()),
-        ("TAILGATE_DEV_METRICS", args.metrics_endpoint.clone()),
-        ("TAILGATE_DEV_HEALTH", args.health_endpoint.clone()),
-        (
-            "TAILGATE_DEV_DATA",
-            args.data_dir.trim_end_matches('/').to_string(),
-        ),
-    ];
+fn free_addr() -> anyhow::Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string())
+}
+
+fn load_embedded(text: &str, what: &str, vars: &[(&str, String)]) -> anyhow::Result<Config> {
     let env = |name: &str| {
         vars.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
     };
-    let cfg = tailgate_config::load_str(DEV_CONFIG, "(embedded dev config)", &env)
-        .map_err(|e| anyhow::anyhow!("embedded dev config is invalid (a bug):\n{e}"))?;
-    let file = format!("{}/traces.jsonl", args.data_dir.trim_end_matches('/'));
-    let service = tailgate_pipeline::start(&cfg, ServiceOptions::default())
+    tailgate_config::load_str(text, what, &env)
+        .map_err(|e| anyhow::anyhow!("{what} is invalid (a bug):\n{e}"))
+}
+
+/// One gateway of the local cluster and what it needs to start again.
+struct DevGateway {
+    name: String,
+    cfg: Config,
+    cluster_addr: String,
+    otlp_addr: String,
+    running: Option<RunningGateway>,
+}
+
+impl DevGateway {
+    async fn start(&mut self, join: &[String], seed: u64) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(&self.cluster_addr)
+            .await
+            .with_context(|| format!("{}: cannot listen on {}", self.name, self.cluster_addr))?;
+        let mut settings = ClusterSettings::new(
+            &self.name,
+            &self.cluster_addr,
+            &self.otlp_addr,
+            join.to_vec(),
+        );
+        settings.seed = seed;
+        let cluster = ClusterStart {
+            settings,
+            listener,
+            dialer: Arc::new(TcpDialer),
+            wall_clock: system_wall_clock(),
+        };
+        let options = ServiceOptions {
+            seed,
+            ..Default::default()
+        };
+        self.running = Some(
+            start_gateway(&self.cfg, options, Some(cluster))
+                .await
+                .with_context(|| format!("cannot start {}", self.name))?,
+        );
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(g) = self.running.take() {
+            g.shutdown(Duration::from_secs(10)).await;
+        }
+    }
+
+    /// (epoch, buffered traces) or `None` while stopped.
+    async fn status(&self) -> Option<(u64, u64)> {
+        let g = self.running.as_ref()?;
+        let epoch = g.node.as_ref()?.ring_now().epoch();
+        let s = g.service.samplers().first()?.status().await;
+        Some((epoch, s.traces + s.in_flight))
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.print_config {
+        print!("# agent\n{DEV_AGENT_CONFIG}\n# gateways\n{DEV_CONFIG}");
+        return Ok(());
+    }
+    crate::init_logging(if args.demo { "error" } else { "warn" }, false);
+    tailgate_pipeline::install_crypto_provider();
+    let data = args.data_dir.trim_end_matches('/').to_string();
+
+    let mut gateways = Vec::new();
+    for i in 0..GATEWAYS {
+        let name = format!("gateway-{i}");
+        let otlp_addr = free_addr()?;
+        let vars = [
+            ("TAILGATE_DEV_GRPC", otlp_addr.clone()),
+            ("TAILGATE_DEV_HTTP", free_addr()?),
+            ("TAILGATE_DEV_METRICS", free_addr()?),
+            ("TAILGATE_DEV_HEALTH", free_addr()?),
+            ("TAILGATE_DEV_DATA", data.clone()),
+            ("TAILGATE_DEV_NODE", name.clone()),
+        ];
+        let cfg = load_embedded(DEV_CONFIG, "(embedded dev gateway config)", &vars)?;
+        gateways.push(DevGateway {
+            name,
+            cfg,
+            cluster_addr: free_addr()?,
+            otlp_addr,
+            running: None,
+        });
+    }
+    // gateway-0 is the seed; the others join through it.
+    let join = vec![gateways[0].cluster_addr.clone()];
+    for (i, g) in gateways.iter_mut().enumerate() {
+        g.start(&join, 42 + i as u64).await?;
+    }
+    let agent_vars = [
+        ("TAILGATE_DEV_GRPC", args.grpc_endpoint.clone()),
+        ("TAILGATE_DEV_HTTP", args.http_endpoint.clone()),
+        ("TAILGATE_DEV_METRICS", args.metrics_endpoint.clone()),
+        ("TAILGATE_DEV_HEALTH", args.health_endpoint.clone()),
+        ("TAILGATE_DEV_GATEWAY", gateways[0].otlp_addr.clone()),
+    ];
+    let agent_cfg = load_embedded(DEV_AGENT_CONFIG, "(embedded dev agent config)", &agent_vars)?;
+    let agent = tailgate_pipeline::start(&agent_cfg, ServiceOptions::default())
         .await
-        .context("cannot start dev gateway")?;
-    let grpc = service.addresses().otlp_grpc["otlp"];
-    let http = service.addresses().otlp_http["otlp"];
-    println!("tailgate dev: gateway ready");
+        .context("cannot start the dev agent")?;
+    wait_for_ring(&gateways).await;
+
+    let grpc = agent.addresses().otlp_grpc["otlp"];
+    let http = agent.addresses().otlp_http["otlp"];
+    println!("tailgate dev: local cluster ready (1 agent, {GATEWAYS} gateways)");
     println!(
-        "  OTLP/gRPC  {grpc}   (apps: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:{})",
+        "  agent      OTLP/gRPC {grpc}  OTLP/HTTP {http}   (apps: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:{})",
         grpc.port()
     );
-    println!("  OTLP/HTTP  {http}");
-    if let Some(m) = service.addresses().metrics {
+    for g in &gateways {
+        println!(
+            "  {}  OTLP/gRPC {}  cluster {}  -> {data}/traces-{}.jsonl",
+            g.name, g.otlp_addr, g.cluster_addr, g.name
+        );
+    }
+    if let Some(m) = agent.addresses().metrics {
         println!("  metrics    http://{m}/metrics");
     }
-    if let Some(h) = service.addresses().health {
+    if let Some(h) = agent.addresses().health {
         println!("  health     http://{h}/");
     }
     println!(
+        "  status     tailgate status --admin {}",
+        gateways[0].cluster_addr
+    );
+    println!(
         "  sampling   the article's policies: errors, slow > 2s, sampling.priority=always_on, 5% of the rest"
     );
-    println!("  exporting  {file} (OTLP/JSON lines), db.statement and auth headers redacted");
+    println!("  exporting  OTLP/JSON lines, db.statement and auth headers redacted");
 
     if !args.demo {
         println!("Ctrl-C to stop.");
         crate::gateway::wait_for_signal().await;
-        service.shutdown(Duration::from_secs(10)).await;
+        shutdown(agent, &mut gateways).await;
         return Ok(());
     }
+    demo(&args, agent, &mut gateways, &data, grpc.port()).await
+}
 
-    let target = format!("http://127.0.0.1:{}", grpc.port());
+async fn wait_for_ring(gateways: &[DevGateway]) {
+    for _ in 0..200 {
+        let mut owners = Vec::new();
+        for g in gateways {
+            if let Some(n) = g.running.as_ref().and_then(|r| r.node.as_ref()) {
+                owners.push(n.ring_now().owners().len());
+            }
+        }
+        if owners.iter().all(|n| *n == gateways.len()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!("the local cluster did not form within 10s");
+}
+
+async fn shutdown(agent: RunningService, gateways: &mut [DevGateway]) {
+    agent.shutdown(Duration::from_secs(10)).await;
+    for g in gateways.iter_mut() {
+        g.stop().await;
+    }
+}
+
+async fn demo(
+    args: &DevArgs,
+    agent: RunningService,
+    gateways: &mut [DevGateway],
+    data: &str,
+    agent_port: u16,
+) -> anyhow::Result<()> {
     let load = LoadgenArgs {
-        endpoint: vec![target],
+        endpoint: vec![format!("http://127.0.0.1:{agent_port}")],
         traces: 0,
         duration: args.demo_duration,
         rate: 200,
@@ -122,38 +268,72 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let sender = tokio::spawn(run_load(load, Arc::clone(&stats)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    println!("  time   sent spans   buffered traces   kept spans   dropped spans   exported");
-    let line = |m: &str, elapsed: f64, sent: u64| {
-        format!(
-            "  {:>4.0}s {:>12} {:>17} {:>12} {:>15} {:>10}",
-            elapsed,
-            sent,
-            sum_metric(m, telemetry::TAIL_SAMPLING_TRACES_ON_MEMORY, &[]) as u64,
-            sum_metric(m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
-            sum_metric(m, telemetry::SAMPLING_SPANS_DROPPED, &[]) as u64,
-            sum_metric(m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
-        )
-    };
-    let print_line = || {
-        let sent = stats.spans.load(Ordering::Relaxed);
-        println!(
-            "{}",
-            line(&telemetry::render(), started.elapsed().as_secs_f64(), sent)
-        );
-    };
-    while !sender.is_finished() {
+    let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
+    println!(
+        "  time   sent spans  epoch  buffered traces ({})   kept spans  dropped spans  exported  handed off",
+        names.join(" / ")
+    );
+    let roll_at = started + args.demo_duration / 2;
+    let mut rolled = !args.demo_roll;
+    let mut finishing = 0;
+    loop {
         tick.tick().await;
-        print_line();
+        let m = telemetry::render();
+        let mut epochs = Vec::new();
+        let mut buffered = Vec::new();
+        for g in gateways.iter() {
+            match g.status().await {
+                Some((e, b)) => {
+                    epochs.push(e);
+                    buffered.push(b.to_string());
+                }
+                None => buffered.push("-".into()),
+            }
+        }
+        println!(
+            "  {:>4.0}s {:>11} {:>6}  {:>28} {:>12} {:>14} {:>9} {:>11}",
+            started.elapsed().as_secs_f64(),
+            stats.spans.load(Ordering::Relaxed),
+            epochs.iter().max().copied().unwrap_or(0),
+            buffered.join(" / "),
+            sum_metric(&m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
+            sum_metric(&m, telemetry::SAMPLING_SPANS_DROPPED, &[]) as u64,
+            sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
+            sum_metric(&m, tailgate_cluster::CLUSTER_HANDOFF_SENT_TRACES, &[]) as u64,
+        );
+        if !rolled && Instant::now() >= roll_at {
+            rolled = true;
+            let last = gateways.len() - 1;
+            let join = vec![gateways[0].cluster_addr.clone()];
+            let g = &mut gateways[last];
+            println!(
+                "  -- rolling {}: leave the ring, hand its traces off, start again --",
+                g.name
+            );
+            g.stop().await;
+            g.start(&join, 4242).await?;
+        }
+        if sender.is_finished() {
+            // Let the last traces reach their decision (root + 2s) and the batch flush.
+            finishing += 1;
+            if finishing > 4 {
+                break;
+            }
+        }
     }
     sender.await.context("load generator")??;
-    // Let the last traces reach their decision (root + 2s) and the 1s batch flush.
-    for _ in 0..4 {
-        tick.tick().await;
-        print_line();
-    }
-    service.shutdown(Duration::from_secs(10)).await;
+    shutdown(agent, gateways).await;
     let m = telemetry::render();
-    let (lines, spans, leaked) = inspect_output(&file)?;
+    let mut lines = 0;
+    let mut spans = 0;
+    let mut leaked = 0;
+    for g in gateways.iter() {
+        let file = format!("{data}/traces-{}.jsonl", g.name);
+        let (l, s, k) = inspect_output(&file)?;
+        lines += l;
+        spans += s;
+        leaked += k;
+    }
     println!("demo finished:");
     println!("  {}", stats.line(started.elapsed()));
     println!("  traces kept by policy (a trace can match several; the first named decides):");
@@ -190,8 +370,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         stats.flagged_traces.load(Ordering::Relaxed),
     );
     println!(
-        "  gateway: accepted {} spans, kept {}, dropped by policy {}, exported {} to the file, failed {}",
-        sum_metric(&m, telemetry::RECEIVER_ACCEPTED_SPANS, &[]) as u64,
+        "  gateways: kept {} spans, dropped by policy {}, exported {} to the files, failed {}",
         sum_metric(&m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
         sum_metric(
             &m,
@@ -201,9 +380,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
         sum_metric(&m, telemetry::EXPORTER_SEND_FAILED_SPANS, &[]) as u64,
     );
-    println!("  {file}: {lines} batches, {spans} spans; unredacted secrets found: {leaked}");
+    println!(
+        "  cluster: {} traces handed off between gateways, {} spans forwarded to their owner",
+        sum_metric(&m, tailgate_cluster::CLUSTER_HANDOFF_SENT_TRACES, &[]) as u64,
+        sum_metric(&m, telemetry::CLUSTER_FORWARDED_OUT_SPANS, &[]) as u64,
+    );
+    println!(
+        "  {data}/traces-*.jsonl: {lines} batches, {spans} spans; unredacted secrets found: {leaked}"
+    );
     if leaked > 0 {
-        anyhow::bail!("redaction failed: {leaked} secret value(s) reached {file}");
+        anyhow::bail!("redaction failed: {leaked} secret value(s) reached {data}");
     }
     Ok(())
 }

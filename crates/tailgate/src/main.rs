@@ -1,6 +1,7 @@
 //! `tailgate`: the one binary. Subcommands are thin: they parse flags, load config and call
 //! into the library crates. Errors reach the user through `anyhow` with context.
 
+mod admin;
 mod dev;
 mod gateway;
 mod loadgen;
@@ -40,6 +41,11 @@ enum Command {
     },
     /// Send synthetic traces over OTLP/gRPC and report what happened.
     Loadgen(loadgen::LoadgenArgs),
+    /// Runtime sampling override for the whole cluster ("raise sampling during an incident").
+    #[command(subcommand)]
+    Sampling(admin::SamplingCommand),
+    /// Members, their states, the epoch, the leader, and what each gateway buffers.
+    Status(admin::AdminArgs),
 }
 
 /// Parses durations the way configs write them (`30s`, `500ms`).
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
         Command::Validate { config } => return validate::run(&config),
         Command::Gateway(args) => runtime().block_on(gateway::run(args)),
         Command::Dev(args) => runtime().block_on(dev::run(args)),
+        Command::Sampling(cmd) => runtime().block_on(admin::sampling(cmd)),
+        Command::Status(args) => runtime().block_on(admin::status(args)),
         Command::Loadgen(args) => {
             init_logging("warn", false);
             runtime().block_on(loadgen::run(args))
