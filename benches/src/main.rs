@@ -9,6 +9,8 @@
 //!   of spans (nothing decided yet), divided by their encoded bytes.
 //! - `latency`: P4 — how late decisions run after their deadline (root span + quiet period)
 //!   under steady load, from the gateway's own lateness histogram.
+//! - `handoff`: P3 — two cluster gateways buffer a known load (nothing decided); one gets
+//!   SIGTERM and hands every trace to the other; time to the completed handoff and to exit.
 //! - `sink`: the OTLP sink both use (counts spans, keeps nothing).
 //!
 //! Nothing here asserts: it prints. The machine is shared and noisy; compare ratios from one run.
@@ -36,6 +38,8 @@ enum Command {
     Memory(measure::MemoryArgs),
     /// P4: how late decisions run after root + quiet period, under load.
     Latency(measure::LatencyArgs),
+    /// P3: a leaving gateway hands all its buffered traces to the other.
+    Handoff(measure::HandoffArgs),
     /// An OTLP/gRPC sink that counts spans (used by the other commands).
     Sink {
         #[arg(long)]
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => measure::gateway(args),
         Command::Memory(args) => measure::memory(args),
         Command::Latency(args) => measure::latency(args),
+        Command::Handoff(args) => measure::handoff(args),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::sibling_binary;
+use crate::{secs, sibling_binary};
 
 /// The reference article's gateway policies and redaction; `decision_wait` and the ports are
 /// the benchmark's (see `docs/performance.md`).
@@ -264,9 +264,17 @@ fn metric(port: u16, name: &str) -> f64 {
         .sum()
 }
 
+fn endpoints(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Runs `tailgate loadgen` on core 1 and returns the spans the target accepted.
 fn loadgen(
-    port: u16,
+    ports: &[u16],
     seconds: u64,
     rate: u64,
     concurrency: usize,
@@ -277,7 +285,7 @@ fn loadgen(
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(sibling_binary("tailgate"))
-        .args(["loadgen", "--endpoint", &format!("http://127.0.0.1:{port}")])
+        .args(["loadgen", "--endpoint", &endpoints(ports)])
         .args([
             "--duration",
             &format!("{seconds}s"),
@@ -433,7 +441,7 @@ fn run_once(
     let pid = target.child.id();
     let gzip = args.compression == "gzip";
     loadgen(
-        port,
+        &[port],
         args.warmup_seconds,
         args.rate,
         args.concurrency,
@@ -445,7 +453,7 @@ fn run_once(
     let cpu0 = cpu_seconds(pid)?;
     let sink0 = sink_count(sink_port);
     let spans_in = loadgen(
-        port,
+        &[port],
         args.seconds,
         args.rate,
         args.concurrency,
@@ -559,12 +567,12 @@ pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     wait_port(port, "tailgate")?;
     let pid = gw.child.id();
     // Warm the allocator and the connection with a small load first.
-    loadgen(port, 60, 0, 4, 1000, 7, false)?;
+    loadgen(&[port], 60, 0, 4, 1000, 7, false)?;
     std::thread::sleep(Duration::from_secs(1));
     let rss0 = status_kib(pid, "VmRSS:")? * 1024;
     let bytes0 = metric(metrics, "tailgate_sampling_buffered_bytes");
     let spans0 = metric(metrics, "tailgate_sampling_buffered_spans");
-    let sent = loadgen(port, 600, 0, 4, args.traces, 8, false)?;
+    let sent = loadgen(&[port], 600, 0, 4, args.traces, 8, false)?;
     std::thread::sleep(Duration::from_secs(2));
     let rss1 = status_kib(pid, "VmRSS:")? * 1024;
     let bytes = metric(metrics, "tailgate_sampling_buffered_bytes") - bytes0;
@@ -642,7 +650,7 @@ pub fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _gw = start_gateway(&dir, &cfg)?;
     wait_port(port, "tailgate")?;
-    let sent = loadgen(port, args.seconds, args.rate, 4, 0, 9, false)?;
+    let sent = loadgen(&[port], args.seconds, args.rate, 4, 0, 9, false)?;
     std::thread::sleep(Duration::from_secs(3));
     let text = http_get(metrics, "/metrics")?;
     let name = "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
@@ -661,6 +669,177 @@ pub fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         fmt(p50),
         fmt(p99)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[derive(Args, Clone)]
+pub struct HandoffArgs {
+    /// Traces buffered across the two gateways (20 spans each); the leaving one holds about
+    /// half of them.
+    #[arg(long, default_value_t = 100_000)]
+    pub traces: u64,
+}
+
+/// A cluster gateway process (unpinned: the handoff uses both cores), logging to `dir`.
+fn start_member(
+    dir: &std::path::Path,
+    name: &str,
+    config: &str,
+    cluster_port: u16,
+    join: &str,
+) -> anyhow::Result<Proc> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let child = Command::new(sibling_binary("tailgate"))
+        .args(["gateway", "--config", &path.display().to_string()])
+        .args([
+            "--node-id",
+            name,
+            "--cluster-listen",
+            &format!("127.0.0.1:{cluster_port}"),
+        ])
+        .args(["--join", join, "--shutdown-timeout", "60s"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Proc {
+        child,
+        name: name.to_string(),
+    })
+}
+
+/// Seconds since the Unix epoch of a log line's RFC 3339 timestamp (UTC, `...Z`).
+fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|v| v.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min, sec) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+/// P3: a gateway leaving a 2-gateway cluster hands every buffered trace to the other.
+pub fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
+    let (_sink, sink_port) = start_sink()?;
+    let dir = std::env::temp_dir().join(format!("tailgate-bench-handoff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let names = ["leaver", "stayer"];
+    let grpc: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let metrics: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let cluster: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let join = cluster
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        // Nothing is decided while the benchmark runs: every trace stays buffered.
+        let cfg = render_config(&GatewayParams {
+            grpc_port: grpc[i],
+            sink_port,
+            metrics_port: metrics[i],
+            limit_mib: "8192",
+            decision_wait: "600s",
+            num_traces: "1000000",
+            extra_sampling: "",
+            compression: "none",
+        });
+        procs.push(start_member(&dir, names[i], &cfg, cluster[i], &join)?);
+    }
+    for i in 0..2 {
+        wait_port(grpc[i], names[i])?;
+    }
+    let owners = "tailgate_cluster_owners";
+    for _ in 0..200 {
+        if metric(metrics[0], owners) == 2.0 && metric(metrics[1], owners) == 2.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = loadgen(&grpc, 600, 0, 4, args.traces, 11, false)?;
+    let on_memory = "otelcol_processor_tail_sampling_sampling_traces_on_memory";
+    let spans_gauge = "tailgate_sampling_buffered_spans";
+    std::thread::sleep(Duration::from_secs(1));
+    let leaver_traces = metric(metrics[0], on_memory);
+    let leaver_spans = metric(metrics[0], spans_gauge);
+    let stayer_before = metric(metrics[1], on_memory);
+    let leaver_pid = procs[0].child.id();
+    let rss_kib = status_kib(leaver_pid, "VmRSS:").unwrap_or(0);
+    let cpu0 = cpu_seconds(leaver_pid).unwrap_or(0.0);
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &leaver_pid.to_string()])
+        .status()?;
+    let mut cpu1 = cpu0;
+    let exited = loop {
+        if let Ok(c) = cpu_seconds(leaver_pid) {
+            cpu1 = c;
+        }
+        if procs[0].child.try_wait()?.is_some() {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the leaving gateway did not exit within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(dir.join("leaver.log"))?;
+    let done_at = log
+        .lines()
+        .find(|l| l.contains("every buffered trace was handed off"))
+        .and_then(log_time);
+    let stayer_after = metric(metrics[1], on_memory);
+    for l in log.lines().filter(|l| {
+        l.contains("shutting down")
+            || l.contains("left the ring")
+            || l.contains("handed off")
+            || l.contains("WARN")
+    }) {
+        println!("  leaver: {l}");
+    }
+    println!(
+        "P3: {sent} spans sent; the leaving gateway held {leaver_traces} traces ({leaver_spans} spans, RSS {} MiB), the other {stayer_before}",
+        rss_kib / 1024
+    );
+    match done_at {
+        Some(at) => println!(
+            "P3: SIGTERM -> every trace handed off: {:.2} s (target <= 5 s); -> process exit: {:.2} s; leaver CPU during shutdown {:.2} s",
+            at - t0,
+            secs(exited),
+            cpu1 - cpu0
+        ),
+        None => println!(
+            "P3: the leaving gateway never reported a completed handoff; exit after {:.2} s",
+            secs(exited)
+        ),
+    }
+    println!(
+        "P3: the remaining gateway now buffers {stayer_after} traces (expected {})",
+        stayer_before + leaver_traces
+    );
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -571,3 +571,53 @@ async fn sampling_override_reaches_every_gateway_and_expires_and_status_shows_th
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("within 0..=100"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gateway_places_each_trace_on_the_same_owner_and_serves_the_ring() {
+    use tailgate_cluster::proto::WatchRingRequest;
+    use tailgate_cluster::proto::ring_watch_client::RingWatchClient;
+
+    let c = Cluster::start(3, "3s").await;
+    // Agents subscribe on the OTLP port their resolver found.
+    let mut watch = RingWatchClient::connect(c.nodes["g1"].0.grpc_url())
+        .await
+        .unwrap();
+    let mut updates = watch
+        .watch_ring(WatchRingRequest { known_epoch: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let update = updates.message().await.unwrap().unwrap();
+    let owners: Vec<&str> = update.owners.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(owners, ["g0", "g1", "g2"]);
+    assert_eq!(update.placement, "tailgate-ring-v1");
+    for o in &update.owners {
+        assert_eq!(
+            o.otlp_addr,
+            format!("127.0.0.1:{}", c.nodes[&o.name].0.ports.grpc)
+        );
+    }
+    let ring = Ring::new(update.epoch, owners.iter().map(|s| s.to_string()));
+
+    // Span k of every trace goes to gateway k: each trace reaches all three processes.
+    let traces = 300u32;
+    let urls: Vec<String> = c.nodes.values().map(|(g, _)| g.grpc_url()).collect();
+    for (k, url) in urls.iter().enumerate() {
+        let spans = (0..traces)
+            .map(|t| crate::otlp::span(t, t * 3 + k as u32, vec![]))
+            .collect();
+        crate::otlp::send_grpc(url, crate::otlp::request(spans))
+            .await
+            .unwrap();
+    }
+    let r = settle(&c.sink, u64::from(traces) * 3).await;
+    assert_eq!(r.copies.len() as u64, u64::from(traces) * 3);
+    for (t, by) in &r.exporters {
+        let owner = ring.owner(&trace_id(t)).unwrap();
+        assert_eq!(
+            by.iter().collect::<Vec<_>>(),
+            [owner],
+            "trace {t:?} exported by {by:?}, owner is {owner}"
+        );
+    }
+}

@@ -87,8 +87,10 @@ impl ClusterSettings {
             join,
             member_timeout: Duration::from_secs(3),
             ring_debounce: Duration::from_millis(500),
-            heartbeat: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            // Generous for a busy gateway: a node starved of CPU by a traffic burst must not
+            // start elections; failover still takes well under a second.
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             seed: 0,
         }
     }

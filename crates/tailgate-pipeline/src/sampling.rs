@@ -84,10 +84,12 @@ pub enum ShardMsg {
         decisions: Vec<DecisionTransfer>,
         reply: RpcReplyPort<()>,
     },
-    /// A handoff failed; the traces come back, `away` after they left.
+    /// A handoff failed; the traces come back, `away` after they left. `in_flight` is what
+    /// they counted in the stage's in-flight total until now.
     Returned {
         traces: Vec<TraceTransfer>,
         away: Duration,
+        in_flight: u64,
     },
     /// Buffered (traces, spans, bytes).
     Status(RpcReplyPort<(u64, u64, u64)>),
@@ -182,21 +184,34 @@ impl ShardState {
                     (Arc::clone(&c.in_flight), myself.clone(), owner.clone());
                 let started = Instant::now();
                 tokio::spawn(async move {
-                    let result = send.await;
-                    if let Err(HandoffFailed { error, traces }) = result {
-                        tracing::warn!(%owner, traces = traces.len(), error = %error, "handoff failed; the traces stay here and are retried");
-                        counter!(CLUSTER_HANDOFF_FAILED_TRACES).increment(traces.len() as u64);
-                        let away = started.elapsed();
-                        // Fails only after shutdown stopped the shard: counted, never silent.
-                        if let Err(ractor::MessagingErr::SendErr(ShardMsg::Returned {
-                            traces,
-                            ..
-                        })) = myself.cast(ShardMsg::Returned { traces, away })
-                        {
-                            counter!(CLUSTER_HANDOFF_LOST_TRACES).increment(traces.len() as u64);
+                    match send.await {
+                        // Acknowledged: the receiver owns the traces now.
+                        Ok(()) => {
+                            in_flight.fetch_sub(n, Ordering::AcqRel);
+                        }
+                        Err(HandoffFailed { error, traces }) => {
+                            tracing::warn!(%owner, traces = traces.len(), error = %error, "handoff failed; the traces stay here and are retried");
+                            counter!(CLUSTER_HANDOFF_FAILED_TRACES).increment(traces.len() as u64);
+                            let away = started.elapsed();
+                            // They stay counted in flight until the shard has them back, so
+                            // "nothing buffered, nothing in flight" never misses them.
+                            let msg = ShardMsg::Returned {
+                                traces,
+                                away,
+                                in_flight: n,
+                            };
+                            if let Err(ractor::MessagingErr::SendErr(ShardMsg::Returned {
+                                traces,
+                                ..
+                            })) = myself.cast(msg)
+                            {
+                                // Only after shutdown stopped the shard: counted, never silent.
+                                counter!(CLUSTER_HANDOFF_LOST_TRACES)
+                                    .increment(traces.len() as u64);
+                                in_flight.fetch_sub(n, Ordering::AcqRel);
+                            }
                         }
                     }
-                    in_flight.fetch_sub(n, Ordering::AcqRel);
                 });
             }
         }
@@ -442,17 +457,23 @@ impl Actor for ShardActor {
                     c.retry_at = Some(now);
                 }
             }
-            ShardMsg::Returned { traces, away } => {
+            ShardMsg::Returned {
+                traces,
+                away,
+                in_flight,
+            } => {
                 let now = state.now();
+                let mut kept = Vec::new();
                 for mut t in traces {
                     t.remaining = t.remaining.saturating_sub(away);
                     t.age += away;
-                    let released = state.shard.restore_trace(t, now);
-                    state.deliver(released.kept).await;
+                    kept.extend(state.shard.restore_trace(t, now).kept);
                 }
                 if let Some(c) = &mut state.cluster {
+                    c.in_flight.fetch_sub(in_flight, Ordering::AcqRel);
                     c.retry_at = Some(now + HANDOFF_RETRY_PAUSE);
                 }
+                state.deliver(kept).await;
             }
             ShardMsg::Status(reply) => {
                 let _ = reply.send((
@@ -655,13 +676,10 @@ impl TailSamplingStage {
 
     /// What this node buffers now.
     pub async fn status(&self) -> BufferedStatus {
-        let mut status = BufferedStatus {
-            in_flight: self
-                .cluster
-                .as_ref()
-                .map_or(0, |c| c.in_flight.load(Ordering::Acquire)),
-            ..Default::default()
-        };
+        let mut status = BufferedStatus::default();
+        // Shards first, then the in-flight total: a trace leaves a shard only after it was
+        // counted in flight, and stops counting only once acknowledged or back in a shard,
+        // so this order never misses one.
         for shard in &self.shards {
             if let Ok(ractor::rpc::CallResult::Success((t, s, b))) = shard
                 .call(ShardMsg::Status, Some(Duration::from_secs(2)))
@@ -672,6 +690,10 @@ impl TailSamplingStage {
                 status.bytes += b;
             }
         }
+        status.in_flight = self
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.in_flight.load(Ordering::Acquire));
         status
     }
 
