@@ -621,3 +621,25 @@ async fn every_gateway_places_each_trace_on_the_same_owner_and_serves_the_ring()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gateway_cluster_serves_and_on_sigterm_decides_what_no_peer_can_take() {
+    let mut c = Cluster::start(1, "3s").await;
+    let (sent, failed) = Load::start_args(&c.endpoints(), &["--traces", "300", "--seed", "21"])
+        .finish()
+        .await;
+    assert_eq!(failed, 0);
+    // Traces are buffered (2 s wait); SIGTERM before their deadline.
+    let (mut gw, _) = c.nodes.remove("g0").unwrap();
+    let early = gw
+        .metric("tailgate_sampling_early_decisions_total", "shutdown")
+        .await;
+    assert_eq!(early, 0.0);
+    assert!(gw.terminate().await.success(), "{}", gw.log());
+    let r = settle(&c.sink, sent).await;
+    assert_eq!(
+        r.copies.len() as u64,
+        sent,
+        "decided on partial data and exported, not dropped"
+    );
+}

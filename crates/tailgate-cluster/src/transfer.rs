@@ -122,3 +122,125 @@ pub fn handoff_contents(
         .collect::<Result<_, TransferError>>()?;
     Ok((traces, decisions))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use prost::Message;
+    use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
+    use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    /// `traces` traces of `per_trace` spans each, scanned as a gateway would.
+    fn spans(traces: u8, per_trace: u8) -> Vec<EncodedSpan> {
+        let spans = (0..traces)
+            .flat_map(|t| {
+                (0..per_trace).map(move |n| Span {
+                    trace_id: vec![t + 1; 16],
+                    span_id: vec![n + 1, t + 1, 0, 0, 0, 0, 0, 1],
+                    name: format!("s{t}-{n}"),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        scan_export_request(&Bytes::from(req.encode_to_vec()))
+            .unwrap()
+            .spans
+    }
+
+    #[test]
+    fn a_handoff_round_trips_spans_deadlines_and_decisions() {
+        let all = spans(3, 4);
+        let mut traces: Vec<TraceTransfer> = Vec::new();
+        for (i, s) in all.into_iter().enumerate() {
+            match traces.iter_mut().find(|t| t.trace_id == s.meta.trace_id) {
+                Some(t) => t.spans.push(s),
+                None => traces.push(TraceTransfer {
+                    trace_id: s.meta.trace_id,
+                    spans: vec![s],
+                    remaining: Duration::from_millis(1500 + i as u64),
+                    age: Duration::from_millis(700),
+                    root_seen: i % 2 == 0,
+                    encoded_bytes: 0,
+                }),
+            }
+        }
+        let decisions = vec![DecisionTransfer {
+            trace_id: TraceId([9; 16]),
+            keep: true,
+            age: Duration::from_secs(3),
+        }];
+        let req = handoff_request("g1", 7, &traces, &decisions);
+        assert_eq!((req.epoch, req.from.as_str()), (7, "g1"));
+        let (back, back_decisions) = handoff_contents(req).unwrap();
+        assert_eq!(back_decisions, decisions);
+        assert_eq!(back.len(), traces.len());
+        for (a, b) in traces.iter().zip(&back) {
+            assert_eq!(a.trace_id, b.trace_id);
+            assert_eq!(
+                (a.remaining, a.age, a.root_seen),
+                (b.remaining, b.age, b.root_seen)
+            );
+            let ids =
+                |t: &TraceTransfer| t.spans.iter().map(|s| s.meta.span_id).collect::<Vec<_>>();
+            assert_eq!(ids(a), ids(b));
+            assert_eq!(
+                b.encoded_bytes,
+                b.spans.iter().map(|s| s.bytes.len() as u64).sum::<u64>()
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_handoff_is_refused_with_the_reason() {
+        let mut req = handoff_request("g1", 1, &[], &[]);
+        req.spans = vec![0xff, 0xff, 0xff];
+        assert!(matches!(
+            handoff_contents(req),
+            Err(TransferError::Spans(_))
+        ));
+        let mut req = handoff_request("g1", 1, &[], &[]);
+        req.decisions.push(DecisionState {
+            trace_id: vec![1, 2, 3],
+            keep: true,
+            age_us: 0,
+        });
+        assert_eq!(
+            handoff_contents(req).unwrap_err(),
+            TransferError::TraceId(3)
+        );
+        // Spans of a trace the message does not list.
+        let mut req = handoff_request("g1", 1, &[], &[]);
+        req.spans = encode_export_request(&spans(1, 2)).to_vec();
+        assert_eq!(
+            handoff_contents(req).unwrap_err(),
+            TransferError::UnlistedSpans(2)
+        );
+    }
+
+    #[test]
+    fn forwarded_spans_arrive_as_sent() {
+        let sent = spans(2, 3);
+        let req = forward_request("g0", 4, 1, &sent);
+        assert_eq!((req.epoch, req.hops), (4, 1));
+        let got = forwarded_spans(req).unwrap();
+        let ids = |v: &[EncodedSpan]| {
+            v.iter()
+                .map(|s| (s.meta.trace_id, s.meta.span_id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&got), ids(&sent));
+    }
+}

@@ -430,3 +430,74 @@ fn malformed_nested_content_is_carried_not_decoded() {
         "original bytes carried as they are"
     );
 }
+
+#[test]
+fn a_handed_off_decision_settles_spans_the_new_owner_already_buffers() {
+    let mut a = Rig::new(cfg(), 1 << 20);
+    let mut b = Rig::new(cfg(), 1 << 20);
+    a.ingest(vec![span(1, 1, 0, true), span(2, 1, 0, false)], S);
+    a.shard.poll(5 * S);
+    // Late spans reached the new owner under the new ring before the handoff did.
+    b.ingest(vec![span(1, 2, 1, false), span(2, 2, 1, false)], 6 * S);
+    assert_eq!(b.shard.traces_buffered(), 2);
+    let mut kept = Vec::new();
+    for d in a.shard.decisions_for(6 * S, &|_| true) {
+        kept.extend(b.shard.accept_decision(d, 6 * S).kept);
+    }
+    assert_eq!(
+        names(&kept),
+        vec!["2:s2"],
+        "trace 1 kept (error), trace 2 dropped"
+    );
+    assert_eq!(
+        b.shard.traces_buffered(),
+        0,
+        "one decision per trace: none decided again"
+    );
+    assert_eq!(b.budget.bytes_used(), 0);
+    let c = b.shard.take_counters();
+    assert_eq!(c.traces_decided_by_handoff, 2);
+    assert_eq!((c.spans_kept, c.spans_dropped_policy), (1, 1));
+}
+
+#[test]
+fn a_failed_handoff_comes_back_with_its_deadline() {
+    let mut a = Rig::new(cfg(), 1 << 20);
+    a.ingest(vec![span(3, 1, 0, true), span(3, 2, 1, false)], S);
+    let moved = a.shard.take_traces(2 * S, &|_| true);
+    assert_eq!(a.budget.bytes_used(), 0);
+    for t in moved {
+        assert!(a.shard.restore_trace(t, 2 * S).kept.is_empty());
+    }
+    assert_eq!(a.shard.traces_buffered(), 1);
+    assert_eq!(
+        a.shard.next_deadline(),
+        Some(3 * S),
+        "root at 1s + 2s quiet, unchanged"
+    );
+    let c = a.shard.take_counters();
+    assert_eq!((c.traces_handed_off, c.traces_handoff_returned), (1, 1));
+    assert_eq!(a.shard.poll(3 * S).kept.len(), 2);
+}
+
+#[test]
+fn the_runtime_override_keeps_what_the_policies_do_not_and_can_be_cleared() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.shard.set_override(Some(100.0));
+    r.ingest(vec![span(4, 1, 0, false)], S);
+    assert_eq!(
+        r.shard.poll(3 * S).kept.len(),
+        1,
+        "healthy trace kept by the override"
+    );
+    assert_eq!(r.shard.take_counters().traces_kept_by_override, 1);
+    r.shard.set_override(None);
+    r.ingest(vec![span(5, 1, 0, false)], 4 * S);
+    assert!(r.shard.poll(6 * S).kept.is_empty());
+    r.shard.set_override(Some(0.0));
+    r.ingest(vec![span(6, 1, 0, false)], 7 * S);
+    assert!(
+        r.shard.poll(9 * S).kept.is_empty(),
+        "0% keeps nothing extra"
+    );
+}
