@@ -8,22 +8,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tailgate_config::Config;
+use tailgate_pipeline::net::Incoming;
 use tailgate_pipeline::service::{RunningService, ServiceOptions};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::network::{Dialer, Peers};
+use crate::network::Peers;
 use crate::node::{ClusterNode, ClusterSettings, WallClock};
 use crate::server::{cluster_service, ring_watch_service};
 
 /// What a gateway needs to be a cluster member.
 pub struct ClusterStart {
     pub settings: ClusterSettings,
-    /// Bound cluster listener.
-    pub listener: TcpListener,
-    pub dialer: Arc<dyn Dialer>,
+    /// Connections to the cluster address (already bound).
+    pub incoming: Incoming,
+    pub local_addr: SocketAddr,
     pub wall_clock: WallClock,
 }
 
@@ -60,16 +60,15 @@ pub async fn start_gateway(
     }
     let node = ClusterNode::new(
         cluster.settings,
-        Peers::new(cluster.dialer),
+        Peers::new(Arc::clone(&opts.network)),
         cluster.wall_clock,
     )
     .await?;
-    let cluster_addr = cluster.listener.local_addr()?;
+    let cluster_addr = cluster.local_addr;
     let (stop, stopped) = oneshot::channel::<()>();
     let server_node = node.clone();
-    let listener = cluster.listener;
+    let incoming = cluster.incoming;
     let task = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
             .add_service(cluster_service(server_node.clone()))
             .add_service(ring_watch_service(server_node))

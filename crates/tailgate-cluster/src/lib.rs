@@ -3,7 +3,7 @@
 //! the ring changes. See `docs/cluster.md` for the protocol and its guarantees.
 //!
 //! - [`raft`]: type config, in-memory log and state machine over `tailgate_ring::ClusterState`.
-//! - [`network`]: the [`network::Dialer`] seam, channels per peer, openraft's RPCs over gRPC.
+//! - [`network`]: channels per peer over the pipeline's `Network` seam, openraft's RPCs over gRPC.
 //! - [`node`]: [`ClusterNode`] — bootstrap/join, leader duties, leaving, and the
 //!   `ClusterLink` the tail-sampling engine routes through.
 //! - [`server`]: the `Cluster` and `RingWatch` gRPC services.

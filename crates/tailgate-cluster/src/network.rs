@@ -1,6 +1,6 @@
-//! Talking to peers: the [`Dialer`] seam (TCP in production, the simulator's network under
-//! test), a cache of channels per address, and openraft's network over our `Cluster` gRPC
-//! service.
+//! Talking to peers: channels per address over the pipeline's `Network` seam (TCP in
+//! production, the simulator's network under test), and openraft's network over our
+//! `Cluster` gRPC service.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +15,7 @@ use openraft::raft::{
 };
 use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 use openraft::{BasicNode, RaftNetworkV2};
+use tailgate_pipeline::net::Network;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::cluster_client::ClusterClient;
@@ -26,40 +27,30 @@ pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// How long a peer may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Opens channels to peers. The simulator replaces it with one over its own network.
-pub trait Dialer: Send + Sync + 'static {
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error>;
-}
-
-/// Plain TCP (HTTP/2 without TLS) on the cluster network.
-pub struct TcpDialer;
-
-impl Dialer for TcpDialer {
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        Ok(Endpoint::from_shared(uri)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .connect_lazy())
-    }
+/// Plain HTTP/2 (no TLS) on the cluster network.
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true))
 }
 
 /// One lazily connected channel per peer address, shared by every caller.
 #[derive(Clone)]
 pub struct Peers {
-    dialer: Arc<dyn Dialer>,
+    network: Arc<dyn Network>,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
 }
 
 impl Peers {
-    pub fn new(dialer: Arc<dyn Dialer>) -> Peers {
+    pub fn new(network: Arc<dyn Network>) -> Peers {
         Peers {
-            dialer,
+            network,
             channels: Arc::default(),
         }
     }
@@ -69,9 +60,10 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = self.dialer.channel(addr).map_err(|e| {
+                let e = endpoint(addr).map_err(|e| {
                     tonic::Status::invalid_argument(format!("peer address {addr:?}: {e}"))
                 })?;
+                let c = self.network.channel(e);
                 channels.insert(addr.to_string(), c.clone());
                 c
             }

@@ -278,6 +278,12 @@ impl ClusterNode {
         Some((id, addr))
     }
 
+    /// The leader this node knows of right now (no waiting; for observers like the simulator).
+    pub fn leader_now(&self) -> Option<u64> {
+        use openraft_rt::watch::WatchReceiver as _;
+        self.inner.raft.metrics().borrow_watched().current_leader
+    }
+
     fn is_leader(&self) -> bool {
         self.inner.raft.as_leader().is_ok()
     }

@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;
+pub mod net;
 pub mod receiver;
 mod rpc;
 pub mod sampling;

@@ -36,6 +36,7 @@ use crate::cluster::ClusterLink;
 use crate::consumer::Consumer;
 use crate::exporter::{FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::extension::health::Health;
+use crate::net::Network;
 use crate::receiver::Ingest;
 use crate::receiver::grpc::OtlpGrpcService;
 use crate::sampling::{BUFFER_LIMIT_MIB_DEFAULT, SamplingSetup, TailSamplingStage};
@@ -61,6 +62,9 @@ pub struct ServiceOptions {
     pub cluster: Option<Arc<dyn ClusterLink>>,
     /// Adds gRPC services to every OTLP/gRPC receiver's port (the cluster's `WatchRing`).
     pub grpc_services: Option<GrpcServices>,
+    /// Where OTLP/gRPC receivers listen and gRPC exporters connect (the simulator's network
+    /// under simulation). HTTP listeners always use TCP.
+    pub network: Arc<dyn Network>,
 }
 
 /// A function adding services to a receiver's gRPC routes.
@@ -73,6 +77,7 @@ impl Default for ServiceOptions {
             memory_source: None,
             cluster: None,
             grpc_services: None,
+            network: crate::net::tcp(),
         }
     }
 }
@@ -197,7 +202,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         if !used {
             continue;
         }
-        let exporter = build_exporter(id, ecfg)?;
+        let exporter = build_exporter(id, ecfg, opts.network.as_ref())?;
         let (queue, retry) = queue_and_retry(ecfg);
         let seed = opts
             .seed
@@ -304,10 +309,13 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         });
         let ReceiverConfig::Otlp(otlp) = rcfg;
         if let Some(grpc) = &otlp.protocols.grpc {
-            let listener = bind(&grpc.endpoint, &format!("receivers.{id}.protocols.grpc")).await?;
-            addresses
-                .otlp_grpc
-                .insert(id.to_string(), listener.local_addr()?);
+            let (incoming, local) = opts.network.bind(&grpc.endpoint).await.with_context(|| {
+                format!(
+                    "receivers.{id}.protocols.grpc: cannot listen on {}",
+                    grpc.endpoint
+                )
+            })?;
+            addresses.otlp_grpc.insert(id.to_string(), local);
             let svc = OtlpGrpcService::new(Arc::clone(&ingest), grpc.max_recv_msg_size_mib);
             let mut routes = Routes::new(svc);
             if let Some(add) = &opts.grpc_services {
@@ -315,7 +323,6 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
             }
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 // Large requests (hundreds of spans) arrive in fewer frames and without waiting
                 // on window updates; h2's 64 KiB defaults cost a third of the CPU at load.
                 let result = tonic::transport::Server::builder()

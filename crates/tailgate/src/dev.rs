@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use tailgate_cluster::gateway::{ClusterStart, RunningGateway, start_gateway};
-use tailgate_cluster::network::TcpDialer;
 use tailgate_cluster::{ClusterSettings, system_wall_clock};
 use tailgate_config::Config;
 use tailgate_pipeline::ServiceOptions;
@@ -81,7 +80,8 @@ struct DevGateway {
 
 impl DevGateway {
     async fn start(&mut self, join: &[String], seed: u64) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::bind(&self.cluster_addr)
+        let (incoming, local_addr) = tailgate_pipeline::net::tcp()
+            .bind(&self.cluster_addr)
             .await
             .with_context(|| format!("{}: cannot listen on {}", self.name, self.cluster_addr))?;
         let mut settings = ClusterSettings::new(
@@ -93,8 +93,8 @@ impl DevGateway {
         settings.seed = seed;
         let cluster = ClusterStart {
             settings,
-            listener,
-            dialer: Arc::new(TcpDialer),
+            incoming,
+            local_addr,
             wall_clock: system_wall_clock(),
         };
         let options = ServiceOptions {

@@ -1,12 +1,10 @@
 //! `tailgate gateway --config F [--node-id ID --cluster-listen ADDR --advertise ADDR --join PEERS]`
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use tailgate_cluster::gateway::{ClusterStart, RunningGateway, start_gateway};
-use tailgate_cluster::network::TcpDialer;
 use tailgate_cluster::{ClusterSettings, system_wall_clock};
 use tailgate_config::cluster::ClusterConfig;
 use tailgate_config::{Config, ReceiverConfig};
@@ -94,10 +92,10 @@ pub async fn cluster_start(
         ring_debounce,
     } = section;
     let listen = args.cluster_listen.clone().unwrap_or(listen);
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let (incoming, bound) = tailgate_pipeline::net::tcp()
+        .bind(&listen)
         .await
         .with_context(|| format!("cluster: cannot listen on {listen}"))?;
-    let bound = listener.local_addr()?;
     let advertise = match args.advertise.clone().or(advertise) {
         Some(a) => a,
         None if !bound.ip().is_unspecified() => bound.to_string(),
@@ -130,8 +128,8 @@ pub async fn cluster_start(
         ^ u64::from(std::process::id()).rotate_left(32);
     Ok(Some(ClusterStart {
         settings,
-        listener,
-        dialer: Arc::new(TcpDialer),
+        incoming,
+        local_addr: bound,
         wall_clock: system_wall_clock(),
     }))
 }

@@ -83,9 +83,14 @@ pub trait Exporter: Send + Sync {
 }
 
 /// Builds the exporter a config describes.
-pub fn build_exporter(id: &ComponentId, cfg: &ExporterConfig) -> anyhow::Result<Arc<dyn Exporter>> {
+/// Builds an exporter; gRPC ones connect through `net`.
+pub fn build_exporter(
+    id: &ComponentId,
+    cfg: &ExporterConfig,
+    net: &dyn crate::net::Network,
+) -> anyhow::Result<Arc<dyn Exporter>> {
     Ok(match cfg {
-        ExporterConfig::Otlp(c) => Arc::new(otlp_grpc::OtlpGrpcExporter::new(id, c)?),
+        ExporterConfig::Otlp(c) => Arc::new(otlp_grpc::OtlpGrpcExporter::new(id, c, net)?),
         ExporterConfig::OtlpHttp(c) => Arc::new(otlp_http::OtlpHttpExporter::new(id, c)?),
         ExporterConfig::File(c) => Arc::new(file::FileExporter::new(c)?),
         ExporterConfig::Debug(c) => Arc::new(debug::DebugExporter::new(id, c)),

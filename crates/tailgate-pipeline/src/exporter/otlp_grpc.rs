@@ -43,7 +43,11 @@ pub(crate) fn read_pem(path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 impl OtlpGrpcExporter {
-    pub fn new(id: &ComponentId, cfg: &OtlpExporterConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        id: &ComponentId,
+        cfg: &OtlpExporterConfig,
+        net: &dyn crate::net::Network,
+    ) -> anyhow::Result<Self> {
         let uri = endpoint_uri(&cfg.endpoint, &cfg.tls);
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| anyhow::anyhow!("exporters.{id}.endpoint: invalid endpoint `{uri}`: {e}"))?
@@ -79,7 +83,7 @@ impl OtlpGrpcExporter {
             headers.push((key, value));
         }
         Ok(OtlpGrpcExporter {
-            channel: endpoint.connect_lazy(),
+            channel: net.channel(endpoint),
             headers,
             gzip: cfg.compression == Compression::Gzip,
         })
