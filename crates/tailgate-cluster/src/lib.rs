@@ -27,6 +27,8 @@ pub use node::{ClusterNode, ClusterSettings, WallClock, system_wall_clock};
 pub const CLUSTER_EPOCH: &str = "tailgate_cluster_epoch";
 /// Members owning ring ranges at this node's epoch.
 pub const CLUSTER_OWNERS: &str = "tailgate_cluster_owners";
+/// Times this node found itself removed (after being unreachable) and rejoined.
+pub const CLUSTER_REJOINS: &str = "tailgate_cluster_rejoins_total";
 /// Members the leader removed (`reason`: timeout).
 pub const CLUSTER_MEMBERS_REMOVED: &str = "tailgate_cluster_members_removed_total";
 /// Traces, spans and decisions this node handed off (acknowledged by the receiver).

@@ -24,6 +24,8 @@ use crate::raft::{TypeConfig, decode, encode};
 
 /// Largest cluster message (a handoff chunk is far smaller; this is the hard ceiling).
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// HTTP/2 ping interval (and ping timeout) on cluster connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a peer may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -34,10 +36,15 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     } else {
         format!("http://{addr}")
     };
+    // HTTP/2 keepalive: a connection left half-open by a partition is noticed within
+    // seconds and replaced, instead of swallowing every later call until it times out.
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_adaptive_window(true))
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true))
 }
 
 /// One lazily connected channel per peer address, shared by every caller.

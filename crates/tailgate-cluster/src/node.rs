@@ -251,6 +251,7 @@ impl ClusterNode {
         self.spawn(derive_views(self.clone()));
         self.spawn(leader_duties(self.clone()));
         self.spawn(bootstrap(self.clone()));
+        self.spawn(rejoin_watch(self.clone()));
     }
 
     pub fn is_member(&self) -> bool {
@@ -300,12 +301,17 @@ impl ClusterNode {
 
     pub async fn discover(&self) -> DiscoverReply {
         let leader = self.leader().await;
+        let state = self.state();
         DiscoverReply {
             name: self.inner.settings.name.clone(),
             raft_id: self.inner.raft_id,
-            in_cluster: self.is_member() && leader.is_some(),
-            epoch: self.inner.state.borrow().epoch,
+            // A member of a cluster that lost its leader is still in it: a seed must not
+            // start a second cluster beside it.
+            in_cluster: self.is_member(),
+            epoch: state.epoch,
             leader_addr: leader.map(|(_, a)| a).unwrap_or_default(),
+            owners: state.owners(),
+            members: state.members.keys().copied().collect(),
         }
     }
 
@@ -644,7 +650,8 @@ async fn derive_views(node: ClusterNode) {
                 .filter(|e| *e > now)
                 .map(|e| Duration::from_millis(e - now));
             (
-                (s.epoch != node.inner.ring.borrow().epoch()).then(|| s.ring()),
+                // Never backwards: a ring learned from peers (see `rejoin_watch`) may be newer.
+                (s.epoch > node.inner.ring.borrow().epoch()).then(|| s.ring()),
                 s.sampling_percent(now),
                 expires,
             )
@@ -738,6 +745,65 @@ async fn bootstrap(node: ClusterNode) {
         }
         tokio::time::sleep(Duration::from_millis(200) + node.jitter(Duration::from_millis(300)))
             .await;
+    }
+}
+
+/// A member cut off long enough is removed by the leader, but its own state still lists it:
+/// it would go on owning ranges of an old epoch. So members ask their peers now and then;
+/// a node that finds a newer epoch without itself routes by that ring at once (handing off
+/// what it holds) and rejoins under the same Raft id (its vote history is intact).
+async fn rejoin_watch(node: ClusterNode) {
+    const PERIOD: Duration = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(PERIOD + node.jitter(Duration::from_millis(200))).await;
+        if node.inner.leaving.load(Ordering::Acquire) || !node.is_member() {
+            continue;
+        }
+        let state = node.state();
+        let me = node.inner.raft_id;
+        let peers: Vec<String> = state
+            .members
+            .values()
+            .filter(|m| m.raft_id != me)
+            .map(|m| m.cluster_addr.clone())
+            .collect();
+        let answers = join_all(peers.iter().map(|p| {
+            let peers = node.inner.peers.clone();
+            let p = p.clone();
+            async move {
+                let mut c = peers.client(&p).ok()?;
+                tokio::time::timeout(ADMIN_TIMEOUT, c.discover(DiscoverRequest {}))
+                    .await
+                    .ok()?
+                    .ok()
+                    .map(|r| r.into_inner())
+            }
+        }))
+        .await;
+        let newest = answers
+            .into_iter()
+            .flatten()
+            .filter(|a| a.in_cluster && a.epoch > state.epoch && !a.members.contains(&me))
+            .max_by_key(|a| a.epoch);
+        let Some(newer) = newest else { continue };
+        tracing::warn!(
+            epoch = newer.epoch,
+            "removed from the cluster while unreachable; routing by the newer ring and rejoining"
+        );
+        metrics::counter!(crate::CLUSTER_REJOINS).increment(1);
+        let ring = Ring::new(newer.epoch, newer.owners.clone());
+        node.inner.ring.send_if_modified(|r| {
+            let newer = ring.epoch() > r.epoch();
+            if newer {
+                *r = Arc::new(ring);
+            }
+            newer
+        });
+        if !newer.leader_addr.is_empty()
+            && let Err(e) = join_via(&node, &newer.leader_addr).await
+        {
+            tracing::info!(error = %e, "rejoin not accepted yet; retrying");
+        }
     }
 }
 

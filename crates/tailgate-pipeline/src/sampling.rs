@@ -674,6 +674,11 @@ impl TailSamplingStage {
         Ok(())
     }
 
+    /// (bytes reserved in the byte budget, its limit).
+    pub fn budget_bytes(&self) -> (u64, u64) {
+        (self.budget.bytes_used(), self.budget.bytes_limit())
+    }
+
     /// What this node buffers now.
     pub async fn status(&self) -> BufferedStatus {
         let mut status = BufferedStatus::default();

@@ -1,0 +1,97 @@
+//! `tailgate-simulation`: run one seed of one scenario (replay), or sweep many seeds over
+//! every scenario and print a table ending with `SEEDS <n> VIOLATIONS <v>`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tailgate_simulation::scenario::{ALL, Scenario};
+use tailgate_simulation::{replay_command, run, sweep};
+
+#[derive(Parser)]
+#[command(
+    name = "tailgate-simulation",
+    about = "Deterministic simulation of the Tailgate gateway cluster"
+)]
+struct Cli {
+    /// Replay one run: this seed...
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ...of this scenario (default: steady).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Sweep this many seeds (from --first-seed) over all scenarios.
+    #[arg(long)]
+    seeds: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// Print the event log of a replayed run.
+    #[arg(long)]
+    events: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let scenario = match cli.scenario.as_deref().map(Scenario::parse) {
+        None => Scenario::Steady,
+        Some(Some(s)) => s,
+        Some(None) => {
+            let names: Vec<&str> = ALL.iter().map(|s| s.name()).collect();
+            eprintln!("unknown scenario; one of: {}", names.join(", "));
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(n) = cli.seeds {
+        let mut failures = Vec::new();
+        let table = sweep(cli.first_seed..cli.first_seed + n, |seed, sc, o| {
+            if !o.violations.is_empty() {
+                eprintln!(
+                    "VIOLATION seed {seed} {}: {}\n  replay: {}",
+                    sc.name(),
+                    o.violations[0],
+                    replay_command(seed, sc)
+                );
+                failures.push((seed, sc));
+            }
+        });
+        println!("{:<30} {:>8} {:>11}", "scenario", "runs", "violations");
+        let (mut runs, mut bad) = (0, 0);
+        for (sc, (r, b)) in &table {
+            println!("{:<30} {:>8} {:>11}", sc.name(), r, b);
+            runs += r;
+            bad += b;
+        }
+        println!("SEEDS {runs} VIOLATIONS {bad}");
+        return if bad == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let seed = cli.seed.unwrap_or(1);
+    let outcome = run(seed, scenario);
+    if cli.events {
+        println!("{}", outcome.event_log());
+    }
+    println!(
+        "seed {seed} scenario {}: {} spans sent, {} exported, {} violations",
+        scenario.name(),
+        outcome.spans_sent,
+        outcome.spans_exported,
+        outcome.violations.len()
+    );
+    for v in &outcome.violations {
+        println!("  {v}");
+    }
+    if outcome.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("replay: {}", replay_command(seed, scenario));
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,210 @@
+//! Scenarios: which faults, when. Every time and target is drawn from the run's seed, so a
+//! seed names one exact run.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    Steady,
+    RollingRestart,
+    ScaleUpDown,
+    CrashRestart,
+    LeaderCrashDuringHandoff,
+    PartitionNode,
+    PartitionLeader,
+    AsymmetricPartition,
+    Latency,
+    SlowExporter,
+    ClockSkew,
+}
+
+pub const ALL: [Scenario; 11] = [
+    Scenario::Steady,
+    Scenario::RollingRestart,
+    Scenario::ScaleUpDown,
+    Scenario::CrashRestart,
+    Scenario::LeaderCrashDuringHandoff,
+    Scenario::PartitionNode,
+    Scenario::PartitionLeader,
+    Scenario::AsymmetricPartition,
+    Scenario::Latency,
+    Scenario::SlowExporter,
+    Scenario::ClockSkew,
+];
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::RollingRestart => "rolling-restart",
+            Scenario::ScaleUpDown => "scale-up-down",
+            Scenario::CrashRestart => "crash-restart",
+            Scenario::LeaderCrashDuringHandoff => "leader-crash-during-handoff",
+            Scenario::PartitionNode => "partition-node",
+            Scenario::PartitionLeader => "partition-leader",
+            Scenario::AsymmetricPartition => "asymmetric-partition",
+            Scenario::Latency => "latency",
+            Scenario::SlowExporter => "slow-exporter",
+            Scenario::ClockSkew => "clock-skew",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scenario> {
+        ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Only graceful events: the zero-loss promise applies in full (I1).
+    pub fn graceful(self) -> bool {
+        matches!(
+            self,
+            Scenario::Steady
+                | Scenario::RollingRestart
+                | Scenario::ScaleUpDown
+                | Scenario::Latency
+                | Scenario::SlowExporter
+                | Scenario::ClockSkew
+        )
+    }
+
+    /// The faults of this scenario for `seed`, in time order.
+    pub fn plan(self, seed: u64) -> Vec<(Duration, Fault)> {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5ce7_a210);
+        let ms =
+            |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..hi));
+        let gw = |rng: &mut StdRng| format!("g{}", rng.random_range(0..3));
+        let mut plan = Vec::new();
+        match self {
+            Scenario::Steady => {}
+            Scenario::RollingRestart => {
+                let mut t = ms(&mut rng, 3000, 4000);
+                let mut order = vec!["g0", "g1", "g2"];
+                // A rollout goes in some order; draw it.
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.random_range(0..=i));
+                }
+                for g in order {
+                    plan.push((t, Fault::Stop(g.into())));
+                    t += ms(&mut rng, 300, 1500);
+                    plan.push((t, Fault::Start(g.into())));
+                    t += ms(&mut rng, 1500, 3000);
+                }
+            }
+            Scenario::ScaleUpDown => {
+                let t = ms(&mut rng, 2000, 4000);
+                plan.push((t, Fault::Start("g3".into())));
+                plan.push((t + ms(&mut rng, 0, 800), Fault::Start("g4".into())));
+                let down = t + ms(&mut rng, 4000, 6000);
+                plan.push((down, Fault::Stop("g4".into())));
+                plan.push((down + ms(&mut rng, 0, 1500), Fault::Stop("g3".into())));
+            }
+            Scenario::CrashRestart => {
+                let g = gw(&mut rng);
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::Crash(g.clone())));
+                plan.push((t + ms(&mut rng, 1000, 5000), Fault::Start(g)));
+            }
+            Scenario::LeaderCrashDuringHandoff => {
+                // Four gateways: one leaving plus the crashed leader are two failures, which
+                // Raft tolerates only with a majority of four voters left (see docs).
+                plan.push((Duration::ZERO, Fault::Start("g3".into())));
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::StopNonLeader));
+                plan.push((t + ms(&mut rng, 20, 400), Fault::CrashLeader));
+                plan.push((t + ms(&mut rng, 2000, 4000), Fault::RestartAllStopped));
+            }
+            Scenario::PartitionNode => {
+                let g = gw(&mut rng);
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::Isolate(g.clone(), false)));
+                plan.push((t + ms(&mut rng, 1000, 5000), Fault::Heal));
+            }
+            Scenario::PartitionLeader => {
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::IsolateLeader));
+                plan.push((t + ms(&mut rng, 1000, 5000), Fault::Heal));
+            }
+            Scenario::AsymmetricPartition => {
+                let g = gw(&mut rng);
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::Isolate(g, true)));
+                plan.push((t + ms(&mut rng, 1000, 5000), Fault::Heal));
+            }
+            Scenario::Latency => {
+                plan.push((Duration::ZERO, Fault::MaxLatency(ms(&mut rng, 20, 150))));
+                let g = gw(&mut rng);
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::Stop(g.clone())));
+                plan.push((t + ms(&mut rng, 500, 2000), Fault::Start(g)));
+            }
+            Scenario::SlowExporter => {
+                let t = ms(&mut rng, 1000, 3000);
+                let fail = rng.random_range(10..60);
+                let delay = ms(&mut rng, 0, 800);
+                plan.push((
+                    t,
+                    Fault::Sink {
+                        fail_percent: fail,
+                        delay,
+                    },
+                ));
+                let g = gw(&mut rng);
+                plan.push((t + ms(&mut rng, 1000, 3000), Fault::Stop(g.clone())));
+                plan.push((t + ms(&mut rng, 4000, 5000), Fault::Start(g)));
+                plan.push((
+                    t + ms(&mut rng, 5000, 8000),
+                    Fault::Sink {
+                        fail_percent: 0,
+                        delay: Duration::ZERO,
+                    },
+                ));
+            }
+            Scenario::ClockSkew => {
+                // Skews are set before start (see `skews`); a restart under skew.
+                let g = gw(&mut rng);
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::Stop(g.clone())));
+                plan.push((t + ms(&mut rng, 500, 2000), Fault::Start(g)));
+            }
+        }
+        plan.sort_by_key(|(t, _)| *t);
+        plan
+    }
+
+    /// Wall-clock skew per gateway (milliseconds), for `ClockSkew`.
+    pub fn skews(self, seed: u64) -> Vec<(String, i64)> {
+        if self != Scenario::ClockSkew {
+            return Vec::new();
+        }
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5ce3);
+        (0..5)
+            .map(|i| (format!("g{i}"), rng.random_range(-30_000..30_000)))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// SIGTERM: graceful leave and handoff.
+    Stop(String),
+    /// Start (or restart) a gateway.
+    Start(String),
+    /// Kill without a goodbye.
+    Crash(String),
+    /// Gracefully stop a gateway that does not lead.
+    StopNonLeader,
+    CrashLeader,
+    /// Start every gateway that is not running.
+    RestartAllStopped,
+    /// Cut a gateway off from every other gateway (`true`: only its outgoing traffic).
+    Isolate(String, bool),
+    IsolateLeader,
+    Heal,
+    MaxLatency(Duration),
+    Sink {
+        fail_percent: u32,
+        delay: Duration,
+    },
+}

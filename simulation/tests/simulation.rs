@@ -1,0 +1,96 @@
+//! The CI subset of the deterministic simulation (the large sweep is
+//! `cargo run --release -p tailgate-simulation -- --seeds 10000`).
+
+use std::sync::Mutex;
+
+use tailgate_simulation::scenario::{ALL, Scenario};
+use tailgate_simulation::{replay_command, run};
+
+/// Scenarios whose every invariant must hold in CI. The two partition scenarios with lost
+/// acknowledgements still produce duplicate exports (documented in docs/simulation.md);
+/// they run in `partitions_never_lose_a_span_known_duplicates_open`.
+const CI: [Scenario; 9] = [
+    Scenario::Steady,
+    Scenario::RollingRestart,
+    Scenario::ScaleUpDown,
+    Scenario::CrashRestart,
+    Scenario::LeaderCrashDuringHandoff,
+    Scenario::PartitionLeader,
+    Scenario::Latency,
+    Scenario::SlowExporter,
+    Scenario::ClockSkew,
+];
+const SEEDS_PER_SCENARIO: u64 = 8;
+
+/// Runs `(seed, scenario)` pairs on two threads (each simulation is single-threaded).
+fn run_all(runs: Vec<(u64, Scenario)>) -> Vec<String> {
+    let queue = Mutex::new(runs);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let Some((seed, scenario)) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
+                    let outcome = run(seed, scenario);
+                    if let Some(v) = outcome.violations.first() {
+                        failures.lock().unwrap().push(format!(
+                            "{} (+{} more)\n  replay: {}",
+                            v,
+                            outcome.violations.len() - 1,
+                            replay_command(seed, scenario)
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}
+
+#[test]
+fn ci_seeds_hold_every_invariant() {
+    let runs: Vec<(u64, Scenario)> = CI
+        .iter()
+        .flat_map(|sc| (1..=SEEDS_PER_SCENARIO).map(move |seed| (seed * 7919 + 1, *sc)))
+        .collect();
+    let failures = run_all(runs);
+    assert!(
+        failures.is_empty(),
+        "{} runs violated invariants:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_event_log_byte_for_byte() {
+    for scenario in [Scenario::RollingRestart, Scenario::CrashRestart] {
+        let a = run(4242, scenario).event_log();
+        // On another thread: nothing may depend on thread-local state or hash seeds.
+        let b = std::thread::spawn(move || run(4242, scenario).event_log())
+            .join()
+            .unwrap();
+        assert!(a.contains("sink digest"), "{a}");
+        assert_eq!(a, b, "{} is not reproducible", scenario.name());
+    }
+}
+
+#[test]
+#[ignore = "open: a partition that swallows acknowledgements can make a span exported twice"]
+fn partitions_never_lose_a_span_known_duplicates_open() {
+    let runs = [Scenario::PartitionNode, Scenario::AsymmetricPartition]
+        .iter()
+        .flat_map(|sc| (1..=SEEDS_PER_SCENARIO).map(move |seed| (seed, *sc)))
+        .collect();
+    let failures = run_all(runs);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_scenario_has_a_name_that_parses_back() {
+    for sc in ALL {
+        assert_eq!(Scenario::parse(sc.name()), Some(sc));
+    }
+}
