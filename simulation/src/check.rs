@@ -3,7 +3,9 @@
 //!
 //! - **I1** graceful events only: every accepted span of every kept trace is exported.
 //! - **I2** no span is exported twice (unless the driver resent it after an ambiguous
-//!   failure), and — with graceful events — no trace is exported in pieces by two gateways.
+//!   failure), and no trace is exported in pieces by two owners of the same epoch: two
+//!   gateways export parts of one trace only if the ring changed between its first span and
+//!   its last export (then each owned it at a different epoch).
 //! - **I3** every ERROR trace whose spans were all accepted is kept (exported whole).
 //! - **I4** no span of a trace the policies drop is exported.
 //! - **I5** with crashes and partitions, accounting closes: every accepted span of a kept
@@ -38,6 +40,7 @@ pub fn check(
     scenario: Scenario,
     crashes: &[CrashRecord],
     windows: &[(Duration, Duration)],
+    epoch_changes: &[Duration],
 ) -> Outcome {
     let sent = shared.sent.lock().unwrap().clone();
     let kinds = shared.kinds.lock().unwrap().clone();
@@ -70,15 +73,44 @@ pub fn check(
     // I2: no span twice.
     for ((t, s), n) in &copies {
         if *n > 1 && !ambiguous.contains(&(*t, *s)) {
-            v.push(format!("I2: span {}/{} exported {n} times", hex(t), hex(s)));
+            let how: Vec<String> = exported
+                .iter()
+                .filter(|e| e.trace == *t && e.span == *s)
+                .map(|e| format!("{}@{:.3}s", e.by, e.at.as_secs_f64()))
+                .collect();
+            v.push(format!(
+                "I2: span {}/{} exported {n} times ({})",
+                hex(t),
+                hex(s),
+                how.join(", ")
+            ));
         }
     }
-    // I2 (graceful): no trace in pieces by two gateways.
-    if !faulty {
-        for (t, gateways) in &by {
-            if gateways.len() > 1 {
-                v.push(format!("I2: trace {} exported by {gateways:?}", hex(t)));
-            }
+    // I2: no trace in pieces by two owners of one epoch.
+    let mut first_sent: BTreeMap<[u8; 16], Duration> = BTreeMap::new();
+    for s in &sent {
+        first_sent.entry(s.trace).or_insert(s.at);
+    }
+    let mut last_export: BTreeMap<[u8; 16], Duration> = BTreeMap::new();
+    for e in &exported {
+        let t = last_export.entry(e.trace).or_insert(e.at);
+        *t = (*t).max(e.at);
+    }
+    for (t, gateways) in &by {
+        if gateways.len() < 2 {
+            continue;
+        }
+        let from = first_sent.get(t).copied().unwrap_or_default();
+        let to = last_export.get(t).copied().unwrap_or_default();
+        // Skip the epoch changes of the first second (the cluster forming).
+        let changed = epoch_changes
+            .iter()
+            .any(|c| *c >= from && *c <= to && *c > Duration::from_secs(1));
+        if !changed {
+            v.push(format!(
+                "I2: trace {} exported by {gateways:?} within one epoch",
+                hex(t)
+            ));
         }
     }
     // I4: nothing of a dropped trace.

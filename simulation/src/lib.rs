@@ -104,6 +104,10 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
     let mut done_at: Option<Duration> = None;
     // Starts asked for while the gateway was still shutting down: done once it stopped.
     let mut pending_starts: Vec<String> = Vec::new();
+    // When the ring changed anywhere (two exporters of one trace are two owners of one
+    // epoch only if no change happened in between).
+    let mut epoch_changes: Vec<Duration> = Vec::new();
+    let mut epochs_seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         match sim.step() {
             Ok(_) => {}
@@ -115,6 +119,12 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
             }
         }
         let now = sim.elapsed();
+        for (name, h) in shared.nodes.lock().unwrap().iter() {
+            let e = h.node.ring_now().epoch();
+            if epochs_seen.insert(name.clone(), e) != Some(e) {
+                epoch_changes.push(now);
+            }
+        }
         pending_starts.retain(|g| {
             if sim.is_host_running(g.as_str()) {
                 return true;
@@ -221,7 +231,14 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
             break;
         }
     }
-    let mut outcome = check::check(sim.elapsed(), &shared, scenario, &crashes, &fault_windows);
+    let mut outcome = check::check(
+        sim.elapsed(),
+        &shared,
+        scenario,
+        &crashes,
+        &fault_windows,
+        &epoch_changes,
+    );
     outcome.violations.splice(0..0, violations);
     outcome.events = std::mem::take(&mut *shared.events.lock().unwrap());
     outcome

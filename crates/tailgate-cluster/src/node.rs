@@ -52,6 +52,8 @@ const LEADER_TICK: Duration = Duration::from_millis(100);
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// Per-call timeout of cluster RPCs other than forward/handoff.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A node fenced this long (no peer answered) decides on its own again.
+pub const FENCE_MAX: Duration = Duration::from_secs(30);
 /// Timeout of one forward or handoff call.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forward/handoff receiver waits to catch up to the sender's epoch.
@@ -122,6 +124,7 @@ pub(crate) struct NodeInner {
     pub state: watch::Receiver<Arc<ClusterState>>,
     pub ring: watch::Sender<Arc<Ring>>,
     pub sampling: watch::Sender<Option<f64>>,
+    pub fenced: watch::Sender<bool>,
     pub peers: Peers,
     pub engine: OnceLock<Arc<TailSamplingStage>>,
     pub wall_clock: WallClock,
@@ -185,6 +188,7 @@ impl ClusterNode {
         .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
         let (ring, _) = watch::channel(Arc::new(Ring::empty()));
         let (sampling, _) = watch::channel(None);
+        let (fenced, _) = watch::channel(false);
         Ok(ClusterNode {
             inner: Arc::new(NodeInner {
                 settings,
@@ -193,6 +197,7 @@ impl ClusterNode {
                 state,
                 ring,
                 sampling,
+                fenced,
                 peers,
                 engine: OnceLock::new(),
                 wall_clock,
@@ -752,11 +757,26 @@ async fn bootstrap(node: ClusterNode) {
 /// it would go on owning ranges of an old epoch. So members ask their peers now and then;
 /// a node that finds a newer epoch without itself routes by that ring at once (handing off
 /// what it holds) and rejoins under the same Raft id (its vote history is intact).
+///
+/// The same probes fence the node: heard from no peer for `member_timeout` (it is probably
+/// being removed), it stops deciding traces, so a trace is never decided on both sides of a
+/// partition; its traces go to their owners once it is back. After [`FENCE_MAX`] alone it
+/// decides again (a node whose peers all died must not hold traces forever).
 async fn rejoin_watch(node: ClusterNode) {
     const PERIOD: Duration = Duration::from_secs(1);
+    let mut silent_since: Option<Instant> = None;
+    let set_fenced = |f: bool| {
+        node.inner.fenced.send_if_modified(|v| {
+            let changed = *v != f;
+            *v = f;
+            changed
+        });
+    };
     loop {
         tokio::time::sleep(PERIOD + node.jitter(Duration::from_millis(200))).await;
         if node.inner.leaving.load(Ordering::Acquire) || !node.is_member() {
+            silent_since = None;
+            set_fenced(false);
             continue;
         }
         let state = node.state();
@@ -780,6 +800,15 @@ async fn rejoin_watch(node: ClusterNode) {
             }
         }))
         .await;
+        let now = Instant::now();
+        if peers.is_empty() || answers.iter().any(Option::is_some) {
+            silent_since = None;
+            set_fenced(false);
+        } else {
+            let since = *silent_since.get_or_insert(now);
+            let silent = now.duration_since(since);
+            set_fenced(silent >= node.inner.settings.member_timeout && silent < FENCE_MAX);
+        }
         let newest = answers
             .into_iter()
             .flatten()
@@ -976,6 +1005,10 @@ impl ClusterLink for ClusterNode {
 
     fn sampling_override(&self) -> watch::Receiver<Option<f64>> {
         self.inner.sampling.subscribe()
+    }
+
+    fn fenced(&self) -> watch::Receiver<bool> {
+        self.inner.fenced.subscribe()
     }
 
     fn forward(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tailgate_otlp::{EncodedSpan, TraceId, encode_export_request, scan_export_request};
+use tailgate_otlp::{EncodedSpan, SpanId, TraceId, encode_export_request, scan_export_request};
 use tailgate_sampling::{DecisionTransfer, TraceTransfer};
 use thiserror::Error;
 
@@ -72,6 +72,7 @@ pub fn handoff_request(
                 trace_id: d.trace_id.0.to_vec(),
                 keep: d.keep,
                 age_us: micros(d.age),
+                released_span_ids: d.released.iter().map(|s| u64::from_be_bytes(s.0)).collect(),
             })
             .collect(),
     }
@@ -117,6 +118,11 @@ pub fn handoff_contents(
                 trace_id: trace_id(&d.trace_id)?,
                 keep: d.keep,
                 age: Duration::from_micros(d.age_us),
+                released: d
+                    .released_span_ids
+                    .iter()
+                    .map(|s| SpanId(s.to_be_bytes()))
+                    .collect(),
             })
         })
         .collect::<Result<_, TransferError>>()?;
@@ -181,6 +187,7 @@ mod tests {
             trace_id: TraceId([9; 16]),
             keep: true,
             age: Duration::from_secs(3),
+            released: vec![SpanId([1, 2, 3, 4, 5, 6, 7, 8]), SpanId([9; 8])],
         }];
         let req = handoff_request("g1", 7, &traces, &decisions);
         assert_eq!((req.epoch, req.from.as_str()), (7, "g1"));
@@ -216,6 +223,7 @@ mod tests {
             trace_id: vec![1, 2, 3],
             keep: true,
             age_us: 0,
+            released_span_ids: vec![],
         });
         assert_eq!(
             handoff_contents(req).unwrap_err(),

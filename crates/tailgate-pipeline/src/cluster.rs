@@ -45,6 +45,11 @@ pub trait ClusterLink: Send + Sync + 'static {
     /// The runtime sampling override in force (a percentage), if any.
     fn sampling_override(&self) -> watch::Receiver<Option<f64>>;
 
+    /// True while this node has heard from no peer for long enough that it is probably being
+    /// removed: it then decides nothing (its traces go to their new owners once it is back),
+    /// so two nodes never both decide a trace across a partition.
+    fn fenced(&self) -> watch::Receiver<bool>;
+
     /// Sends spans to `owner`, tagged with the sender's epoch. `hops` counts the gateways
     /// the spans already passed through.
     fn forward(

@@ -78,6 +78,8 @@ pub enum ShardMsg {
     Ring(Arc<Ring>),
     /// The runtime sampling override changed.
     Override(Option<f64>),
+    /// Fenced or not (see `ClusterLink::fenced`).
+    Fence(bool),
     /// Traces and decisions handed to this node by their previous owner.
     Accept {
         traces: Vec<TraceTransfer>,
@@ -219,11 +221,13 @@ impl ShardState {
 
     fn schedule(&mut self, myself: &ActorRef<ShardMsg>) {
         let retry = self.cluster.as_ref().and_then(|c| c.retry_at);
-        let Some(deadline) = [self.shard.next_deadline(), retry]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
+        // Fenced: deadlines wait (the Fence(false) message polls); never spin on a past one.
+        let due = if self.shard.is_fenced() {
+            None
+        } else {
+            self.shard.next_deadline()
+        };
+        let Some(deadline) = [due, retry].into_iter().flatten().min() else {
             return;
         };
         if self.tick_at.is_some_and(|t| t <= deadline) {
@@ -433,6 +437,25 @@ impl Actor for ShardActor {
                 state.hand_off(&myself, true);
             }
             ShardMsg::Override(percent) => state.shard.set_override(percent),
+            ShardMsg::Fence(fenced) => {
+                if fenced != state.shard.is_fenced() {
+                    tracing::info!(
+                        fenced,
+                        "sampling decisions {}",
+                        if fenced {
+                            "paused: no contact with the cluster"
+                        } else {
+                            "resumed"
+                        }
+                    );
+                }
+                state.shard.set_fenced(fenced);
+                if !fenced {
+                    let now = state.now();
+                    let released = state.shard.poll(now);
+                    state.deliver(released.kept).await;
+                }
+            }
             ShardMsg::Accept {
                 traces,
                 decisions,
@@ -607,6 +630,7 @@ impl TailSamplingStage {
             let watcher = tokio::spawn(watch_cluster(
                 link.ring(),
                 link.sampling_override(),
+                link.fenced(),
                 refs.clone(),
             ));
             StageCluster {
@@ -862,12 +886,21 @@ impl Consumer for TailSamplingStage {
 async fn watch_cluster(
     mut ring: watch::Receiver<Arc<Ring>>,
     mut sampling: watch::Receiver<Option<f64>>,
+    mut fenced: watch::Receiver<bool>,
     shards: Vec<ActorRef<ShardMsg>>,
 ) {
     ring.mark_unchanged();
     sampling.mark_unchanged();
+    fenced.mark_unchanged();
     loop {
         tokio::select! {
+            changed = fenced.changed() => {
+                if changed.is_err() { return; }
+                let f = *fenced.borrow_and_update();
+                for s in &shards {
+                    let _ = s.cast(ShardMsg::Fence(f));
+                }
+            }
             changed = ring.changed() => {
                 if changed.is_err() { return; }
                 let r = Arc::clone(&ring.borrow_and_update());

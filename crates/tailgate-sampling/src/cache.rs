@@ -2,11 +2,18 @@
 //! gone so late spans follow the decision. Bounded (oldest entries leave first) and expiring.
 //! Evicted IDs are remembered a while longer, more cheaply, so a late span whose decision was
 //! forgotten is counted apart from a genuinely new trace.
+//!
+//! Kept decisions also remember the IDs of the spans already released (up to
+//! [`RELEASED_IDS_MAX`] per trace): a span that arrives again — a resent forward or handoff
+//! whose acknowledgement was lost — is recognised and not exported twice.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use tailgate_otlp::TraceId;
+use tailgate_otlp::{SpanId, TraceId};
+
+/// Most span IDs remembered per kept trace (8 bytes each).
+pub const RELEASED_IDS_MAX: usize = 4096;
 
 /// A remembered decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +78,8 @@ impl Bounded {
 pub struct DecisionCache {
     kept: Bounded,
     dropped: Bounded,
+    /// Span IDs released for kept traces (sorted), while their decision is remembered.
+    released: HashMap<TraceId, Vec<SpanId>>,
     ttl: Duration,
     forgotten: HashSet<TraceId>,
     forgotten_order: VecDeque<TraceId>,
@@ -82,6 +91,7 @@ impl DecisionCache {
         DecisionCache {
             kept: Bounded::new(kept_capacity),
             dropped: Bounded::new(dropped_capacity),
+            released: HashMap::new(),
             ttl,
             forgotten: HashSet::new(),
             forgotten_order: VecDeque::new(),
@@ -99,6 +109,9 @@ impl DecisionCache {
 
     fn forget(&mut self, ids: Vec<TraceId>) {
         for id in ids {
+            if !self.kept.map.contains_key(&id) {
+                self.released.remove(&id);
+            }
             if self.forgotten.insert(id) {
                 self.forgotten_order.push_back(id);
             }
@@ -138,6 +151,34 @@ impl DecisionCache {
         self.kept.expire(now, self.ttl, &mut evicted);
         self.dropped.expire(now, self.ttl, &mut evicted);
         self.forget(evicted);
+    }
+
+    /// Remembers that these spans of a kept trace were released.
+    pub fn record_released(&mut self, id: TraceId, spans: impl IntoIterator<Item = SpanId>) {
+        if !self.kept.map.contains_key(&id) {
+            return;
+        }
+        let ids = self.released.entry(id).or_default();
+        for s in spans {
+            if ids.len() >= RELEASED_IDS_MAX {
+                break;
+            }
+            if let Err(at) = ids.binary_search(&s) {
+                ids.insert(at, s);
+            }
+        }
+    }
+
+    /// Whether this span of a kept trace was released already.
+    pub fn was_released(&self, id: &TraceId, span: &SpanId) -> bool {
+        self.released
+            .get(id)
+            .is_some_and(|ids| ids.binary_search(span).is_ok())
+    }
+
+    /// The span IDs released for a kept trace (for its new owner).
+    pub fn released_of(&self, id: &TraceId) -> Vec<SpanId> {
+        self.released.get(id).cloned().unwrap_or_default()
     }
 
     /// Decisions matching `filter`, for handing them to a trace's new owner.

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tailgate_otlp::wire::put_len_field;
-use tailgate_otlp::{EncodedSpan, TraceId};
+use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
 
 use crate::budget::BufferBudget;
 use crate::buffer::TraceBuffer;
@@ -142,12 +142,14 @@ pub struct TraceTransfer {
 }
 
 /// A decision on its way to a trace's new owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionTransfer {
     pub trace_id: TraceId,
     pub keep: bool,
     /// Time since the decision.
     pub age: Duration,
+    /// Spans of a kept trace the previous owner already released: never released again.
+    pub released: Vec<SpanId>,
 }
 
 #[derive(Debug)]
@@ -173,6 +175,8 @@ pub struct TraceShard {
     counters: ShardCounters,
     /// Spans across `traces`, kept incrementally (reading it must not walk every trace).
     spans_buffered: usize,
+    /// While set, deadlines pass without decisions (see `set_fenced`).
+    fenced: bool,
 }
 
 impl TraceShard {
@@ -200,6 +204,7 @@ impl TraceShard {
             next_seq: 0,
             counters: ShardCounters::default(),
             spans_buffered: 0,
+            fenced: false,
         }
     }
 
@@ -268,6 +273,21 @@ impl TraceShard {
         if let Some(d) = self.cache.get(&trace_id, now) {
             // Late spans follow the decision already taken.
             self.budget.release(bytes);
+            let before = spans.len();
+            let spans: Vec<EncodedSpan> = if d.keep {
+                // A span sent again (a resent forward or handoff) is not exported twice.
+                spans
+                    .into_iter()
+                    .filter(|s| !self.cache.was_released(&trace_id, &s.meta.span_id))
+                    .collect()
+            } else {
+                spans
+            };
+            self.counters.spans_duplicate += (before - spans.len()) as u64;
+            if d.keep {
+                self.cache
+                    .record_released(trace_id, spans.iter().map(|s| s.meta.span_id));
+            }
             let n = spans.len() as u64;
             self.counters.late_span_ages.extend(std::iter::repeat_n(
                 now.saturating_sub(d.decided_at),
@@ -343,10 +363,24 @@ impl TraceShard {
         }
     }
 
+    /// Fences the shard (the cluster lost contact with this node): deadlines pass without
+    /// decisions until unfenced, or until the traces are handed to their new owners. Early
+    /// decisions under memory pressure still happen (the budget wins).
+    pub fn set_fenced(&mut self, fenced: bool) {
+        self.fenced = fenced;
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
     /// Decides every trace whose deadline has come, and expires old cache entries.
     pub fn poll(&mut self, now: Duration) -> Released {
         let mut out = Released::default();
         while let Some(&(at, _, id)) = self.by_deadline.first() {
+            if self.fenced {
+                break;
+            }
             if at > now {
                 break;
             }
@@ -440,6 +474,8 @@ impl TraceShard {
         );
         let n = spans.len() as u64;
         if verdict.keep {
+            self.cache
+                .record_released(id, spans.iter().map(|s| s.meta.span_id));
             self.counters.spans_kept += n;
             let name = verdict.decided_by.map(|i| self.policies.names()[i].clone());
             out.kept
@@ -571,6 +607,7 @@ impl TraceShard {
                 trace_id: id,
                 keep: d.keep,
                 age: now.saturating_sub(d.decided_at),
+                released: self.cache.released_of(&id),
             })
             .collect()
     }
@@ -581,17 +618,6 @@ impl TraceShard {
     /// before the handoff did), the decision settles them too: one decision per trace.
     pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) -> Released {
         let mut out = Released::default();
-        if let Some(entry) = self.remove(&d.trace_id) {
-            self.counters.traces_decided_by_handoff += 1;
-            let spans = entry.buffer.spans();
-            let n = spans.len() as u64;
-            if d.keep {
-                self.counters.spans_kept += n;
-                out.kept.extend(spans);
-            } else {
-                self.counters.spans_dropped_policy += n;
-            }
-        }
         self.cache.insert(
             d.trace_id,
             CachedDecision {
@@ -600,6 +626,26 @@ impl TraceShard {
                 policy: None,
             },
         );
+        self.cache
+            .record_released(d.trace_id, d.released.iter().copied());
+        if let Some(entry) = self.remove(&d.trace_id) {
+            self.counters.traces_decided_by_handoff += 1;
+            let spans = entry.buffer.spans();
+            if d.keep {
+                let before = spans.len();
+                let fresh: Vec<EncodedSpan> = spans
+                    .into_iter()
+                    .filter(|s| !self.cache.was_released(&d.trace_id, &s.meta.span_id))
+                    .collect();
+                self.counters.spans_duplicate += (before - fresh.len()) as u64;
+                self.counters.spans_kept += fresh.len() as u64;
+                self.cache
+                    .record_released(d.trace_id, fresh.iter().map(|s| s.meta.span_id));
+                out.kept.extend(fresh);
+            } else {
+                self.counters.spans_dropped_policy += spans.len() as u64;
+            }
+        }
         out
     }
 

@@ -501,3 +501,28 @@ fn the_runtime_override_keeps_what_the_policies_do_not_and_can_be_cleared() {
         "0% keeps nothing extra"
     );
 }
+
+#[test]
+fn a_span_sent_again_after_its_trace_was_kept_is_not_exported_twice() {
+    let mut a = Rig::new(cfg(), 1 << 20);
+    a.ingest(vec![span(7, 1, 0, true), span(7, 2, 1, false)], S);
+    assert_eq!(a.shard.poll(3 * S).kept.len(), 2);
+    // A forward whose acknowledgement was lost is resent: same spans, plus a new one.
+    let late = a.ingest(vec![span(7, 2, 1, false), span(7, 3, 1, false)], 4 * S);
+    assert_eq!(names(&late), vec!["8:s3"]);
+    assert_eq!(a.shard.take_counters().spans_duplicate, 1);
+    // The new owner learns what was released with the decision.
+    let mut b = Rig::new(cfg(), 1 << 20);
+    b.ingest(vec![span(7, 1, 0, true), span(7, 4, 1, false)], 5 * S);
+    let mut kept = Vec::new();
+    for d in a.shard.decisions_for(5 * S, &|_| true) {
+        assert_eq!(d.released.len(), 3);
+        kept.extend(b.shard.accept_decision(d, 5 * S).kept);
+    }
+    assert_eq!(
+        names(&kept),
+        vec!["8:s4"],
+        "s1 was exported by the previous owner"
+    );
+    assert_eq!(b.budget.bytes_used(), 0);
+}
