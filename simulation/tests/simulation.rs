@@ -6,15 +6,16 @@ use std::sync::Mutex;
 use tailgate_simulation::scenario::{ALL, Scenario};
 use tailgate_simulation::{replay_command, run};
 
-/// Scenarios whose every invariant must hold in CI. The two partition scenarios with lost
-/// acknowledgements still produce duplicate exports (documented in docs/simulation.md);
-/// they run in `partitions_never_lose_a_span_known_duplicates_open`.
-const CI: [Scenario; 9] = [
+/// Scenarios whose every invariant must hold in CI. The asymmetric partition still produces
+/// duplicate exports on some seeds (documented in docs/simulation.md); it runs in
+/// `asymmetric_partitions_export_nothing_twice_known_open`.
+const CI: [Scenario; 10] = [
     Scenario::Steady,
     Scenario::RollingRestart,
     Scenario::ScaleUpDown,
     Scenario::CrashRestart,
     Scenario::LeaderCrashDuringHandoff,
+    Scenario::PartitionNode,
     Scenario::PartitionLeader,
     Scenario::Latency,
     Scenario::SlowExporter,
@@ -78,11 +79,10 @@ fn the_same_seed_gives_the_same_event_log_byte_for_byte() {
 }
 
 #[test]
-#[ignore = "open: a partition that swallows acknowledgements can make a span exported twice"]
-fn partitions_never_lose_a_span_known_duplicates_open() {
-    let runs = [Scenario::PartitionNode, Scenario::AsymmetricPartition]
-        .iter()
-        .flat_map(|sc| (1..=SEEDS_PER_SCENARIO).map(move |seed| (seed, *sc)))
+#[ignore = "open: an asymmetric partition can make a span exported twice (docs/simulation.md)"]
+fn asymmetric_partitions_export_nothing_twice_known_open() {
+    let runs = (1..=SEEDS_PER_SCENARIO * 4)
+        .map(|seed| (seed, Scenario::AsymmetricPartition))
         .collect();
     let failures = run_all(runs);
     assert!(failures.is_empty(), "{}", failures.join("\n"));

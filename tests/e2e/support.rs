@@ -17,13 +17,26 @@ use tokio::net::TcpListener;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tailgate");
 
-/// A free loopback port (bound then released; fine for tests on one machine).
+/// A free loopback port, below the kernel's ephemeral range (32768+): the many outgoing
+/// connections of concurrently running tests can never take it between this check and the
+/// gateway binding it, as they can take a port the kernel handed out.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() * 97 % SPAN + 1,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Ports of one gateway process.
