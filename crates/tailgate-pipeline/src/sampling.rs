@@ -50,6 +50,10 @@ use crate::telemetry::*;
 pub const BUFFER_LIMIT_MIB_DEFAULT: u64 = 512;
 /// Longest pause between retries when the next stage refuses kept spans.
 const DELIVER_RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// How long a trace whose forward or handoff failed stays undecided here at least: enough
+/// for a short partition to end and the owner's own decision to arrive (then it is settled
+/// by that decision, not decided twice).
+const STRAY_HOLD: Duration = Duration::from_secs(8);
 /// Pause before a shard retries handing off traces whose handoff failed.
 const HANDOFF_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Most traces in one handoff message (bounds message size and the work lost to a failure).
@@ -407,7 +411,7 @@ impl Actor for ShardActor {
             }
             ShardMsg::IngestStray(spans) => {
                 let now = state.now();
-                let released = state.shard.ingest(spans, now);
+                let released = state.shard.ingest_held(spans, now, STRAY_HOLD);
                 state.deliver(released.kept).await;
                 if let Some(c) = &mut state.cluster {
                     c.retry_at.get_or_insert(now + HANDOFF_RETRY_PAUSE);
@@ -490,7 +494,7 @@ impl Actor for ShardActor {
                 for mut t in traces {
                     t.remaining = t.remaining.saturating_sub(away);
                     t.age += away;
-                    kept.extend(state.shard.restore_trace(t, now).kept);
+                    kept.extend(state.shard.restore_trace(t, now, STRAY_HOLD).kept);
                 }
                 if let Some(c) = &mut state.cluster {
                     c.in_flight.fetch_sub(in_flight, Ordering::AcqRel);

@@ -261,6 +261,38 @@ impl TraceShard {
         out
     }
 
+    /// Takes spans whose owner could not be reached (or may have received them without this
+    /// node seeing the acknowledgement), and holds their traces undecided for at least `hold`:
+    /// long enough for a partition to end and the owner's decision to arrive, so the trace is
+    /// decided once rather than on both sides. Bytes are reserved by the caller.
+    pub fn ingest_held(
+        &mut self,
+        spans: Vec<EncodedSpan>,
+        now: Duration,
+        hold: Duration,
+    ) -> Released {
+        let ids: Vec<TraceId> = group_by_trace_ids(&spans);
+        let out = self.ingest(spans, now);
+        for id in ids {
+            self.hold_until(&id, now + hold);
+        }
+        out
+    }
+
+    /// Pushes a buffered trace's deadline to at least `at`.
+    fn hold_until(&mut self, id: &TraceId, at: Duration) {
+        let Some(entry) = self.traces.get_mut(id) else {
+            return;
+        };
+        if entry.decide_at >= at {
+            return;
+        }
+        let (old, seq) = (entry.decide_at, entry.seq);
+        entry.decide_at = at;
+        self.by_deadline.remove(&(old, seq, *id));
+        self.by_deadline.insert((at, seq, *id));
+    }
+
     fn ingest_trace(
         &mut self,
         trace_id: TraceId,
@@ -578,8 +610,9 @@ impl TraceShard {
 
     /// Takes back a trace whose handoff failed: it is buffered again as it was (its deadline
     /// kept running while it was away), and the next ring change re-plans it.
-    pub fn restore_trace(&mut self, t: TraceTransfer, now: Duration) -> Released {
+    pub fn restore_trace(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
         let mut out = Released::default();
+        let id = t.trace_id;
         let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
         self.budget.force_reserve(bytes);
         self.counters.traces_handoff_returned += 1;
@@ -590,6 +623,8 @@ impl TraceShard {
             now,
             &mut out,
         );
+        // The receiver may have taken it without this node seeing the ack: hold it.
+        self.hold_until(&id, now + hold);
         self.enforce_limits(now, &mut out);
         out
     }
@@ -653,6 +688,16 @@ impl TraceShard {
     pub fn set_override(&mut self, percentage: Option<f64>) {
         self.policies.set_override(percentage);
     }
+}
+
+/// Trace IDs in order of first appearance.
+fn group_by_trace_ids(spans: &[EncodedSpan]) -> Vec<TraceId> {
+    let mut seen = std::collections::HashSet::new();
+    spans
+        .iter()
+        .map(|s| s.meta.trace_id)
+        .filter(|id| seen.insert(*id))
+        .collect()
 }
 
 /// Groups spans by trace in order of first appearance (deterministic).

@@ -467,7 +467,12 @@ fn a_failed_handoff_comes_back_with_its_deadline() {
     let moved = a.shard.take_traces(2 * S, &|_| true);
     assert_eq!(a.budget.bytes_used(), 0);
     for t in moved {
-        assert!(a.shard.restore_trace(t, 2 * S).kept.is_empty());
+        assert!(
+            a.shard
+                .restore_trace(t, 2 * S, Duration::ZERO)
+                .kept
+                .is_empty()
+        );
     }
     assert_eq!(a.shard.traces_buffered(), 1);
     assert_eq!(
@@ -525,4 +530,22 @@ fn a_span_sent_again_after_its_trace_was_kept_is_not_exported_twice() {
         "s1 was exported by the previous owner"
     );
     assert_eq!(b.budget.bytes_used(), 0);
+}
+
+#[test]
+fn a_held_stray_waits_at_least_the_hold_then_is_decided() {
+    let mut a = Rig::new(cfg(), 1 << 20);
+    let bytes: u64 = [span(9, 1, 0, true)]
+        .iter()
+        .map(|s| s.bytes.len() as u64)
+        .sum();
+    assert!(a.budget.try_reserve(bytes));
+    a.shard.ingest_held(vec![span(9, 1, 0, true)], S, 8 * S);
+    assert_eq!(
+        a.shard.next_deadline(),
+        Some(9 * S),
+        "root + 2 s would be 3 s; held to 9 s"
+    );
+    assert!(a.shard.poll(5 * S).kept.is_empty());
+    assert_eq!(a.shard.poll(9 * S).kept.len(), 1);
 }
