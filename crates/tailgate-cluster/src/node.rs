@@ -680,6 +680,23 @@ async fn derive_views(node: ClusterNode) {
     }
 }
 
+/// Asks every peer whether it is in a cluster (`None`: no answer within the timeout).
+async fn discover_all(node: &ClusterNode, peers: &[String]) -> Vec<Option<DiscoverReply>> {
+    join_all(peers.iter().map(|p| {
+        let peers = node.inner.peers.clone();
+        let p = p.clone();
+        async move {
+            let mut c = peers.client(&p).ok()?;
+            tokio::time::timeout(ADMIN_TIMEOUT, c.discover(DiscoverRequest {}))
+                .await
+                .ok()?
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    }))
+    .await
+}
+
 /// Joins an existing cluster through any `--join` peer, or initializes one if this node is
 /// the seed and every peer answered that it is in none.
 async fn bootstrap(node: ClusterNode) {
@@ -700,19 +717,7 @@ async fn bootstrap(node: ClusterNode) {
             tracing::info!(name = %s.name, raft_id = node.inner.raft_id, "member of the cluster");
             return;
         }
-        let answers = join_all(peers.iter().map(|p| {
-            let peers = node.inner.peers.clone();
-            let p = p.clone();
-            async move {
-                let mut c = peers.client(&p).ok()?;
-                tokio::time::timeout(ADMIN_TIMEOUT, c.discover(DiscoverRequest {}))
-                    .await
-                    .ok()?
-                    .ok()
-                    .map(|r| r.into_inner())
-            }
-        }))
-        .await;
+        let answers = discover_all(&node, &peers).await;
         let leader = answers
             .iter()
             .flatten()
@@ -787,19 +792,7 @@ async fn rejoin_watch(node: ClusterNode) {
             .filter(|m| m.raft_id != me)
             .map(|m| m.cluster_addr.clone())
             .collect();
-        let answers = join_all(peers.iter().map(|p| {
-            let peers = node.inner.peers.clone();
-            let p = p.clone();
-            async move {
-                let mut c = peers.client(&p).ok()?;
-                tokio::time::timeout(ADMIN_TIMEOUT, c.discover(DiscoverRequest {}))
-                    .await
-                    .ok()?
-                    .ok()
-                    .map(|r| r.into_inner())
-            }
-        }))
-        .await;
+        let answers = discover_all(&node, &peers).await;
         let now = Instant::now();
         if peers.is_empty() || answers.iter().any(Option::is_some) {
             silent_since = None;

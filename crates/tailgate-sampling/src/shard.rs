@@ -279,6 +279,20 @@ impl TraceShard {
         out
     }
 
+    /// The spans of a kept trace not released before (counting the others as duplicates),
+    /// remembered as released from now on.
+    fn release_once(&mut self, id: TraceId, spans: Vec<EncodedSpan>) -> Vec<EncodedSpan> {
+        let before = spans.len();
+        let fresh: Vec<EncodedSpan> = spans
+            .into_iter()
+            .filter(|s| !self.cache.was_released(&id, &s.meta.span_id))
+            .collect();
+        self.counters.spans_duplicate += (before - fresh.len()) as u64;
+        self.cache
+            .record_released(id, fresh.iter().map(|s| s.meta.span_id));
+        fresh
+    }
+
     /// Pushes a buffered trace's deadline to at least `at`.
     fn hold_until(&mut self, id: &TraceId, at: Duration) {
         let Some(entry) = self.traces.get_mut(id) else {
@@ -305,21 +319,12 @@ impl TraceShard {
         if let Some(d) = self.cache.get(&trace_id, now) {
             // Late spans follow the decision already taken.
             self.budget.release(bytes);
-            let before = spans.len();
-            let spans: Vec<EncodedSpan> = if d.keep {
+            let spans = if d.keep {
                 // A span sent again (a resent forward or handoff) is not exported twice.
-                spans
-                    .into_iter()
-                    .filter(|s| !self.cache.was_released(&trace_id, &s.meta.span_id))
-                    .collect()
+                self.release_once(trace_id, spans)
             } else {
                 spans
             };
-            self.counters.spans_duplicate += (before - spans.len()) as u64;
-            if d.keep {
-                self.cache
-                    .record_released(trace_id, spans.iter().map(|s| s.meta.span_id));
-            }
             let n = spans.len() as u64;
             self.counters.late_span_ages.extend(std::iter::repeat_n(
                 now.saturating_sub(d.decided_at),
@@ -667,15 +672,8 @@ impl TraceShard {
             self.counters.traces_decided_by_handoff += 1;
             let spans = entry.buffer.spans();
             if d.keep {
-                let before = spans.len();
-                let fresh: Vec<EncodedSpan> = spans
-                    .into_iter()
-                    .filter(|s| !self.cache.was_released(&d.trace_id, &s.meta.span_id))
-                    .collect();
-                self.counters.spans_duplicate += (before - fresh.len()) as u64;
+                let fresh = self.release_once(d.trace_id, spans);
                 self.counters.spans_kept += fresh.len() as u64;
-                self.cache
-                    .record_released(d.trace_id, fresh.iter().map(|s| s.meta.span_id));
                 out.kept.extend(fresh);
             } else {
                 self.counters.spans_dropped_policy += spans.len() as u64;
