@@ -1009,10 +1009,11 @@ impl ClusterLink for ClusterNode {
         owner: &str,
         epoch: u64,
         hops: u32,
-        spans: Vec<EncodedSpan>,
+        spans: &[EncodedSpan],
     ) -> BoxFuture<'static, Result<(), LinkError>> {
         let node = self.clone();
         let owner = owner.to_string();
+        let req = transfer::forward_request(&node.inner.settings.name, epoch, hops, spans);
         Box::pin(async move {
             let addr = node
                 .state()
@@ -1028,7 +1029,6 @@ impl ClusterLink for ClusterNode {
                 .peers
                 .client(&addr)
                 .map_err(|e| failed(e.to_string()))?;
-            let req = transfer::forward_request(&node.inner.settings.name, epoch, hops, &spans);
             match tokio::time::timeout(TRANSFER_TIMEOUT, client.forward(req)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(failed(e.message().to_string())),

@@ -51,13 +51,14 @@ pub trait ClusterLink: Send + Sync + 'static {
     fn fenced(&self) -> watch::Receiver<bool>;
 
     /// Sends spans to `owner`, tagged with the sender's epoch. `hops` counts the gateways
-    /// the spans already passed through.
+    /// the spans already passed through. The spans are encoded before this returns, so the
+    /// caller keeps them (to hold them here if the forward fails) without a copy.
     fn forward(
         &self,
         owner: &str,
         epoch: u64,
         hops: u32,
-        spans: Vec<EncodedSpan>,
+        spans: &[EncodedSpan],
     ) -> BoxFuture<'static, Result<(), LinkError>>;
 
     /// Moves buffered traces and decisions to `owner`; `Ok` means it acknowledged them.

@@ -814,11 +814,7 @@ impl TailSamplingStage {
                 strays.extend(spans);
                 continue;
             }
-            match c
-                .link
-                .forward(&owner, ring.epoch(), hops + 1, spans.clone())
-                .await
-            {
+            match c.link.forward(&owner, ring.epoch(), hops + 1, &spans).await {
                 Ok(()) => counter!(CLUSTER_FORWARDED_OUT_SPANS).increment(n),
                 Err(e) => {
                     tracing::debug!(%owner, error = %e, "forward failed; keeping the spans here until the owner is back or replaced");
