@@ -18,7 +18,10 @@ impl Network for SimNetwork {
             let listener = turmoil::net::TcpListener::bind(addr).await?;
             let local = listener.local_addr()?;
             let incoming = futures::stream::unfold(listener, |l| async move {
-                let r = l.accept().await.map(|(s, _)| NetStream(Box::new(s)));
+                let r = l
+                    .accept()
+                    .await
+                    .map(|(s, peer)| NetStream(Box::new(s), Some(peer)));
                 Some((r, l))
             });
             Ok((Box::pin(incoming) as Incoming, local))

@@ -8,6 +8,7 @@
 //! **Boundary:** this crate decides what a valid config is; runtime crates receive only a
 //! validated [`Config`] and never re-check it. **Invariant:** no I/O but reading the file.
 
+pub mod agent;
 pub mod cluster;
 pub mod components;
 mod env;

@@ -64,6 +64,7 @@ pub enum ProcessorConfig {
     Resource(ResourceConfig),
     Filter(FilterConfig),
     TailSampling(crate::sampling::TailSamplingConfig),
+    K8sAttributes(crate::agent::K8sAttributesConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +73,7 @@ pub enum ExporterConfig {
     OtlpHttp(OtlpHttpExporterConfig),
     File(FileExporterConfig),
     Debug(DebugExporterConfig),
+    LoadBalancing(crate::agent::LoadBalancingConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -141,16 +143,13 @@ const PROCESSOR_TYPES: &[&str] = &[
     "attributes",
     "batch",
     "filter",
+    "k8sattributes",
     "memory_limiter",
     "resource",
+    "tail_sampling",
 ];
-const EXPORTER_TYPES: &[&str] = &["debug", "file", "otlp", "otlphttp"];
+const EXPORTER_TYPES: &[&str] = &["debug", "file", "loadbalancing", "otlp", "otlphttp"];
 const EXTENSION_TYPES: &[&str] = &["health_check", "pprof"];
-/// Types a later Tailgate component will own; naming one is a clear "not yet", not a typo.
-const PLANNED_TYPES: &[(&str, &str)] = &[
-    ("k8sattributes", "the agent's Kubernetes enrichment"),
-    ("loadbalancing", "the agent's ring-aware routing"),
-];
 
 struct Loader<'a> {
     file: &'a str,
@@ -232,11 +231,6 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 fn unknown_type(section: &str, singular: &str, kind: &str, supported: &[&str]) -> String {
-    if let Some((_, owner)) = PLANNED_TYPES.iter().find(|(t, _)| *t == kind) {
-        return format!(
-            "{singular} type `{kind}` is not available in this build yet (it belongs to {owner})"
-        );
-    }
     let _ = section;
     format!(
         "unknown {singular} type `{kind}`; supported: {}",
@@ -321,6 +315,7 @@ pub fn load_str(
             "resource" => l.typed(&base, value).map(ProcessorConfig::Resource),
             "filter" => l.typed(&base, value).map(ProcessorConfig::Filter),
             "tail_sampling" => l.typed(&base, value).map(ProcessorConfig::TailSampling),
+            "k8sattributes" => l.typed(&base, value).map(ProcessorConfig::K8sAttributes),
             other => {
                 let msg = unknown_type("processors", "processor", other, PROCESSOR_TYPES);
                 l.error(base.clone(), msg);
@@ -341,6 +336,7 @@ pub fn load_str(
             "otlphttp" => l.typed(&base, value).map(ExporterConfig::OtlpHttp),
             "file" => l.typed(&base, value).map(ExporterConfig::File),
             "debug" => l.typed(&base, value).map(ExporterConfig::Debug),
+            "loadbalancing" => l.typed(&base, value).map(ExporterConfig::LoadBalancing),
             other => {
                 let msg = unknown_type("exporters", "exporter", other, EXPORTER_TYPES);
                 l.error(base.clone(), msg);

@@ -47,7 +47,7 @@ fn bad_configs_give_exact_errors() {
         // 1. unknown component type
         (
             format!("receivers:\n  otlp:\nexporters:\n  debug:\n  kafka:\n{MINIMAL_SERVICE}"),
-            vec!["test.yaml: exporters.kafka: unknown exporter type `kafka`; supported: debug, file, otlp, otlphttp"],
+            vec!["test.yaml: exporters.kafka: unknown exporter type `kafka`; supported: debug, file, loadbalancing, otlp, otlphttp"],
         ),
         // 2. unknown key inside a component
         (
@@ -115,10 +115,10 @@ fn bad_configs_give_exact_errors() {
             format!("receivers:\n  otlp:\nexporters:\n  debug:\n  otlphttp:\n    endpoint: tempo:4318\n{MINIMAL_SERVICE}"),
             vec!["test.yaml: exporters.otlphttp.endpoint: `tempo:4318` must start with http:// or https://"],
         ),
-        // 13. a planned component that has not landed
+        // 13. a k8sattributes metadata name the processor does not know
         (
-            format!("receivers:\n  otlp:\nprocessors:\n  k8sattributes:\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
-            vec!["test.yaml: processors.k8sattributes: processor type `k8sattributes` is not available in this build yet (it belongs to the agent's Kubernetes enrichment)"],
+            format!("receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    extract:\n      metadata: [k8s.pod.nmae]\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
+            vec!["test.yaml: processors.k8sattributes.extract.metadata[0]: unknown metadata `k8s.pod.nmae`; supported: k8s.pod.name, k8s.pod.uid, k8s.pod.start_time, k8s.pod.ip, k8s.namespace.name, k8s.node.name, k8s.deployment.name, k8s.deployment.uid, k8s.replicaset.name, k8s.replicaset.uid, k8s.statefulset.name, k8s.statefulset.uid, k8s.daemonset.name, k8s.daemonset.uid, k8s.job.name, k8s.job.uid, k8s.cronjob.name, k8s.cronjob.uid, k8s.container.name, container.image.name, container.image.tag"],
         ),
         // 14. not YAML at all
         ("receivers: [otlp\n".into(), vec![]),
@@ -184,21 +184,66 @@ fn the_reference_gateway_config_loads_unchanged() {
 }
 
 #[test]
-fn the_reference_agent_config_fails_only_on_components_not_yet_built() {
+fn the_reference_agent_config_loads_unchanged() {
+    use crate::agent::{K8sAssociationFrom, K8sAuthType, K8sExtractFrom};
     let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-agent-config.yaml"))
     else {
         return;
     };
-    let errs = errors(&text);
-    assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(
-        errs[0].contains("`k8sattributes` is not available in this build yet"),
-        "{errs:?}"
-    );
-    assert!(
-        errs[1].contains("`loadbalancing` is not available in this build yet"),
-        "{errs:?}"
-    );
+    let cfg = load_str(&text, "agent.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let ProcessorConfig::K8sAttributes(k) =
+        &cfg.processors[&ComponentId::parse("k8sattributes").unwrap()]
+    else {
+        panic!("k8sattributes")
+    };
+    assert_eq!(k.auth_type, K8sAuthType::ServiceAccount);
+    assert_eq!(k.extract.metadata.len(), 5);
+    assert_eq!(k.extract.labels[0].tag_name.as_deref(), Some("app.version"));
+    assert_eq!(k.extract.labels[1].from, K8sExtractFrom::Pod);
+    assert_eq!(k.pod_association.len(), 2);
+    assert_eq!(k.pod_association[1].sources[0].from, K8sAssociationFrom::Connection);
+    let ExporterConfig::LoadBalancing(lb) =
+        &cfg.exporters[&ComponentId::parse("loadbalancing").unwrap()]
+    else {
+        panic!("loadbalancing")
+    };
+    assert!(lb.protocol.otlp.tls.insecure);
+    let k8s = lb.resolver.k8s.as_ref().unwrap();
+    assert_eq!(k8s.service, "otel-gateway-collector-headless");
+    assert_eq!(k8s.ports, vec![4317]);
+    assert_eq!(lb.routing_key, "traceID");
+}
+
+#[test]
+fn agent_component_mistakes_give_exact_errors() {
+    let lb = |body: &str| {
+        format!("receivers:\n  otlp:\nexporters:\n  loadbalancing:\n{body}service:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [loadbalancing]\n")
+    };
+    let cases = [
+        (
+            lb("    routing_key: service\n    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a:4317]\n"),
+            "test.yaml: exporters.loadbalancing.routing_key: `service` is not supported: tail sampling needs every span of a trace at one gateway, use `traceID`",
+        ),
+        (
+            lb("    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a:4317]\n      dns:\n        hostname: gw\n"),
+            "test.yaml: exporters.loadbalancing.resolver: set exactly one of `static`, `dns`, `k8s`",
+        ),
+        (
+            lb("    protocol:\n      otlp:\n        endpoint: x:4317\n    resolver:\n      static:\n        hostnames: [a:4317]\n"),
+            "test.yaml: exporters.loadbalancing.protocol.otlp.endpoint: unknown field `endpoint`, expected one of `tls`, `headers`, `compression`, `timeout`, `retry_on_failure`, `sending_queue`",
+        ),
+        (
+            format!("receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    pod_association:\n      - sources:\n          - from: resource_attribute\n            name: k8s.pod.name\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
+            "test.yaml: processors.k8sattributes.pod_association[0].sources: `k8s.pod.name` and `k8s.namespace.name` identify a pod only together",
+        ),
+        (
+            format!("receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    extract:\n      labels:\n        - tag_name: t\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
+            "test.yaml: processors.k8sattributes.extract.labels[0]: set exactly one of `key` or `key_regex`",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(errors(&text), vec![want.to_string()], "config:\n{text}");
+    }
 }
 
 #[test]

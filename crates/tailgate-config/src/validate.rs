@@ -60,6 +60,7 @@ pub(crate) fn processor(p: &ProcessorConfig) -> Problems {
         ProcessorConfig::Attributes(a) => actions(&a.actions, "actions", &mut out),
         ProcessorConfig::Resource(r) => actions(&r.attributes, "attributes", &mut out),
         ProcessorConfig::TailSampling(t) => sampling(t, &mut out),
+        ProcessorConfig::K8sAttributes(k) => out.extend(crate::agent::validate_k8s(k)),
         ProcessorConfig::Filter(f) => {
             if f.traces.span.is_empty() && f.traces.spanevent.is_empty() {
                 out.push((
@@ -170,6 +171,19 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
             }
         }
         ExporterConfig::Debug(_) => {}
+        ExporterConfig::LoadBalancing(c) => {
+            out.extend(crate::agent::validate_loadbalancing(c));
+            let otlp = &c.protocol.otlp;
+            let mut inner = Problems::new();
+            tls(&otlp.tls, &mut inner);
+            retry(&otlp.retry_on_failure, &mut inner);
+            queue(&otlp.sending_queue, &mut inner);
+            out.extend(
+                inner
+                    .into_iter()
+                    .map(|(path, msg)| (format!("protocol.otlp.{path}"), msg)),
+            );
+        }
     }
     out
 }

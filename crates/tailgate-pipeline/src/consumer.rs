@@ -57,10 +57,29 @@ impl std::fmt::Display for RefuseReason {
     }
 }
 
+/// Where a request came from, for the stages at the front of a pipeline that use it
+/// (`k8sattributes`' `connection` association). A batch mixes clients, so stages after
+/// `batch` never see one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Client {
+    pub addr: Option<std::net::IpAddr>,
+}
+
 /// A pipeline stage. `consume` returns once the stage has taken responsibility for the spans
 /// (queued, exported or intentionally dropped and counted) or has refused them whole.
 pub trait Consumer: Send + Sync {
     fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>>;
+
+    /// `consume` with the request's [`Client`]. Stages that pass spans on unchanged
+    /// (memory guard, inline processors, tee) forward it; the rest ignore it.
+    fn consume_from(
+        &self,
+        spans: Vec<EncodedSpan>,
+        client: Client,
+    ) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        let _ = client;
+        self.consume(spans)
+    }
 
     /// Stops taking data, hands everything buffered downstream, then shuts the next stage
     /// down. Must finish by `deadline`; what cannot be delivered by then is counted as failed.

@@ -18,8 +18,13 @@ use crate::consumer::BoxFuture;
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// A connection of any [`Network`], usable by tonic's server (`Connected`) and client.
-pub struct NetStream(pub Box<dyn Io>);
+/// A connection of any [`Network`], usable by tonic's server (`Connected`) and client, with
+/// the peer's address when the network knows it.
+pub struct NetStream(pub Box<dyn Io>, pub Option<SocketAddr>);
+
+/// The peer of a served connection, in every request's extensions (`connection` association).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub Option<SocketAddr>);
 
 impl AsyncRead for NetStream {
     fn poll_read(
@@ -48,8 +53,10 @@ impl AsyncWrite for NetStream {
 }
 
 impl tonic::transport::server::Connected for NetStream {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    type ConnectInfo = PeerAddr;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        PeerAddr(self.1)
+    }
 }
 
 /// Accepted connections of a listener.
@@ -74,9 +81,9 @@ impl Network for TcpNetwork {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             let local = listener.local_addr()?;
             let incoming = futures::stream::unfold(listener, |l| async move {
-                let r = l.accept().await.map(|(s, _)| {
+                let r = l.accept().await.map(|(s, peer)| {
                     let _ = s.set_nodelay(true);
-                    NetStream(Box::new(s))
+                    NetStream(Box::new(s), Some(peer))
                 });
                 Some((r, l))
             });

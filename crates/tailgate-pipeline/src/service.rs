@@ -19,7 +19,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tailgate_config::components::MetricsLevel;
 use tailgate_config::sampling::TailSamplingConfig;
 use tailgate_config::{
-    ComponentId, Config, ExtensionConfig, PipelineConfig, ProcessorConfig, ReceiverConfig,
+    ComponentId, Config, ExporterConfig, ExtensionConfig, PipelineConfig, ProcessorConfig,
+    ReceiverConfig,
 };
 use tailgate_processors::attributes::AttributesProcessor;
 use tailgate_processors::batch::Batcher;
@@ -33,8 +34,8 @@ use tokio::time::Instant;
 use tonic::service::Routes;
 
 use crate::cluster::ClusterLink;
-use crate::consumer::Consumer;
-use crate::exporter::{FanOut, ManagedExporter, build_exporter, queue_and_retry};
+use crate::consumer::{BoxFuture, Consumer};
+use crate::exporter::{ExportFork, FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::extension::health::Health;
 use crate::net::Network;
 use crate::receiver::Ingest;
@@ -65,6 +66,32 @@ pub struct ServiceOptions {
     /// Where OTLP/gRPC receivers listen and gRPC exporters connect (the simulator's network
     /// under simulation). HTTP listeners always use TCP.
     pub network: Arc<dyn Network>,
+    /// Builds `k8sattributes` and `loadbalancing`; `None` = a config naming them fails to start.
+    pub components: Option<Arc<dyn ComponentFactory>>,
+}
+
+/// Builds the components that live in other crates (the agent's `k8sattributes` and
+/// `loadbalancing`, which need Kubernetes and the cluster's ring): this crate stays free of
+/// both, and the binary plugs them in.
+pub trait ComponentFactory: Send + Sync {
+    /// A processor stage in front of `next`, for a processor type this crate does not build.
+    fn processor<'a>(
+        &'a self,
+        id: &'a ComponentId,
+        cfg: &'a ProcessorConfig,
+        next: Arc<dyn Consumer>,
+        opts: &'a ServiceOptions,
+    ) -> BoxFuture<'a, anyhow::Result<Arc<dyn Consumer>>>;
+
+    /// An exporter that takes spans (not encoded batches), for an exporter type this crate
+    /// does not build. Shared by every pipeline naming it; `shutdown` may be called once per
+    /// pipeline.
+    fn exporter<'a>(
+        &'a self,
+        id: &'a ComponentId,
+        cfg: &'a ExporterConfig,
+        opts: &'a ServiceOptions,
+    ) -> BoxFuture<'a, anyhow::Result<Arc<dyn Consumer>>>;
 }
 
 /// A function adding services to a receiver's gRPC routes.
@@ -78,6 +105,7 @@ impl Default for ServiceOptions {
             cluster: None,
             grpc_services: None,
             network: crate::net::tcp(),
+            components: None,
         }
     }
 }
@@ -175,7 +203,8 @@ async fn bind(endpoint: &str, what: &str) -> anyhow::Result<TcpListener> {
 fn spawn_axum(listener: TcpListener, router: Router) -> Server {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
@@ -193,6 +222,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
 
     // Exporters, shared by every pipeline that names them.
     let mut exporters: BTreeMap<ComponentId, Arc<ManagedExporter>> = BTreeMap::new();
+    let mut routing_exporters: BTreeMap<ComponentId, Arc<dyn Consumer>> = BTreeMap::new();
     for (i, (id, ecfg)) in cfg.exporters.iter().enumerate() {
         let used = cfg
             .service
@@ -200,6 +230,13 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
             .iter()
             .any(|p| p.exporters.contains(id));
         if !used {
+            continue;
+        }
+        if let ExporterConfig::LoadBalancing(_) = ecfg {
+            let factory = opts.components.as_ref().with_context(|| {
+                format!("exporters.{id}: `loadbalancing` is not available in this embedding")
+            })?;
+            routing_exporters.insert(id.clone(), factory.exporter(id, ecfg, &opts).await?);
             continue;
         }
         let exporter = build_exporter(id, ecfg, opts.network.as_ref())?;
@@ -222,14 +259,25 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
     let mut heads: Vec<(ComponentId, Arc<dyn Consumer>)> = Vec::new();
     let mut samplers: Vec<Arc<TailSamplingStage>> = Vec::new();
     for p in &cfg.service.pipelines {
-        let fan_out = FanOut::new(
+        let managed: Vec<Arc<ManagedExporter>> = p
+            .exporters
+            .iter()
+            .filter_map(|id| exporters.get(id).cloned())
+            .collect();
+        let mut parts: Vec<Arc<dyn Consumer>> = Vec::new();
+        if !managed.is_empty() {
+            parts.push(Arc::new(FanOut::new(managed, opts.seed)));
+        }
+        parts.extend(
             p.exporters
                 .iter()
-                .map(|id| Arc::clone(&exporters[id]))
-                .collect(),
-            opts.seed,
+                .filter_map(|id| routing_exporters.get(id).cloned()),
         );
-        let mut next: Arc<dyn Consumer> = Arc::new(fan_out);
+        let mut next: Arc<dyn Consumer> = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            Arc::new(ExportFork { parts })
+        };
         for id in p.processors.iter().rev() {
             let name = id.to_string();
             next = match &cfg.processors[id] {
@@ -277,6 +325,12 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                     );
                     samplers.push(Arc::clone(&stage));
                     stage
+                }
+                other @ ProcessorConfig::K8sAttributes(_) => {
+                    let factory = opts.components.as_ref().with_context(|| {
+                        format!("processors.{id}: `k8sattributes` is not available in this embedding")
+                    })?;
+                    factory.processor(id, other, next, &opts).await?
                 }
             };
         }

@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::consumer::{BoxFuture, ConsumeError, Consumer, RefuseReason};
+use crate::consumer::{BoxFuture, Client, ConsumeError, Consumer, RefuseReason};
 use crate::telemetry::*;
 
 /// Requests a batch stage buffers before refusing.
@@ -134,6 +134,14 @@ impl Drop for MemoryStage {
 
 impl Consumer for MemoryStage {
     fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        self.consume_from(spans, Client::default())
+    }
+
+    fn consume_from(
+        &self,
+        spans: Vec<EncodedSpan>,
+        client: Client,
+    ) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(async move {
             let n = spans.len() as u64;
             counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone()).increment(n);
@@ -145,7 +153,7 @@ impl Consumer for MemoryStage {
                 });
             }
             counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone()).increment(n);
-            self.next.consume(spans).await
+            self.next.consume_from(spans, client).await
         })
     }
 
@@ -173,7 +181,15 @@ impl SyncStage {
 }
 
 impl Consumer for SyncStage {
-    fn consume(&self, mut spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
+    fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        self.consume_from(spans, Client::default())
+    }
+
+    fn consume_from(
+        &self,
+        mut spans: Vec<EncodedSpan>,
+        client: Client,
+    ) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(async move {
             counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone())
                 .increment(spans.len() as u64);
@@ -191,7 +207,7 @@ impl Consumer for SyncStage {
             if spans.is_empty() {
                 return Ok(());
             }
-            self.next.consume(spans).await
+            self.next.consume_from(spans, client).await
         })
     }
 
@@ -354,15 +370,23 @@ pub struct Tee {
 
 impl Consumer for Tee {
     fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        self.consume_from(spans, Client::default())
+    }
+
+    fn consume_from(
+        &self,
+        spans: Vec<EncodedSpan>,
+        client: Client,
+    ) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(async move {
             let (last, rest) = self
                 .pipelines
                 .split_last()
                 .expect("a receiver feeds at least one pipeline");
             for p in rest {
-                p.consume(spans.clone()).await?;
+                p.consume_from(spans.clone(), client).await?;
             }
-            last.consume(spans).await
+            last.consume_from(spans, client).await
         })
     }
 

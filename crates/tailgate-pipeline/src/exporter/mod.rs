@@ -94,6 +94,9 @@ pub fn build_exporter(
         ExporterConfig::OtlpHttp(c) => Arc::new(otlp_http::OtlpHttpExporter::new(id, c)?),
         ExporterConfig::File(c) => Arc::new(file::FileExporter::new(c)?),
         ExporterConfig::Debug(c) => Arc::new(debug::DebugExporter::new(id, c)),
+        ExporterConfig::LoadBalancing(_) => {
+            anyhow::bail!("exporters.{id}: `loadbalancing` routes spans itself; build it with a ComponentFactory")
+        }
     })
 }
 
@@ -103,6 +106,10 @@ pub fn queue_and_retry(cfg: &ExporterConfig) -> (QueueConfig, RetryConfig) {
     match cfg {
         ExporterConfig::Otlp(c) => (c.sending_queue.clone(), c.retry_on_failure.clone()),
         ExporterConfig::OtlpHttp(c) => (c.sending_queue.clone(), c.retry_on_failure.clone()),
+        ExporterConfig::LoadBalancing(c) => (
+            c.protocol.otlp.sending_queue.clone(),
+            c.protocol.otlp.retry_on_failure.clone(),
+        ),
         ExporterConfig::File(_) | ExporterConfig::Debug(_) => (
             QueueConfig {
                 enabled: false,
@@ -362,6 +369,35 @@ impl Consumer for FanOut {
         Box::pin(async move {
             for e in &self.exporters {
                 e.shutdown(deadline).await;
+            }
+        })
+    }
+}
+
+/// The end of a pipeline with exporters of both kinds: the encoded-batch exporters behind one
+/// [`FanOut`], and exporters that route spans themselves (`loadbalancing`). Each part gets
+/// every batch, in order; a refusal by a later part after an earlier one took the batch
+/// means the sender's retry reaches the earlier part twice (the same as the collector's
+/// fan-out).
+pub struct ExportFork {
+    pub parts: Vec<Arc<dyn Consumer>>,
+}
+
+impl Consumer for ExportFork {
+    fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(async move {
+            let (last, rest) = self.parts.split_last().expect("a pipeline has an exporter");
+            for p in rest {
+                p.consume(spans.clone()).await?;
+            }
+            last.consume(spans).await
+        })
+    }
+
+    fn shutdown(&self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for p in &self.parts {
+                p.shutdown(deadline).await;
             }
         })
     }

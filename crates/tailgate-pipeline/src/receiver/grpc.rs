@@ -11,7 +11,8 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
 use super::{Ingest, IngestError};
-use crate::consumer::BoxFuture;
+use crate::consumer::{BoxFuture, Client};
+use crate::net::PeerAddr;
 use crate::exporter::grpc_status_with_retry_info;
 
 /// tonic buffers up to this multiple of the configured limit before our codec answers
@@ -38,7 +39,7 @@ impl NamedService for OtlpGrpcService {
     const NAME: &'static str = TRACE_SERVICE_NAME;
 }
 
-struct Export(Arc<Ingest>);
+struct Export(Arc<Ingest>, Client);
 
 impl UnaryService<Bytes> for Export {
     type Response = Bytes;
@@ -46,9 +47,10 @@ impl UnaryService<Bytes> for Export {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let ingest = Arc::clone(&self.0);
+        let client = self.1;
         Box::pin(async move {
             let body = request.into_inner();
-            match ingest.accept(&body, "grpc").await {
+            match ingest.accept(&body, "grpc", client).await {
                 Ok(accepted) => Ok(tonic::Response::new(accepted.encode())),
                 Err(e) => Err(to_status(e)),
             }
@@ -98,7 +100,14 @@ where
             })
             .apply_compression_config(encodings, encodings)
             .apply_max_message_size_config(Some(max * TRANSPORT_LIMIT_FACTOR), None);
-            Ok(grpc.unary(Export(ingest), req).await)
+            let client = Client {
+                addr: req
+                    .extensions()
+                    .get::<PeerAddr>()
+                    .and_then(|p| p.0)
+                    .map(|a| a.ip()),
+            };
+            Ok(grpc.unary(Export(ingest, client), req).await)
         })
     }
 }

@@ -1,11 +1,12 @@
 //! OTLP/HTTP front end: `POST /v1/traces` with protobuf or JSON bodies, optionally gzipped.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -14,6 +15,7 @@ use prost::Message;
 use tailgate_config::components::HttpServerConfig;
 
 use super::{Accepted, Ingest, IngestError};
+use crate::consumer::Client;
 use crate::rpc::RpcStatus;
 
 #[derive(Clone)]
@@ -37,7 +39,12 @@ pub fn router(ingest: Arc<Ingest>, cfg: &HttpServerConfig) -> Router {
         .with_state(HttpState { ingest, max_bytes })
 }
 
-async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn traces(
+    State(st): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -98,7 +105,10 @@ async fn traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) ->
             Err(e) => return error(encoding, StatusCode::BAD_REQUEST, &e.to_string()),
         },
     };
-    match st.ingest.accept(&protobuf, "http").await {
+    let client = Client {
+        addr: Some(peer.ip()),
+    };
+    match st.ingest.accept(&protobuf, "http", client).await {
         Ok(accepted) => success(encoding, &accepted),
         Err(IngestError::Malformed(m)) => error(encoding, StatusCode::BAD_REQUEST, &m),
         Err(IngestError::TooLarge(m)) => error(encoding, StatusCode::PAYLOAD_TOO_LARGE, &m),

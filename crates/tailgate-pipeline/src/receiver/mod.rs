@@ -27,7 +27,7 @@ use tailgate_otlp::proto::collector::trace::v1::{
 };
 use tailgate_otlp::scan_export_request;
 
-use crate::consumer::{ConsumeError, Consumer};
+use crate::consumer::{Client, ConsumeError, Consumer};
 use crate::telemetry::*;
 
 /// Why a request was not (wholly) taken.
@@ -82,6 +82,7 @@ impl Ingest {
         &self,
         body: &Bytes,
         transport: &'static str,
+        client: Client,
     ) -> Result<Accepted, IngestError> {
         let labels = [
             ("receiver", self.receiver.clone()),
@@ -113,7 +114,7 @@ impl Ingest {
         if n == 0 {
             return Ok(accepted);
         }
-        match self.consumer.consume(scanned.spans).await {
+        match self.consumer.consume_from(scanned.spans, client).await {
             Ok(()) => {
                 counter!(RECEIVER_ACCEPTED_SPANS, &labels).increment(n);
                 Ok(accepted)

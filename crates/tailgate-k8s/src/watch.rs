@@ -1,0 +1,453 @@
+//! Feeding the [`MetadataStore`] from the Kubernetes API with `kube` watchers: pods (this node
+//! only, with the `filter` settings as field and label selectors), and — only when the
+//! `extract` settings need them — ReplicaSets and Jobs (metadata only, for Deployment and
+//! CronJob names), namespaces and nodes (metadata only).
+//!
+//! Each watcher relists on a `410 Gone` (kube's watcher does) and the store replaces what it
+//! knew at the end of every listing, so a pod deleted while the watch was down is noticed.
+//! Objects become compact records as they arrive; the API objects are never kept.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use metrics::{counter, gauge};
+use regex::Regex;
+use tailgate_config::agent::{K8sAttributesConfig, K8sExtractFrom, K8sFilterOp};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::extract::Extractor;
+use crate::store::{ContainerRecord, Kind, MetadataStore, ObjectRecord, OwnerRecord, OwnerRef, PodRecord};
+use crate::telemetry::*;
+
+/// How often deleted pods past their grace period are forgotten.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Which parts of a pod to keep (labels and annotations only when something extracts them).
+#[derive(Debug, Clone)]
+struct PodShape {
+    labels: bool,
+    annotations: bool,
+    exclude: Vec<Regex>,
+}
+
+/// The running watchers of one `k8sattributes` processor.
+pub struct KubeMetadata {
+    pub store: Arc<RwLock<MetadataStore>>,
+    pub synced: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for KubeMetadata {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The field and label selectors of the pod watch, from `filter`.
+pub fn pod_selectors(
+    cfg: &K8sAttributesConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Option<String>, Option<String>), String> {
+    let mut fields = Vec::new();
+    let node = match (&cfg.filter.node, &cfg.filter.node_from_env_var) {
+        (Some(n), _) => Some(n.clone()),
+        (None, Some(var)) => Some(env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            format!("filter.node_from_env_var: environment variable `{var}` is not set (set it from the Downward API: spec.nodeName)")
+        })?),
+        (None, None) => None,
+    };
+    if let Some(node) = node {
+        fields.push(format!("spec.nodeName={node}"));
+    }
+    for f in &cfg.filter.fields {
+        let op = if f.op == K8sFilterOp::NotEquals { "!=" } else { "=" };
+        fields.push(format!("{}{op}{}", f.key, f.value));
+    }
+    let labels: Vec<String> = cfg
+        .filter
+        .labels
+        .iter()
+        .map(|l| match l.op {
+            K8sFilterOp::Equals => format!("{}={}", l.key, l.value.as_deref().unwrap_or("")),
+            K8sFilterOp::NotEquals => format!("{}!={}", l.key, l.value.as_deref().unwrap_or("")),
+            K8sFilterOp::Exists => l.key.clone(),
+            K8sFilterOp::DoesNotExist => format!("!{}", l.key),
+        })
+        .collect();
+    let join = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
+    Ok((join(fields), join(labels)))
+}
+
+/// The node this agent watches, if filtered by node.
+fn filtered_node(cfg: &K8sAttributesConfig, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    cfg.filter
+        .node
+        .clone()
+        .or_else(|| cfg.filter.node_from_env_var.as_deref().and_then(env))
+}
+
+impl KubeMetadata {
+    /// Starts the watchers `cfg` needs. Returns at once; `synced` turns true when every
+    /// watcher delivered its first full listing.
+    pub fn start(
+        client: kube::Client,
+        cfg: &K8sAttributesConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<KubeMetadata, String> {
+        let store = Arc::new(RwLock::new(MetadataStore::new()));
+        let needs = Extractor::new(cfg).needs();
+        let (fields, labels) = pod_selectors(cfg, env)?;
+        let mut pod_config = watcher::Config::default();
+        if let Some(f) = &fields {
+            pod_config = pod_config.fields(f);
+        }
+        if let Some(l) = &labels {
+            pod_config = pod_config.labels(l);
+        }
+        let pods: Api<Pod> = match &cfg.filter.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let from = |f: K8sExtractFrom, list: &[tailgate_config::agent::K8sFieldExtract]| {
+            list.iter().any(|r| r.from == f)
+        };
+        let shape = PodShape {
+            labels: from(K8sExtractFrom::Pod, &cfg.extract.labels),
+            annotations: from(K8sExtractFrom::Pod, &cfg.extract.annotations),
+            exclude: cfg.exclude.pods.iter().map(|p| p.name.0.clone()).collect(),
+        };
+
+        let mut watchers = 1;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(8);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        {
+            let store = Arc::clone(&store);
+            let done = done_tx.clone();
+            let stream = watcher::watcher(pods, pod_config).default_backoff();
+            tasks.push(tokio::spawn(async move {
+                run(stream, "pod", done, |ev| {
+                    let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                    let now = started.elapsed();
+                    match ev {
+                        Applied::One(pod) => match pod_record(&pod, &shape) {
+                            Some(rec) => s.upsert_pod(rec),
+                            None => {
+                                if let Some(uid) = &pod.metadata.uid {
+                                    s.delete_pod(uid, now)
+                                }
+                            }
+                        },
+                        Applied::Deleted(pod) => {
+                            if let Some(uid) = &pod.metadata.uid {
+                                s.delete_pod(uid, now);
+                            }
+                        }
+                        Applied::All(pods) => {
+                            let recs = pods.iter().filter_map(|p| pod_record(p, &shape)).collect();
+                            s.replace_pods(recs, now);
+                        }
+                    }
+                    gauge!(K8S_PODS).set(s.pod_count() as f64);
+                })
+                .await
+            }));
+        }
+        let owners = [
+            (needs.replica_sets, Kind::ReplicaSet),
+            (needs.jobs, Kind::Job),
+        ];
+        for (needed, kind) in owners {
+            if !needed {
+                continue;
+            }
+            watchers += 1;
+            let store = Arc::clone(&store);
+            let done = done_tx.clone();
+            let handle = move |ev: Applied<PartialObjectMeta<()>>| {
+                let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                match ev {
+                    Applied::One(o) => {
+                        if let Some(rec) = owner_record(&o.metadata) {
+                            s.upsert_owner(kind, rec)
+                        }
+                    }
+                    Applied::Deleted(o) => {
+                        if let Some(uid) = &o.metadata.uid {
+                            s.delete_owner(kind, uid)
+                        }
+                    }
+                    Applied::All(all) => {
+                        s.clear(kind);
+                        for o in all {
+                            if let Some(rec) = owner_record(&o.metadata) {
+                                s.upsert_owner(kind, rec)
+                            }
+                        }
+                    }
+                }
+            };
+            let task = match kind {
+                Kind::ReplicaSet => {
+                    let api: Api<PartialObjectMeta<ReplicaSet>> = namespaced_or_all(&client, cfg);
+                    let stream = watcher::watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .map(|r| r.map(erase));
+                    tokio::spawn(async move { run(stream, "replicaset", done, handle).await })
+                }
+                _ => {
+                    let api: Api<PartialObjectMeta<Job>> = namespaced_or_all(&client, cfg);
+                    let stream = watcher::watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .map(|r| r.map(erase));
+                    tokio::spawn(async move { run(stream, "job", done, handle).await })
+                }
+            };
+            tasks.push(task);
+        }
+        let objects = [
+            (needs.namespaces, Kind::Namespace),
+            (needs.nodes, Kind::Node),
+        ];
+        for (needed, kind) in objects {
+            if !needed {
+                continue;
+            }
+            watchers += 1;
+            let store = Arc::clone(&store);
+            let done = done_tx.clone();
+            let handle = move |ev: Applied<PartialObjectMeta<()>>| {
+                let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                match ev {
+                    Applied::One(o) => {
+                        if let Some((name, rec)) = object_record(&o.metadata) {
+                            s.upsert_object(kind, name, rec)
+                        }
+                    }
+                    Applied::Deleted(o) => {
+                        if let Some(name) = &o.metadata.name {
+                            s.delete_object(kind, name)
+                        }
+                    }
+                    Applied::All(all) => {
+                        s.clear(kind);
+                        for o in all {
+                            if let Some((name, rec)) = object_record(&o.metadata) {
+                                s.upsert_object(kind, name, rec)
+                            }
+                        }
+                    }
+                }
+            };
+            let task = if kind == Kind::Namespace {
+                let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+                let mut wc = watcher::Config::default();
+                if let Some(ns) = &cfg.filter.namespace {
+                    wc = wc.fields(&format!("metadata.name={ns}"));
+                }
+                let stream = watcher::watcher(api, wc)
+                    .default_backoff()
+                    .map(|r| r.map(erase));
+                tokio::spawn(async move { run(stream, "namespace", done, handle).await })
+            } else {
+                let api: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+                let mut wc = watcher::Config::default();
+                if let Some(node) = filtered_node(cfg, env) {
+                    wc = wc.fields(&format!("metadata.name={node}"));
+                }
+                let stream = watcher::watcher(api, wc)
+                    .default_backoff()
+                    .map(|r| r.map(erase));
+                tokio::spawn(async move { run(stream, "node", done, handle).await })
+            };
+            tasks.push(task);
+        }
+        drop(done_tx);
+
+        let (synced_tx, synced) = watch::channel(false);
+        tasks.push(tokio::spawn(async move {
+            let mut pending = watchers;
+            while pending > 0 && done_rx.recv().await.is_some() {
+                pending -= 1;
+            }
+            if pending == 0 {
+                let _ = synced_tx.send(true);
+                // Keep the sender alive so receivers never see a closed channel.
+                std::future::pending::<()>().await;
+            }
+        }));
+        {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                    s.expire(started.elapsed());
+                    gauge!(K8S_PODS).set(s.pod_count() as f64);
+                }
+            }));
+        }
+        Ok(KubeMetadata {
+            store,
+            synced,
+            tasks,
+        })
+    }
+}
+
+fn namespaced_or_all<K>(client: &kube::Client, cfg: &K8sAttributesConfig) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match &cfg.filter.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Metadata-only objects of any kind look the same to the store.
+fn erase<K>(e: Event<PartialObjectMeta<K>>) -> Event<PartialObjectMeta<()>> {
+    let erase_one = |o: PartialObjectMeta<K>| PartialObjectMeta {
+        types: o.types,
+        metadata: o.metadata,
+        _phantom: Default::default(),
+    };
+    match e {
+        Event::Apply(o) => Event::Apply(erase_one(o)),
+        Event::Delete(o) => Event::Delete(erase_one(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(erase_one(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// What a watcher stream tells the store.
+enum Applied<K> {
+    One(K),
+    Deleted(K),
+    /// A complete listing (after start or a relist).
+    All(Vec<K>),
+}
+
+/// Drives one watcher stream: buffers a listing until it is complete, applies changes, counts
+/// errors (the stream retries with backoff), and reports the first complete listing on `done`.
+async fn run<K, S, F>(stream: S, kind: &'static str, done: tokio::sync::mpsc::Sender<()>, mut apply: F)
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+    F: FnMut(Applied<K>),
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut listing: Vec<K> = Vec::new();
+    let mut first = true;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(o)) => listing.push(o),
+            Ok(Event::InitDone) => {
+                apply(Applied::All(std::mem::take(&mut listing)));
+                counter!(K8S_LISTINGS, "kind" => kind).increment(1);
+                if first {
+                    first = false;
+                    let _ = done.send(()).await;
+                }
+            }
+            Ok(Event::Apply(o)) => apply(Applied::One(o)),
+            Ok(Event::Delete(o)) => apply(Applied::Deleted(o)),
+            Err(e) => {
+                counter!(K8S_WATCH_ERRORS, "kind" => kind).increment(1);
+                tracing::warn!(kind, error = %e, "Kubernetes watch failed; retrying");
+            }
+        }
+    }
+}
+
+fn owner_of(refs: Option<&Vec<OwnerReference>>) -> Option<OwnerRef> {
+    let refs = refs?;
+    let r = refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())?;
+    Some(OwnerRef {
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        uid: r.uid.clone(),
+    })
+}
+
+/// `None` for a pod that must not be used (excluded by name, or without a uid).
+fn pod_record(pod: &Pod, shape: &PodShape) -> Option<PodRecord> {
+    let m = &pod.metadata;
+    let name = m.name.clone()?;
+    if shape.exclude.iter().any(|re| re.is_match(&name)) {
+        return None;
+    }
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    Some(PodRecord {
+        name,
+        namespace: m.namespace.clone().unwrap_or_default(),
+        uid: m.uid.clone()?,
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        node: spec.and_then(|s| s.node_name.clone()),
+        start_time: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string()),
+        owner: owner_of(m.owner_references.as_ref()),
+        labels: if shape.labels {
+            m.labels.clone().unwrap_or_default()
+        } else {
+            Default::default()
+        },
+        annotations: if shape.annotations {
+            m.annotations.clone().unwrap_or_default()
+        } else {
+            Default::default()
+        },
+        containers: spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .map(|c| ContainerRecord {
+                        name: c.name.clone(),
+                        image: c.image.clone().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+    })
+}
+
+fn owner_record(m: &ObjectMeta) -> Option<OwnerRecord> {
+    Some(OwnerRecord {
+        name: m.name.clone()?,
+        uid: m.uid.clone()?,
+        owner: owner_of(m.owner_references.as_ref()),
+    })
+}
+
+fn object_record(m: &ObjectMeta) -> Option<(String, ObjectRecord)> {
+    Some((
+        m.name.clone()?,
+        ObjectRecord {
+            uid: m.uid.clone().unwrap_or_default(),
+            labels: m.labels.clone().unwrap_or_default(),
+            annotations: m.annotations.clone().unwrap_or_default(),
+        },
+    ))
+}
