@@ -64,29 +64,35 @@ fn validate_lists_every_error_and_exits_1() {
 }
 
 #[test]
-fn reference_agent_config_is_refused_only_for_components_not_built_yet() {
-    let path = tests_path("../../shared/reference/collector-agent-config.yaml");
-    if !path.exists() {
-        return; // shared/ sits beside the checkout in CI and development
-    }
-    let (code, _, err) = run(&["validate", "--config", path.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    for line in err
-        .lines()
-        .filter(|l| l.contains(": processors.") || l.contains(": exporters."))
-    {
-        assert!(
-            line.contains("k8sattributes") || line.contains("loadbalancing"),
-            "{line}"
-        );
-    }
+fn the_reference_agent_config_validates_and_shows_its_pipeline() {
+    let path = tests_path("configs/collector-agent-config.yaml");
+    let (code, out, err) = run(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("processor k8sattributes: 5 metadata, 2 label(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("exporter  loadbalancing: by trace ID to the owning gateway (k8s service otel-gateway-collector-headless)"),
+        "{out}"
+    );
 }
 
 #[test]
-fn agent_says_it_is_not_available_yet() {
-    let (code, _, err) = run(&["agent", "--config", "x.yaml"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not available yet"), "{err}");
+fn an_agent_with_a_broken_config_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        "receivers:\n  otlp:\nexporters:\n  loadbalancing:\n    routing_key: service\n    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a]\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [loadbalancing]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("exporters.loadbalancing.routing_key: `service` is not supported"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -16,18 +16,18 @@ use tailgate_ring::Ring;
 
 use crate::support::*;
 
-const SPANS_PER_TRACE: u64 = 5;
+pub(crate) const SPANS_PER_TRACE: u64 = 5;
 
-struct Cluster {
-    sink: Sink,
-    sink_addr: std::net::SocketAddr,
+pub(crate) struct Cluster {
+    pub(crate) sink: Sink,
+    pub(crate) sink_addr: std::net::SocketAddr,
     /// Cluster ports of the initial members: every gateway's `--join` list.
-    join: String,
-    nodes: BTreeMap<String, (Gateway, u16)>,
-    policies: &'static str,
+    pub(crate) join: String,
+    pub(crate) nodes: BTreeMap<String, (Gateway, u16)>,
+    pub(crate) policies: &'static str,
 }
 
-const KEEP_EVERYTHING: &str = r#"
+pub(crate) const KEEP_EVERYTHING: &str = r#"
       - name: everything
         type: always_sample"#;
 
@@ -37,7 +37,7 @@ const KEEP_ERRORS: &str = r#"
         status_code:
           status_codes: [ERROR]"#;
 
-fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> String {
+pub(crate) fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> String {
     gateway_config(
         sink,
         &format!(
@@ -59,7 +59,7 @@ fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> String {
 }
 
 impl Cluster {
-    async fn start(n: usize, member_timeout: &str) -> Cluster {
+    pub(crate) async fn start(n: usize, member_timeout: &str) -> Cluster {
         Self::start_with(n, member_timeout, KEEP_EVERYTHING).await
     }
 
@@ -97,14 +97,14 @@ impl Cluster {
         c
     }
 
-    async fn add(&mut self, name: &str, ports: Ports, cluster_port: u16) {
+    pub(crate) async fn add(&mut self, name: &str, ports: Ports, cluster_port: u16) {
         let cfg = config(self.sink_addr, name, self.policies);
         let gw = start_member(&cfg, ports, name, cluster_port, &self.join, "3s").await;
         self.nodes.insert(name.to_string(), (gw, cluster_port));
     }
 
     /// Waits until every running gateway routes by a ring of `n` owners at one epoch.
-    async fn wait_owners(&self, n: usize) {
+    pub(crate) async fn wait_owners(&self, n: usize) {
         for _ in 0..300 {
             let mut seen = BTreeSet::new();
             let mut ok = true;
@@ -127,7 +127,7 @@ impl Cluster {
         );
     }
 
-    fn endpoints(&self) -> String {
+    pub(crate) fn endpoints(&self) -> String {
         self.nodes
             .values()
             .map(|(g, _)| g.grpc_url())
@@ -135,7 +135,7 @@ impl Cluster {
             .join(",")
     }
 
-    async fn sum_metric(&self, name: &str) -> f64 {
+    pub(crate) async fn sum_metric(&self, name: &str) -> f64 {
         let mut total = 0.0;
         for (gw, _) in self.nodes.values() {
             total += gw.metric(name, "").await;
@@ -144,7 +144,7 @@ impl Cluster {
     }
 }
 
-async fn start_member(
+pub(crate) async fn start_member(
     cfg: &str,
     ports: Ports,
     name: &str,
@@ -172,21 +172,21 @@ async fn start_member(
     .await
 }
 
-struct Load {
+pub(crate) struct Load {
     child: Child,
     out: tempfile::NamedTempFile,
     err: tempfile::NamedTempFile,
 }
 
 impl Load {
-    fn start(endpoints: &str, duration: &str) -> Load {
+    pub(crate) fn start(endpoints: &str, duration: &str) -> Load {
         Self::start_args(
             endpoints,
             &["--duration", duration, "--rate", "1500", "--seed", "7"],
         )
     }
 
-    fn start_args(endpoints: &str, extra: &[&str]) -> Load {
+    pub(crate) fn start_args(endpoints: &str, extra: &[&str]) -> Load {
         let out = tempfile::NamedTempFile::new().unwrap();
         let err = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(BIN)
@@ -210,7 +210,7 @@ impl Load {
     }
 
     /// Waits for the load to finish; returns (spans sent, spans whose requests failed).
-    async fn finish(mut self) -> (u64, u64) {
+    pub(crate) async fn finish(mut self) -> (u64, u64) {
         loop {
             if self.child.try_wait().unwrap().is_some() {
                 break;
@@ -236,12 +236,12 @@ impl Load {
 }
 
 /// What the sink holds: span counts by (trace, span), and exporters by trace.
-struct Received {
-    copies: BTreeMap<(Vec<u8>, Vec<u8>), usize>,
-    exporters: BTreeMap<Vec<u8>, BTreeSet<String>>,
+pub(crate) struct Received {
+    pub(crate) copies: BTreeMap<(Vec<u8>, Vec<u8>), usize>,
+    pub(crate) exporters: BTreeMap<Vec<u8>, BTreeSet<String>>,
 }
 
-fn received(sink: &Sink) -> Received {
+pub(crate) fn received(sink: &Sink) -> Received {
     let mut r = Received {
         copies: BTreeMap::new(),
         exporters: BTreeMap::new(),
@@ -266,7 +266,7 @@ fn received(sink: &Sink) -> Received {
 }
 
 /// Waits until the sink holds `expected` distinct spans and nothing more arrives.
-async fn settle(sink: &Sink, expected: u64) -> Received {
+pub(crate) async fn settle(sink: &Sink, expected: u64) -> Received {
     let mut last = usize::MAX;
     for _ in 0..300 {
         let n = sink.spans().len();
@@ -280,7 +280,7 @@ async fn settle(sink: &Sink, expected: u64) -> Received {
 }
 
 /// I1/I2 of the design: every span exactly once, no trace exported by two gateways.
-fn assert_exactly_once_and_whole(r: &Received, sent: u64) {
+pub(crate) fn assert_exactly_once_and_whole(r: &Received, sent: u64) {
     let duplicates: Vec<_> = r.copies.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         duplicates.is_empty(),

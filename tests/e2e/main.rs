@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `tailgate` binary as a separate process, driven over the network
 //! by real clients (the OpenTelemetry Python SDK, tonic clients, HTTP) against in-test sinks.
 
+mod agent;
 mod bad_input;
 mod cli;
 mod cluster;

@@ -45,6 +45,16 @@ pub fn assert_redacted(s: &Span) {
 
 /// Runs the Python sender; the SDK must be installed (`.ci/run` does it).
 pub fn python_send(protocol: &str, endpoint: &str, traces: u32) -> serde_json::Value {
+    python_send_args(protocol, endpoint, traces, &[])
+}
+
+/// `python_send` with more of the script's options.
+pub fn python_send_args(
+    protocol: &str,
+    endpoint: &str,
+    traces: u32,
+    extra: &[&str],
+) -> serde_json::Value {
     let script = tests_path("python/send_traces.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -56,6 +66,7 @@ pub fn python_send(protocol: &str, endpoint: &str, traces: u32) -> serde_json::V
             "--traces",
             &traces.to_string(),
         ])
+        .args(extra)
         .output()
         .expect("python3 must be installed");
     assert!(

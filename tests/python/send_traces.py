@@ -58,6 +58,10 @@ def main():
     p.add_argument("--flag-every", type=int, default=0, help="every Nth trace gets sampling.priority=always_on")
     p.add_argument("--slow-every", type=int, default=0, help="every Nth trace has a 2.5 s root span")
     p.add_argument("--pod-ip", default="", help="k8s.pod.ip resource attribute")
+    p.add_argument(
+        "--health-checks", type=int, default=0,
+        help="also send this many single-span probe traces (/healthz, /readyz, /metrics)",
+    )
     args = p.parse_args()
 
     attrs = {"service.name": args.service}
@@ -102,9 +106,18 @@ def main():
                     "slow": bool(slow),
                 }
             )
+    probes = []
+    for i in range(args.health_checks):
+        route = ["/healthz", "/readyz", "/metrics"][i % 3]
+        with tracer.start_as_current_span(f"GET {route}", kind=trace.SpanKind.SERVER) as probe:
+            probe.set_attribute("http.route", route)
+            probes.append(format(probe.get_span_context().trace_id, "032x"))
     provider.force_flush()
     provider.shutdown()
-    json.dump({"traces": sent, "export_failures": exporter.failures}, sys.stdout)
+    json.dump(
+        {"traces": sent, "health_checks": probes, "export_failures": exporter.failures},
+        sys.stdout,
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::components::{ClientTlsConfig, Compression, OtlpExporterConfig, QueueConfig, RetryConfig};
+use crate::components::{
+    ClientTlsConfig, Compression, OtlpExporterConfig, QueueConfig, RetryConfig,
+};
 use crate::types::{ConfigRegex, GoDuration};
 
 // ---------------------------------------------------------------- k8sattributes
@@ -375,11 +377,17 @@ pub(crate) fn validate_k8s(c: &K8sAttributesConfig) -> Vec<(String, String)> {
         if !K8S_METADATA.contains(&m.as_str()) {
             out.push((
                 format!("extract.metadata[{i}]"),
-                format!("unknown metadata `{m}`; supported: {}", K8S_METADATA.join(", ")),
+                format!(
+                    "unknown metadata `{m}`; supported: {}",
+                    K8S_METADATA.join(", ")
+                ),
             ));
         }
     }
-    for (list, name) in [(&c.extract.labels, "labels"), (&c.extract.annotations, "annotations")] {
+    for (list, name) in [
+        (&c.extract.labels, "labels"),
+        (&c.extract.annotations, "annotations"),
+    ] {
         for (i, f) in list.iter().enumerate() {
             if f.key.is_some() == f.key_regex.is_some() {
                 out.push((
@@ -391,7 +399,10 @@ pub(crate) fn validate_k8s(c: &K8sAttributesConfig) -> Vec<(String, String)> {
     }
     for (i, a) in c.pod_association.iter().enumerate() {
         if a.sources.is_empty() {
-            out.push((format!("pod_association[{i}].sources"), "must not be empty".into()));
+            out.push((
+                format!("pod_association[{i}].sources"),
+                "must not be empty".into(),
+            ));
         }
         for (j, s) in a.sources.iter().enumerate() {
             let path = format!("pod_association[{i}].sources[{j}]");
@@ -493,14 +504,20 @@ pub(crate) fn validate_loadbalancing(c: &LoadBalancingConfig) -> Vec<(String, St
     if let Some(s) = &r.static_
         && s.hostnames.is_empty()
     {
-        out.push(("resolver.static.hostnames".into(), "must not be empty".into()));
+        out.push((
+            "resolver.static.hostnames".into(),
+            "must not be empty".into(),
+        ));
     }
     if let Some(d) = &r.dns {
         if d.hostname.trim().is_empty() {
             out.push(("resolver.dns.hostname".into(), "must not be empty".into()));
         }
         if d.interval.is_zero() {
-            out.push(("resolver.dns.interval".into(), "must be greater than 0".into()));
+            out.push((
+                "resolver.dns.interval".into(),
+                "must be greater than 0".into(),
+            ));
         }
     }
     if let Some(k) = &r.k8s {

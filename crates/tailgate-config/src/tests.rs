@@ -201,7 +201,10 @@ fn the_reference_agent_config_loads_unchanged() {
     assert_eq!(k.extract.labels[0].tag_name.as_deref(), Some("app.version"));
     assert_eq!(k.extract.labels[1].from, K8sExtractFrom::Pod);
     assert_eq!(k.pod_association.len(), 2);
-    assert_eq!(k.pod_association[1].sources[0].from, K8sAssociationFrom::Connection);
+    assert_eq!(
+        k.pod_association[1].sources[0].from,
+        K8sAssociationFrom::Connection
+    );
     let ExporterConfig::LoadBalancing(lb) =
         &cfg.exporters[&ComponentId::parse("loadbalancing").unwrap()]
     else {
@@ -217,27 +220,39 @@ fn the_reference_agent_config_loads_unchanged() {
 #[test]
 fn agent_component_mistakes_give_exact_errors() {
     let lb = |body: &str| {
-        format!("receivers:\n  otlp:\nexporters:\n  loadbalancing:\n{body}service:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [loadbalancing]\n")
+        format!(
+            "receivers:\n  otlp:\nexporters:\n  loadbalancing:\n{body}service:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [loadbalancing]\n"
+        )
     };
     let cases = [
         (
-            lb("    routing_key: service\n    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a:4317]\n"),
+            lb(
+                "    routing_key: service\n    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a:4317]\n",
+            ),
             "test.yaml: exporters.loadbalancing.routing_key: `service` is not supported: tail sampling needs every span of a trace at one gateway, use `traceID`",
         ),
         (
-            lb("    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a:4317]\n      dns:\n        hostname: gw\n"),
+            lb(
+                "    protocol:\n      otlp: {}\n    resolver:\n      static:\n        hostnames: [a:4317]\n      dns:\n        hostname: gw\n",
+            ),
             "test.yaml: exporters.loadbalancing.resolver: set exactly one of `static`, `dns`, `k8s`",
         ),
         (
-            lb("    protocol:\n      otlp:\n        endpoint: x:4317\n    resolver:\n      static:\n        hostnames: [a:4317]\n"),
+            lb(
+                "    protocol:\n      otlp:\n        endpoint: x:4317\n    resolver:\n      static:\n        hostnames: [a:4317]\n",
+            ),
             "test.yaml: exporters.loadbalancing.protocol.otlp.endpoint: unknown field `endpoint`, expected one of `tls`, `headers`, `compression`, `timeout`, `retry_on_failure`, `sending_queue`",
         ),
         (
-            format!("receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    pod_association:\n      - sources:\n          - from: resource_attribute\n            name: k8s.pod.name\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
+            format!(
+                "receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    pod_association:\n      - sources:\n          - from: resource_attribute\n            name: k8s.pod.name\nexporters:\n  debug:\n{MINIMAL_SERVICE}"
+            ),
             "test.yaml: processors.k8sattributes.pod_association[0].sources: `k8s.pod.name` and `k8s.namespace.name` identify a pod only together",
         ),
         (
-            format!("receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    extract:\n      labels:\n        - tag_name: t\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
+            format!(
+                "receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    extract:\n      labels:\n        - tag_name: t\nexporters:\n  debug:\n{MINIMAL_SERVICE}"
+            ),
             "test.yaml: processors.k8sattributes.extract.labels[0]: set exactly one of `key` or `key_regex`",
         ),
     ];

@@ -99,11 +99,7 @@ pub fn endpoints(
     let mut out = BTreeSet::new();
     for slice in slices.values() {
         for ep in &slice.endpoints {
-            let ready = ep
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             if !ready {
                 continue;
             }

@@ -80,9 +80,9 @@ fn collection_of(api_version: &str, kind: &str) -> String {
 /// Request path → (collection path, namespace).
 fn parse_path(path: &str) -> Option<(String, Option<String>)> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (prefix, rest) = match segs.first()? {
-        &"api" if segs.len() >= 3 => (format!("/api/{}", segs[1]), &segs[2..]),
-        &"apis" if segs.len() >= 4 => (format!("/apis/{}/{}", segs[1], segs[2]), &segs[3..]),
+    let (prefix, rest) = match *segs.first()? {
+        "api" if segs.len() >= 3 => (format!("/api/{}", segs[1]), &segs[2..]),
+        "apis" if segs.len() >= 4 => (format!("/apis/{}/{}", segs[1], segs[2]), &segs[3..]),
         _ => return None,
     };
     match rest {
@@ -111,14 +111,23 @@ enum LabelReq {
 impl Selector {
     fn parse(fields: Option<&String>, labels: Option<&String>) -> Selector {
         let mut s = Selector::default();
-        for f in fields.into_iter().flat_map(|f| f.split(',')).filter(|f| !f.is_empty()) {
+        for f in fields
+            .into_iter()
+            .flat_map(|f| f.split(','))
+            .filter(|f| !f.is_empty())
+        {
             if let Some((k, v)) = f.split_once("!=") {
                 s.fields.push((k.to_string(), false, v.to_string()));
             } else if let Some((k, v)) = f.split_once('=') {
-                s.fields.push((k.to_string(), true, v.trim_start_matches('=').to_string()));
+                s.fields
+                    .push((k.to_string(), true, v.trim_start_matches('=').to_string()));
             }
         }
-        for l in labels.into_iter().flat_map(|l| l.split(',')).filter(|l| !l.is_empty()) {
+        for l in labels
+            .into_iter()
+            .flat_map(|l| l.split(','))
+            .filter(|l| !l.is_empty())
+        {
             s.labels.push(if let Some((k, v)) = l.split_once("!=") {
                 LabelReq::Ne(k.into(), v.into())
             } else if let Some((k, v)) = l.split_once('=') {
@@ -311,7 +320,12 @@ async fn handle(
     };
     if !watch {
         c.lists += 1;
-        let items: Vec<Value> = c.objects.values().filter(|o| in_scope(o)).cloned().collect();
+        let items: Vec<Value> = c
+            .objects
+            .values()
+            .filter(|o| in_scope(o))
+            .cloned()
+            .collect();
         let kind = path.rsplit('/').next().unwrap_or("");
         return axum::Json(json!({
             "apiVersion": "v1",

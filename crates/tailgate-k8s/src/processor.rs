@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::extract::Extractor;
 use crate::store::{MetadataStore, PodKey};
 use crate::telemetry::*;
+use crate::watch::KubeMetadata;
 
 /// One `pod_association` entry: every source must give a value.
 #[derive(Debug, Clone)]
@@ -163,7 +164,10 @@ impl Enricher {
             }
         };
         if self.passthrough {
-            let key = self.associations.iter().find_map(|a| a.key(resource, client));
+            let key = self
+                .associations
+                .iter()
+                .find_map(|a| a.key(resource, client));
             if let Some((PodKey::Ip(ip), true)) = key {
                 add(&mut out, "k8s.pod.ip", &ip.to_string());
             }
@@ -206,6 +210,8 @@ pub struct K8sAttributesStage {
     name: String,
     enricher: Enricher,
     store: Arc<RwLock<MetadataStore>>,
+    /// The watchers feeding `store`; they stop with the stage.
+    _metadata: KubeMetadata,
     /// `Some` with `wait_for_metadata`: wait for the flag until the deadline.
     wait: Option<(Synced, Instant)>,
     next: Arc<dyn Consumer>,
@@ -215,17 +221,20 @@ impl K8sAttributesStage {
     pub fn new(
         name: String,
         cfg: &K8sAttributesConfig,
-        store: Arc<RwLock<MetadataStore>>,
-        synced: Synced,
+        metadata: KubeMetadata,
         next: Arc<dyn Consumer>,
     ) -> Self {
-        let wait = cfg
-            .wait_for_metadata
-            .then(|| (synced, Instant::now() + cfg.wait_for_metadata_timeout.0));
+        let wait = cfg.wait_for_metadata.then(|| {
+            (
+                metadata.synced.clone(),
+                Instant::now() + cfg.wait_for_metadata_timeout.0,
+            )
+        });
         K8sAttributesStage {
             name,
             enricher: Enricher::new(cfg),
-            store,
+            store: Arc::clone(&metadata.store),
+            _metadata: metadata,
             wait,
             next,
         }

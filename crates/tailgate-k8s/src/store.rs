@@ -185,10 +185,8 @@ impl MetadataStore {
         {
             self.by_ip.insert(ip, pod.uid.clone());
         }
-        self.by_name.insert(
-            (pod.name.clone(), pod.namespace.clone()),
-            pod.uid.clone(),
-        );
+        self.by_name
+            .insert((pod.name.clone(), pod.namespace.clone()), pod.uid.clone());
     }
 
     /// Removes index entries that still point at this pod (a newer pod may own them now).

@@ -17,8 +17,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use metrics::{counter, gauge};
 use regex::Regex;
 use tailgate_config::agent::{K8sAttributesConfig, K8sExtractFrom, K8sFilterOp};
@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::extract::Extractor;
-use crate::store::{ContainerRecord, Kind, MetadataStore, ObjectRecord, OwnerRecord, OwnerRef, PodRecord};
+use crate::store::{
+    ContainerRecord, Kind, MetadataStore, ObjectRecord, OwnerRecord, OwnerRef, PodRecord,
+};
 use crate::telemetry::*;
 
 /// How often deleted pods past their grace period are forgotten.
@@ -73,7 +75,11 @@ pub fn pod_selectors(
         fields.push(format!("spec.nodeName={node}"));
     }
     for f in &cfg.filter.fields {
-        let op = if f.op == K8sFilterOp::NotEquals { "!=" } else { "=" };
+        let op = if f.op == K8sFilterOp::NotEquals {
+            "!="
+        } else {
+            "="
+        };
         fields.push(format!("{}{op}{}", f.key, f.value));
     }
     let labels: Vec<String> = cfg
@@ -92,7 +98,10 @@ pub fn pod_selectors(
 }
 
 /// The node this agent watches, if filtered by node.
-fn filtered_node(cfg: &K8sAttributesConfig, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+fn filtered_node(
+    cfg: &K8sAttributesConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
     cfg.filter
         .node
         .clone()
@@ -100,6 +109,15 @@ fn filtered_node(cfg: &K8sAttributesConfig, env: &dyn Fn(&str) -> Option<String>
 }
 
 impl KubeMetadata {
+    /// A store fed by someone else (the simulator, `passthrough`), with its own sync flag.
+    pub fn detached(store: Arc<RwLock<MetadataStore>>, synced: watch::Receiver<bool>) -> Self {
+        KubeMetadata {
+            store,
+            synced,
+            tasks: Vec::new(),
+        }
+    }
+
     /// Starts the watchers `cfg` needs. Returns at once; `synced` turns true when every
     /// watcher delivered its first full listing.
     pub fn start(
@@ -346,8 +364,12 @@ enum Applied<K> {
 
 /// Drives one watcher stream: buffers a listing until it is complete, applies changes, counts
 /// errors (the stream retries with backoff), and reports the first complete listing on `done`.
-async fn run<K, S, F>(stream: S, kind: &'static str, done: tokio::sync::mpsc::Sender<()>, mut apply: F)
-where
+async fn run<K, S, F>(
+    stream: S,
+    kind: &'static str,
+    done: tokio::sync::mpsc::Sender<()>,
+    mut apply: F,
+) where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
     F: FnMut(Applied<K>),
 {
@@ -406,7 +428,9 @@ fn pod_record(pod: &Pod, shape: &PodShape) -> Option<PodRecord> {
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse::<IpAddr>().ok()),
         node: spec.and_then(|s| s.node_name.clone()),
-        start_time: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string()),
+        start_time: status
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0.to_string()),
         owner: owner_of(m.owner_references.as_ref()),
         labels: if shape.labels {
             m.labels.clone().unwrap_or_default()

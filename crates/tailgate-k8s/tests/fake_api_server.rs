@@ -18,7 +18,8 @@ fn config(extra: &str) -> K8sAttributesConfig {
     let yaml = format!(
         "receivers:\n  otlp:\nprocessors:\n  k8sattributes:\n    auth_type: none\n    filter:\n      node: {NODE}\n    extract:\n      metadata: [k8s.pod.name, k8s.pod.uid, k8s.pod.start_time, k8s.namespace.name, k8s.node.name, k8s.deployment.name, k8s.replicaset.name, k8s.statefulset.name, k8s.container.name, container.image.name, container.image.tag]\n      labels:\n        - tag_name: app.version\n          key: app.kubernetes.io/version\n          from: pod\n        - tag_name: team\n          key: team\n          from: namespace\n        - key_regex: 'topology\\.kubernetes\\.io/(.*)'\n          tag_name: 'node.$1'\n          from: node\n{extra}exporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      processors: [k8sattributes]\n      exporters: [debug]\n"
     );
-    let cfg = tailgate_config::load_str(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let cfg =
+        tailgate_config::load_str(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
     match cfg.processors.values().next().unwrap() {
         tailgate_config::ProcessorConfig::K8sAttributes(k) => k.clone(),
         _ => unreachable!(),
@@ -108,7 +109,10 @@ fn enrich(
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -153,7 +157,12 @@ async fn a_pod_found_by_ip_gets_its_metadata_labels_namespace_and_node() {
     let cfg = config("");
     let meta = started(&api, &cfg).await;
     let enricher = Enricher::new(&cfg);
-    let got = enrich(&enricher, &meta, &[("k8s.pod.ip", "10.0.0.7"), ("service.name", "checkout")], None);
+    let got = enrich(
+        &enricher,
+        &meta,
+        &[("k8s.pod.ip", "10.0.0.7"), ("service.name", "checkout")],
+        None,
+    );
     let want: Vec<(&str, &str)> = vec![
         ("app.version", "1.4.2"),
         ("container.image.name", "ghcr.io/acme/checkout"),
@@ -171,8 +180,10 @@ async fn a_pod_found_by_ip_gets_its_metadata_labels_namespace_and_node() {
         ("service.name", "checkout"),
         ("team", "payments"),
     ];
-    let want: std::collections::BTreeMap<String, String> =
-        want.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let want: std::collections::BTreeMap<String, String> = want
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     assert_eq!(got, want);
     // The other node's pod is not watched.
     let other = enrich(&enricher, &meta, &[("k8s.pod.ip", "10.0.9.9")], None);
@@ -200,7 +211,12 @@ async fn the_connection_address_finds_the_pod_and_existing_attributes_are_kept()
     assert_eq!(got["k8s.pod.ip"], "10.0.0.7", "tagged from the connection");
     assert_eq!(got["k8s.namespace.name"], "set-by-app", "never overwritten");
     // Unknown peer: the resource passes unchanged.
-    let unknown = enrich(&enricher, &meta, &[("a", "b")], Some("10.1.1.1".parse().unwrap()));
+    let unknown = enrich(
+        &enricher,
+        &meta,
+        &[("a", "b")],
+        Some("10.1.1.1".parse().unwrap()),
+    );
     assert_eq!(unknown.len(), 1);
 }
 
@@ -256,8 +272,11 @@ async fn a_deployment_rollout_labels_and_namespace_changes_show_up_without_resta
     ));
     eventually("the new pod is enriched with its deployment", || {
         let got = enrich(&enricher, &meta, &[("k8s.pod.ip", "10.0.0.8")], None);
-        got.get("k8s.deployment.name").is_some_and(|d| d == "checkout")
-            && got.get("k8s.replicaset.name").is_some_and(|r| r == "checkout-5c8b")
+        got.get("k8s.deployment.name")
+            .is_some_and(|d| d == "checkout")
+            && got
+                .get("k8s.replicaset.name")
+                .is_some_and(|r| r == "checkout-5c8b")
             && got.get("app.version").is_some_and(|v| v == "1.5.0")
     })
     .await;
@@ -333,8 +352,14 @@ async fn excluded_pods_and_host_network_pods_are_never_matched_by_ip() {
     let cfg = config("");
     let meta = started(&api, &cfg).await;
     let enricher = Enricher::new(&cfg);
-    assert_eq!(enrich(&enricher, &meta, &[("k8s.pod.ip", "10.0.0.30")], None).len(), 1);
-    assert_eq!(enrich(&enricher, &meta, &[("k8s.pod.ip", "192.168.1.10")], None).len(), 1);
+    assert_eq!(
+        enrich(&enricher, &meta, &[("k8s.pod.ip", "10.0.0.30")], None).len(),
+        1
+    );
+    assert_eq!(
+        enrich(&enricher, &meta, &[("k8s.pod.ip", "192.168.1.10")], None).len(),
+        1
+    );
     let by_uid = enrich(&enricher, &meta, &[("k8s.pod.uid", "kp-uid")], None);
     assert_eq!(by_uid["k8s.pod.name"], "kube-proxy");
 }

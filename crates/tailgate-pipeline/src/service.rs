@@ -328,7 +328,9 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
                 }
                 other @ ProcessorConfig::K8sAttributes(_) => {
                     let factory = opts.components.as_ref().with_context(|| {
-                        format!("processors.{id}: `k8sattributes` is not available in this embedding")
+                        format!(
+                            "processors.{id}: `k8sattributes` is not available in this embedding"
+                        )
                     })?;
                     factory.processor(id, other, next, &opts).await?
                 }

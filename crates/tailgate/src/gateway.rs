@@ -167,6 +167,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         &cfg,
         ServiceOptions {
             seed: args.seed,
+            components: Some(crate::agent::components()),
             ..Default::default()
         },
         cluster,

@@ -2,6 +2,7 @@
 //! into the library crates. Errors reach the user through `anyhow` with context.
 
 mod admin;
+mod agent;
 mod dev;
 mod gateway;
 mod loadgen;
@@ -28,10 +29,7 @@ enum Command {
     /// Run a gateway from a collector-style config.
     Gateway(gateway::GatewayArgs),
     /// Run the node-local agent (Kubernetes enrichment and ring-aware routing).
-    Agent {
-        #[arg(long)]
-        config: Option<String>,
-    },
+    Agent(agent::AgentArgs),
     /// Run a ready-made local gateway; `--demo` drives it with synthetic traffic.
     Dev(dev::DevArgs),
     /// Check a config file; print the resolved pipelines or every error.
@@ -86,12 +84,7 @@ fn main() -> ExitCode {
             init_logging("warn", false);
             runtime().block_on(loadgen::run(args))
         }
-        Command::Agent { .. } => {
-            eprintln!(
-                "tailgate agent: not available yet (Kubernetes enrichment and ring-aware routing are still being built)"
-            );
-            return ExitCode::from(2);
-        }
+        Command::Agent(args) => runtime().block_on(agent::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,20 @@ pub fn describe(cfg: &Config) -> String {
                     f.traces.span.len(),
                     f.traces.spanevent.len()
                 ),
+                ProcessorConfig::K8sAttributes(k) => {
+                    let metadata = if k.extract.metadata.is_empty() {
+                        tailgate_config::agent::K8S_METADATA_DEFAULT.len()
+                    } else {
+                        k.extract.metadata.len()
+                    };
+                    format!(
+                        "{metadata} metadata, {} label(s), {} annotation(s), {} pod association(s){}",
+                        k.extract.labels.len(),
+                        k.extract.annotations.len(),
+                        k.pod_association.len().max(1),
+                        if k.passthrough { ", passthrough" } else { "" }
+                    )
+                }
             };
             out.push_str(&format!("  processor {id}: {detail}\n"));
         }
@@ -84,6 +98,19 @@ pub fn describe(cfg: &Config) -> String {
                 ExporterConfig::File(f) => format!("OTLP/JSON lines to {}", f.path),
                 ExporterConfig::Debug(d) => {
                     format!("log summary ({:?})", d.verbosity).to_lowercase()
+                }
+                ExporterConfig::LoadBalancing(lb) => {
+                    let r = &lb.resolver;
+                    let resolver = if let Some(s) = &r.static_ {
+                        format!("static {}", s.hostnames.join(", "))
+                    } else if let Some(d) = &r.dns {
+                        format!("dns {}:{}", d.hostname, d.port)
+                    } else if let Some(k) = &r.k8s {
+                        format!("k8s service {}", k.service)
+                    } else {
+                        String::new()
+                    };
+                    format!("by trace ID to the owning gateway ({resolver})")
                 }
             };
             out.push_str(&format!("  exporter  {id}: {detail}\n"));

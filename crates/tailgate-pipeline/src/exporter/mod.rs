@@ -95,7 +95,9 @@ pub fn build_exporter(
         ExporterConfig::File(c) => Arc::new(file::FileExporter::new(c)?),
         ExporterConfig::Debug(c) => Arc::new(debug::DebugExporter::new(id, c)),
         ExporterConfig::LoadBalancing(_) => {
-            anyhow::bail!("exporters.{id}: `loadbalancing` routes spans itself; build it with a ComponentFactory")
+            anyhow::bail!(
+                "exporters.{id}: `loadbalancing` routes spans itself; build it with a ComponentFactory"
+            )
         }
     })
 }

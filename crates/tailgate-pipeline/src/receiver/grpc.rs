@@ -12,8 +12,8 @@ use tonic::{Code, Status};
 
 use super::{Ingest, IngestError};
 use crate::consumer::{BoxFuture, Client};
-use crate::net::PeerAddr;
 use crate::exporter::grpc_status_with_retry_info;
+use crate::net::PeerAddr;
 
 /// tonic buffers up to this multiple of the configured limit before our codec answers
 /// INVALID_ARGUMENT; beyond it tonic itself refuses. Bounds memory per request.
