@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -296,19 +297,40 @@ impl RingWatch for RingWatchService {
         let node = self.node.clone();
         let mut ring = node.inner.ring.subscribe();
         let stream = async_stream(move |tx| async move {
+            let mut leaving_check = tokio::time::interval(LEAVING_CHECK);
             loop {
                 let update = {
                     let r = ring.borrow_and_update();
                     ring_update(&node, &r)
                 };
-                if tx.send(Ok(update)).await.is_err() || ring.changed().await.is_err() {
+                if tx.send(Ok(update)).await.is_err() {
                     return;
+                }
+                // A leaving gateway ends its streams after the ring without it went out, so
+                // agents subscribe elsewhere and its server can stop (an open stream would
+                // hold graceful shutdown until its deadline).
+                loop {
+                    if node.inner.leaving.load(Ordering::Acquire) {
+                        return;
+                    }
+                    tokio::select! {
+                        changed = ring.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        _ = leaving_check.tick() => {}
+                    }
                 }
             }
         });
         Ok(Response::new(stream))
     }
 }
+
+/// How often an idle `WatchRing` stream checks whether this gateway started leaving.
+const LEAVING_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A stream fed by a task through a small channel (so a slow agent holds one update, not a
 /// backlog: it always receives the newest ring next).

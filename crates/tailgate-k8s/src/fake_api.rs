@@ -47,6 +47,8 @@ struct Watcher {
 
 #[derive(Default)]
 struct ApiState {
+    /// Lists answer after this long (a slow or overloaded API server at agent start).
+    list_delay: std::time::Duration,
     resource_version: u64,
     collections: BTreeMap<String, Collection>,
 }
@@ -282,6 +284,11 @@ impl FakeApiServer {
         }
     }
 
+    /// Makes every list answer `delay` late.
+    pub fn delay_lists(&self, delay: std::time::Duration) {
+        self.state.lock().expect("fake API state").list_delay = delay;
+    }
+
     /// How many list and watch requests a collection (`/api/v1/pods`) received.
     pub fn requests(&self, collection: &str) -> (usize, usize) {
         let st = self.state.lock().expect("fake API state");
@@ -312,6 +319,10 @@ async fn handle(
     };
     let selector = Selector::parse(q.get("fieldSelector"), q.get("labelSelector"));
     let watch = q.get("watch").is_some_and(|w| w == "1" || w == "true");
+    let delay = state.lock().expect("fake API state").list_delay;
+    if !watch && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut st = state.lock().expect("fake API state");
     let current = st.resource_version;
     let c = st.collections.entry(path.clone()).or_default();

@@ -276,3 +276,70 @@ enum MapMut<'a> {
     Owners(&'a mut BTreeMap<String, OwnerRecord>),
     Objects(&'a mut BTreeMap<String, ObjectRecord>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, ip: &str) -> PodRecord {
+        PodRecord {
+            name: format!("pod-{uid}"),
+            namespace: "ns".into(),
+            uid: uid.into(),
+            ip: Some(ip.parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    fn ip(s: &str) -> PodKey {
+        PodKey::Ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_deleted_pod_resolves_during_its_grace_period_then_is_forgotten() {
+        let mut s = MetadataStore::new();
+        s.upsert_pod(pod("a", "10.0.0.1"));
+        s.delete_pod("a", Duration::from_secs(10));
+        s.expire(Duration::from_secs(10) + DELETED_POD_GRACE - Duration::from_millis(1));
+        assert!(s.pod(&ip("10.0.0.1")).is_some());
+        s.expire(Duration::from_secs(10) + DELETED_POD_GRACE);
+        assert!(s.pod(&ip("10.0.0.1")).is_none());
+        assert!(s.pod(&PodKey::Uid("a".into())).is_none());
+        assert_eq!(s.pod_count(), 0);
+    }
+
+    #[test]
+    fn a_relist_marks_pods_missing_from_it_deleted_and_keeps_a_reused_ip_on_the_newest_pod() {
+        let mut s = MetadataStore::new();
+        s.upsert_pod(pod("a", "10.0.0.1"));
+        s.upsert_pod(pod("b", "10.0.0.2"));
+        // While the watch was down: a deleted, its IP reused by c.
+        s.replace_pods(
+            vec![pod("b", "10.0.0.2"), pod("c", "10.0.0.1")],
+            Duration::ZERO,
+        );
+        assert_eq!(s.pod(&ip("10.0.0.1")).unwrap().uid, "c");
+        s.expire(DELETED_POD_GRACE);
+        assert_eq!(
+            s.pod(&ip("10.0.0.1")).unwrap().uid,
+            "c",
+            "a's expiry leaves c mapped"
+        );
+        assert_eq!(s.pod_count(), 2);
+    }
+
+    #[test]
+    fn the_store_stops_indexing_new_pods_at_its_limit_and_counts_them() {
+        let mut s = MetadataStore::new();
+        for i in 0..PODS_MAX + 5 {
+            s.upsert_pod(pod(&format!("p{i}"), "10.0.0.1"));
+        }
+        assert_eq!(s.pod_count(), PODS_MAX);
+        assert_eq!(s.pods_over_limit, 5);
+        // Updates of known pods still apply at the limit.
+        let mut p = pod("p0", "10.0.0.9");
+        p.name = "renamed".into();
+        s.upsert_pod(p);
+        assert_eq!(s.pod(&ip("10.0.0.9")).unwrap().name, "renamed");
+    }
+}

@@ -11,3 +11,6 @@ pub const K8S_LISTINGS: &str = "tailgate_k8s_listings_total";
 pub const K8S_WATCH_ERRORS: &str = "tailgate_k8s_watch_errors_total";
 /// Counter `{processor}`: times `wait_for_metadata` gave up waiting for the first listing.
 pub const K8S_METADATA_WAIT_TIMEOUTS: &str = "tailgate_k8s_metadata_wait_timeouts_total";
+/// Gauge: pods seen but not indexed because the store was at `PODS_MAX` (their spans pass
+/// unenriched). Non-zero means the pod watch is not filtered to this node.
+pub const K8S_PODS_OVER_LIMIT: &str = "tailgate_k8s_pods_over_limit";

@@ -180,6 +180,7 @@ impl KubeMetadata {
                         }
                     }
                     gauge!(K8S_PODS).set(s.pod_count() as f64);
+                    gauge!(K8S_PODS_OVER_LIMIT).set(s.pods_over_limit as f64);
                 })
                 .await
             }));

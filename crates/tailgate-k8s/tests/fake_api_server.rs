@@ -363,3 +363,154 @@ async fn excluded_pods_and_host_network_pods_are_never_matched_by_ip() {
     let by_uid = enrich(&enricher, &meta, &[("k8s.pod.uid", "kp-uid")], None);
     assert_eq!(by_uid["k8s.pod.name"], "kube-proxy");
 }
+
+/// Collects what the stage passes on.
+#[derive(Default)]
+struct Capture(std::sync::Mutex<Vec<tailgate_otlp::EncodedSpan>>);
+
+impl tailgate_pipeline::consumer::Consumer for Capture {
+    fn consume(
+        &self,
+        spans: Vec<tailgate_otlp::EncodedSpan>,
+    ) -> tailgate_pipeline::consumer::BoxFuture<
+        '_,
+        Result<(), tailgate_pipeline::consumer::ConsumeError>,
+    > {
+        self.0.lock().unwrap().extend(spans);
+        Box::pin(async { Ok(()) })
+    }
+    fn shutdown(&self, _: tokio::time::Instant) -> tailgate_pipeline::consumer::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// One span from a pod at 10.0.0.7, as the receiver scans it.
+fn request_spans() -> Vec<tailgate_otlp::EncodedSpan> {
+    use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
+    use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource::decode(&resource(&[("k8s.pod.ip", "10.0.0.7")])[..]).unwrap()),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    name: "GET /checkout".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    tailgate_otlp::scan_export_request(&bytes::Bytes::from(req.encode_to_vec()))
+        .unwrap()
+        .spans
+}
+
+async fn first_span_after_start(wait_for_metadata: bool) -> Option<String> {
+    use tailgate_pipeline::consumer::Consumer;
+    let api = FakeApiServer::start().await.unwrap();
+    seed(&api);
+    api.delay_lists(Duration::from_millis(700));
+    let extra = if wait_for_metadata {
+        "    wait_for_metadata: true\n    wait_for_metadata_timeout: 5s\n"
+    } else {
+        ""
+    };
+    let cfg = config(extra);
+    let meta = KubeMetadata::start(api.client(), &cfg, &|_| None).unwrap();
+    let capture = std::sync::Arc::new(Capture::default());
+    let stage =
+        tailgate_k8s::K8sAttributesStage::new("k8sattributes".into(), &cfg, meta, capture.clone());
+    // The first request arrives right after the agent started, before the first listing.
+    stage.consume(request_spans()).await.unwrap();
+    let spans = capture.0.lock().unwrap();
+    let span = spans.first().unwrap();
+    Resource::decode(&span.context.resource[..])
+        .unwrap()
+        .attributes
+        .into_iter()
+        .find(|kv| kv.key == "k8s.pod.name")
+        .and_then(|kv| match kv.value?.value? {
+            any_value::Value::StringValue(s) => Some(s),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn with_wait_for_metadata_the_first_spans_wait_for_the_listing_instead_of_leaving_bare() {
+    assert_eq!(
+        first_span_after_start(true).await.as_deref(),
+        Some("checkout-7d9f-abcde")
+    );
+    // Without it, the startup race the reference article warns about: the span leaves bare.
+    assert_eq!(first_span_after_start(false).await, None);
+}
+
+fn endpoint_slice(name: &str, endpoints: Value) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "observability",
+            "labels": {"kubernetes.io/service-name": "gateways"}},
+        "addressType": "IPv4", "endpoints": endpoints,
+        "ports": [{"name": "otlp-grpc", "port": 4317, "protocol": "TCP"}]})
+}
+
+#[tokio::test]
+async fn the_service_resolver_follows_ready_endpoints_across_slices() {
+    use tailgate_k8s::endpoints::ServiceEndpoints;
+    let api = FakeApiServer::start().await.unwrap();
+    api.apply(endpoint_slice(
+        "gateways-a",
+        json!([
+            {"addresses": ["10.0.1.1"], "conditions": {"ready": true}, "hostname": "gw-0"},
+            {"addresses": ["10.0.1.2"], "conditions": {"ready": false}, "hostname": "gw-1"},
+        ]),
+    ));
+    // Another Service's slice in the same namespace is not ours.
+    let mut other = endpoint_slice("other-x", json!([{"addresses": ["10.9.9.9"]}]));
+    other["metadata"]["labels"]["kubernetes.io/service-name"] = json!("other");
+    api.apply(other);
+    let eps = ServiceEndpoints::start(api.client(), "gateways.observability", &[4317, 4318], false);
+    let mut rx = eps.endpoints.clone();
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|e| *e == want(&["10.0.1.1:4317", "10.0.1.1:4318"])),
+    )
+    .await
+    .expect("first endpoints")
+    .unwrap();
+    // gw-1 becomes ready and a second slice appears (a scale-up beyond one slice).
+    api.apply(endpoint_slice(
+        "gateways-a",
+        json!([
+            {"addresses": ["10.0.1.1"], "conditions": {"ready": true}},
+            {"addresses": ["10.0.1.2"], "conditions": {"ready": true}},
+        ]),
+    ));
+    api.apply(endpoint_slice(
+        "gateways-b",
+        json!([{"addresses": ["10.0.1.3"]}]),
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|e| e.len() == 6 && e.contains(&"10.0.1.3:4318".to_string())),
+    )
+    .await
+    .expect("scaled endpoints")
+    .unwrap();
+    api.delete(
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        "observability",
+        "gateways-a",
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|e| *e == want(&["10.0.1.3:4317", "10.0.1.3:4318"])),
+    )
+    .await
+    .expect("slice deleted")
+    .unwrap();
+}

@@ -174,3 +174,32 @@ mod tests {
         assert_eq!(with_default_port("[::1]", 4317), "[::1]:4317");
     }
 }
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+    use tailgate_config::GoDuration;
+    use tailgate_config::agent::DnsResolverConfig;
+
+    #[tokio::test]
+    async fn the_dns_resolver_publishes_every_address_of_the_name_with_the_port() {
+        let cfg = ResolverConfig {
+            static_: None,
+            dns: Some(DnsResolverConfig {
+                hostname: "localhost".into(),
+                port: 4317,
+                interval: GoDuration::from_secs(5),
+                timeout: GoDuration::from_secs(1),
+            }),
+            k8s: None,
+        };
+        let r = Resolver::start(&cfg).await.unwrap();
+        let mut rx = r.endpoints.clone();
+        let eps = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|e| !e.is_empty()))
+            .await
+            .expect("resolved")
+            .unwrap()
+            .clone();
+        assert!(eps.contains(&"127.0.0.1:4317".to_string()), "{eps:?}");
+    }
+}

@@ -164,12 +164,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ("TAILGATE_DEV_HTTP", args.http_endpoint.clone()),
         ("TAILGATE_DEV_METRICS", args.metrics_endpoint.clone()),
         ("TAILGATE_DEV_HEALTH", args.health_endpoint.clone()),
-        ("TAILGATE_DEV_GATEWAY", gateways[0].otlp_addr.clone()),
+        ("TAILGATE_DEV_GATEWAY_0", gateways[0].otlp_addr.clone()),
+        ("TAILGATE_DEV_GATEWAY_1", gateways[1].otlp_addr.clone()),
+        ("TAILGATE_DEV_GATEWAY_2", gateways[2].otlp_addr.clone()),
     ];
     let agent_cfg = load_embedded(DEV_AGENT_CONFIG, "(embedded dev agent config)", &agent_vars)?;
-    let agent = tailgate_pipeline::start(&agent_cfg, ServiceOptions::default())
-        .await
-        .context("cannot start the dev agent")?;
+    let agent = tailgate_pipeline::start(
+        &agent_cfg,
+        ServiceOptions {
+            components: Some(crate::agent::components()),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("cannot start the dev agent")?;
     wait_for_ring(&gateways).await;
 
     let grpc = agent.addresses().otlp_grpc["otlp"];
