@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the figures in docs/performance.md: builds release binaries, installs rotel
-# if it is missing, then runs P1 (Tailgate beside rotel), P2, P4 and P3 (handoff). Extra arguments go to the P1
+# if it is missing, then runs P1 (Tailgate beside rotel), P2, P4, P3 (handoff) and the agent's cost. Extra arguments go to the P1
 # run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +17,4 @@ python3 -c 'import rotel' 2>/dev/null || rotel_flag=(--no-rotel)
 ./target/release/tailgate-bench memory
 ./target/release/tailgate-bench latency
 ./target/release/tailgate-bench handoff
+./target/release/tailgate-bench agent "${rotel_flag[@]}"

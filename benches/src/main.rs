@@ -11,10 +11,13 @@
 //!   under steady load, from the gateway's own lateness histogram.
 //! - `handoff`: P3 — two cluster gateways buffer a known load (nothing decided); one gets
 //!   SIGTERM and hands every trace to the other; time to the completed handoff and to exit.
+//! - `agent`: the agent's CPU-seconds per million spans with enrichment, health-check filter
+//!   and routing, beside a forward-only agent and rotel (`agent.rs`).
 //! - `sink`: the OTLP sink both use (counts spans, keeps nothing).
 //!
 //! Nothing here asserts: it prints. The machine is shared and noisy; compare ratios from one run.
 
+mod agent;
 mod measure;
 mod sink;
 
@@ -40,6 +43,8 @@ enum Command {
     Latency(measure::LatencyArgs),
     /// P3: a leaving gateway hands all its buffered traces to the other.
     Handoff(measure::HandoffArgs),
+    /// The agent's CPU per million spans: enrichment, filter, routing; beside forward-only and rotel.
+    Agent(agent::AgentArgs),
     /// An OTLP/gRPC sink that counts spans (used by the other commands).
     Sink {
         #[arg(long)]
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Memory(args) => measure::memory(args),
         Command::Latency(args) => measure::latency(args),
         Command::Handoff(args) => measure::handoff(args),
+        Command::Agent(args) => agent::agent(args),
     }
 }
 

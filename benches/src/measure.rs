@@ -116,9 +116,9 @@ pub struct MemoryArgs {
     pub traces: u64,
 }
 
-struct Proc {
-    child: Child,
-    name: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) name: String,
 }
 
 impl Drop for Proc {
@@ -128,7 +128,12 @@ impl Drop for Proc {
     }
 }
 
-fn pinned(core: &str, program: &PathBuf, args: &[String], name: &str) -> anyhow::Result<Proc> {
+pub(crate) fn pinned(
+    core: &str,
+    program: &PathBuf,
+    args: &[String],
+    name: &str,
+) -> anyhow::Result<Proc> {
     let child = Command::new("taskset")
         .arg("-c")
         .arg(core)
@@ -145,7 +150,7 @@ fn pinned(core: &str, program: &PathBuf, args: &[String], name: &str) -> anyhow:
 }
 
 /// The counting sink on core 1; returns it and its gRPC port.
-fn start_sink() -> anyhow::Result<(Proc, u16)> {
+pub(crate) fn start_sink() -> anyhow::Result<(Proc, u16)> {
     let port = free_port();
     let args = ["sink".to_string(), "--port".to_string(), port.to_string()];
     let sink = pinned("1", &sibling_binary("tailgate-bench"), &args, "sink")?;
@@ -189,7 +194,7 @@ fn start_gateway(dir: &std::path::Path, config: &str) -> anyhow::Result<Proc> {
     pinned("0", &sibling_binary("tailgate"), &args, "tailgate")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -197,7 +202,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
@@ -218,7 +223,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("stat format")? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -227,7 +232,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / clock_ticks())
 }
 
-fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -245,14 +250,14 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
-fn sink_count(sink_port: u16) -> u64 {
+pub(crate) fn sink_count(sink_port: u16) -> u64 {
     http_get(sink_port + 1, "/count")
         .ok()
         .and_then(|b| b.trim().parse().ok())
         .unwrap_or(0)
 }
 
-fn metric(port: u16, name: &str) -> f64 {
+pub(crate) fn metric(port: u16, name: &str) -> f64 {
     let text = http_get(port, "/metrics").unwrap_or_default();
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -273,7 +278,7 @@ fn endpoints(ports: &[u16]) -> String {
 }
 
 /// Runs `tailgate loadgen` on core 1 and returns the spans the target accepted.
-fn loadgen(
+pub(crate) fn loadgen(
     ports: &[u16],
     seconds: u64,
     rate: u64,
@@ -332,7 +337,7 @@ fn loadgen(
 }
 
 /// Waits until the sink's count has not moved for `quiet`.
-fn wait_drained(sink_port: u16, quiet: Duration, max: Duration) -> u64 {
+pub(crate) fn wait_drained(sink_port: u16, quiet: Duration, max: Duration) -> u64 {
     let started = Instant::now();
     let mut last = sink_count(sink_port);
     let mut since = Instant::now();
@@ -364,7 +369,12 @@ impl RunResult {
 }
 
 fn rotel_path(args: &GatewayArgs) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.rotel {
+    find_rotel(args.rotel.as_ref())
+}
+
+/// The rotel-agent binary: `given`, else the one in the `rotel` Python package.
+pub(crate) fn find_rotel(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
         return Ok(p.clone());
     }
     let out = Command::new("python3")
@@ -474,7 +484,7 @@ fn run_once(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
     if n == 0 {

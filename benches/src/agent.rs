@@ -1,0 +1,347 @@
+//! `agent`: the agent's CPU-seconds per million spans, three pipelines side by side in turn:
+//!
+//! - `agent`: the reference article's agent pipeline — `memory_limiter`, `k8sattributes`
+//!   (pods from an in-process fake API server, found by the connection's address, 5 metadata
+//!   attributes + 2 labels added to every resource), `filter/drop_health_checks` (3 OTTL
+//!   conditions on every span), `batch`, `loadbalancing` by trace ID over 3 sinks;
+//! - `forward`: the cheapest agent — `memory_limiter`, `batch`, one `otlp` exporter;
+//! - `rotel`: rotel-agent forwarding to one sink (when installed).
+//!
+//! The agent routes by hashing over the three endpoints (the sinks serve no `WatchRing`):
+//! the per-span work is the same ring lookup as routing by the gateways' ring.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use tailgate_k8s::fake_api::FakeApiServer;
+
+use crate::measure::{
+    Proc, cpu_seconds, find_rotel, free_port, loadgen, median, pinned, sink_count, start_sink,
+    status_kib, wait_drained, wait_port,
+};
+use crate::sibling_binary;
+
+#[derive(Args, Clone)]
+pub struct AgentArgs {
+    #[arg(long, default_value = "15")]
+    pub seconds: u64,
+    #[arg(long, default_value = "3")]
+    pub warmup_seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(long)]
+    pub rotel: Option<PathBuf>,
+    #[arg(long)]
+    pub no_rotel: bool,
+}
+
+const AGENT_CONFIG: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{grpc}
+        max_recv_msg_size_mib: 16
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 2048
+    spike_limit_mib: 512
+  k8sattributes:
+    auth_type: kubeConfig
+    extract:
+      metadata: [k8s.pod.name, k8s.pod.uid, k8s.deployment.name, k8s.namespace.name, k8s.node.name]
+      labels:
+        - tag_name: app.version
+          key: app.kubernetes.io/version
+          from: pod
+        - tag_name: team
+          key: team
+          from: pod
+    pod_association:
+      - sources:
+          - from: resource_attribute
+            name: k8s.pod.ip
+      - sources:
+          - from: connection
+  filter/drop_health_checks:
+    error_mode: ignore
+    traces:
+      span:
+        - 'attributes["http.route"] == "/healthz"'
+        - 'attributes["http.route"] == "/readyz"'
+        - 'attributes["http.route"] == "/metrics"'
+  batch:
+    send_batch_size: 512
+    timeout: 1s
+exporters:
+  loadbalancing:
+    protocol:
+      otlp:
+        tls:
+          insecure: true
+        compression: none
+    resolver:
+      static:
+        hostnames: [127.0.0.1:{sink0}, 127.0.0.1:{sink1}, 127.0.0.1:{sink2}]
+service:
+  telemetry:
+    logs:
+      level: warn
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, k8sattributes, filter/drop_health_checks, batch]
+      exporters: [loadbalancing]
+"#;
+
+const FORWARD_CONFIG: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{grpc}
+        max_recv_msg_size_mib: 16
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 2048
+    spike_limit_mib: 512
+  batch:
+    send_batch_size: 512
+    timeout: 1s
+exporters:
+  otlp:
+    endpoint: 127.0.0.1:{sink0}
+    tls:
+      insecure: true
+    compression: none
+service:
+  telemetry:
+    logs:
+      level: warn
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlp]
+"#;
+
+/// The pods the fake API server lists: the load generator's connections come from
+/// 127.0.0.1, which is one of them; the rest make the store realistic.
+fn seed_pods(api: &FakeApiServer) {
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "uid": "ns"}}),
+    );
+    api.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "loadgen-5d8f", "namespace": "shop", "uid": "rs",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "loadgen", "uid": "d", "controller": true}]}}));
+    for i in 0..110u32 {
+        let ip = if i == 0 {
+            "127.0.0.1".to_string()
+        } else {
+            format!("10.42.{}.{}", i / 250, i % 250 + 1)
+        };
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("loadgen-5d8f-{i:05}"), "namespace": "shop", "uid": format!("pod-{i}"),
+                "labels": {"app.kubernetes.io/version": "1.0.0", "team": "perf"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "loadgen-5d8f", "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "acme/loadgen:1.0.0"}]},
+            "status": {"podIP": ip}}));
+    }
+}
+
+struct Run {
+    system: &'static str,
+    spans_in: u64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    delivered: u64,
+}
+
+fn run_once(
+    system: &'static str,
+    args: &AgentArgs,
+    kubeconfig: &std::path::Path,
+    rotel: Option<&PathBuf>,
+    seed: u64,
+) -> anyhow::Result<Run> {
+    let sinks: Vec<(Proc, u16)> = (0..3).map(|_| start_sink()).collect::<Result<_, _>>()?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!(
+        "tailgate-bench-agent-{}-{port}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let target = match system {
+        "rotel" => pinned(
+            "0",
+            rotel.expect("rotel path"),
+            &[
+                "start".into(),
+                "--otlp-grpc-endpoint".into(),
+                format!("127.0.0.1:{port}"),
+                "--otlp-http-endpoint".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--exporter".into(),
+                "otlp".into(),
+                "--otlp-exporter-endpoint".into(),
+                format!("http://127.0.0.1:{}", sinks[0].1),
+                "--otlp-exporter-protocol".into(),
+                "grpc".into(),
+                "--otlp-exporter-compression".into(),
+                "none".into(),
+                "--pid-file".into(),
+                dir.join("rotel.pid").display().to_string(),
+            ],
+            "rotel",
+        )?,
+        _ => {
+            let text = if system == "agent" {
+                AGENT_CONFIG
+            } else {
+                FORWARD_CONFIG
+            }
+            .replace("{grpc}", &port.to_string())
+            .replace("{sink0}", &sinks[0].1.to_string())
+            .replace("{sink1}", &sinks[1].1.to_string())
+            .replace("{sink2}", &sinks[2].1.to_string());
+            let path = dir.join("agent.yaml");
+            std::fs::write(&path, text)?;
+            let child = Command::new("taskset")
+                .args(["-c", "0"])
+                .arg(sibling_binary("tailgate"))
+                .args(["agent", "--config", &path.display().to_string()])
+                .env("KUBECONFIG", kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start tailgate agent")?;
+            Proc {
+                child,
+                name: "tailgate agent".into(),
+            }
+        }
+    };
+    wait_port(port, &target.name)?;
+    let pid = target.child.id();
+    let delivered = || sinks.iter().map(|(_, p)| sink_count(*p)).sum::<u64>();
+    loadgen(
+        &[port],
+        args.warmup_seconds,
+        0,
+        args.concurrency,
+        0,
+        seed + 1000,
+        false,
+    )?;
+    for (_, p) in &sinks {
+        wait_drained(*p, Duration::from_secs(2), Duration::from_secs(30));
+    }
+    let cpu0 = cpu_seconds(pid)?;
+    let before = delivered();
+    let spans_in = loadgen(&[port], args.seconds, 0, args.concurrency, 0, seed, false)?;
+    for (_, p) in &sinks {
+        wait_drained(*p, Duration::from_secs(2), Duration::from_secs(60));
+    }
+    let cpu1 = cpu_seconds(pid)?;
+    let peak = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run {
+        system,
+        spans_in,
+        cpu_s: cpu1 - cpu0,
+        peak_rss_mib: peak,
+        delivered: delivered() - before,
+    })
+}
+
+pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let rotel = if args.no_rotel {
+        None
+    } else {
+        find_rotel(args.rotel.as_ref()).ok()
+    };
+    // The fake API server lives on a runtime of its own for the whole benchmark.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let api = rt.block_on(FakeApiServer::start())?;
+    seed_pods(&api);
+    let kubeconfig =
+        std::env::temp_dir().join(format!("tailgate-bench-kubeconfig-{}", std::process::id()));
+    std::fs::write(&kubeconfig, api.kubeconfig())?;
+
+    println!(
+        "agent: the agent on core 0, loadgen and 3 sinks on core 1; 20 spans/trace, 10 attributes, ~512 spans/request, {}s per run",
+        args.seconds
+    );
+    println!(
+        "{:<4} {:<8} {:>12} {:>9} {:>12} {:>13} {:>12}",
+        "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "delivered"
+    );
+    let mut results: Vec<Run> = Vec::new();
+    for round in 0..args.rounds {
+        let mut systems = vec!["agent", "forward"];
+        if rotel.is_some() {
+            systems.push("rotel");
+        }
+        for (i, system) in systems.into_iter().enumerate() {
+            let r = run_once(
+                system,
+                &args,
+                &kubeconfig,
+                rotel.as_ref(),
+                42 + round as u64,
+            )?;
+            println!(
+                "{:<4} {:<8} {:>12} {:>9.2} {:>12.3} {:>13.0} {:>12}",
+                format!("{}{}", (b'A' + i as u8) as char, round + 1),
+                r.system,
+                r.spans_in,
+                r.cpu_s,
+                r.cpu_s / r.spans_in.max(1) as f64 * 1e6,
+                r.peak_rss_mib,
+                r.delivered
+            );
+            results.push(r);
+        }
+    }
+    let _ = std::fs::remove_file(&kubeconfig);
+    let med = |sys: &str| {
+        median(
+            results
+                .iter()
+                .filter(|r| r.system == sys)
+                .map(|r| r.cpu_s / r.spans_in.max(1) as f64 * 1e6)
+                .collect(),
+        )
+    };
+    let (a, f) = (med("agent"), med("forward"));
+    println!("median agent (enrich + filter + route): {a:.3} CPU-s per 1M spans");
+    println!(
+        "median forward-only agent: {f:.3} CPU-s per 1M spans; enrichment, filter and routing cost {:.2}x",
+        a / f
+    );
+    if rotel.is_some() {
+        let r = med("rotel");
+        println!(
+            "median rotel (forwarding only): {r:.3} CPU-s per 1M spans; ratio rotel / agent {:.2}x",
+            r / a
+        );
+    }
+    drop(api);
+    Ok(())
+}
