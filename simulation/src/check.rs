@@ -177,6 +177,34 @@ pub fn check(
             ));
         }
     }
+    // I6 for agents: each routes by the gateways' final ring.
+    if let Some(&epoch) = epochs.iter().next() {
+        for (agent, routes) in shared.agent_routes.lock().unwrap().iter() {
+            let routes = routes.borrow();
+            if routes.epoch() != epoch {
+                v.push(format!(
+                    "I6: agent {agent} routes by epoch {} ({}), the gateways by {epoch}",
+                    routes.epoch(),
+                    routes.mode()
+                ));
+            }
+        }
+    }
+    // Enrichment through agents: every exported span carries the driver's pod.
+    if scenario.via_agents() {
+        let bare = shared
+            .exported
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.pod.as_deref() != Some(crate::world::DRIVER_POD))
+            .count();
+        if bare > 0 {
+            v.push(format!(
+                "agents: {bare} exported spans lack the driver's pod metadata"
+            ));
+        }
+    }
     // I7: memory under budget (what the engine accounts, which P2 ties to real memory).
     for (name, h) in nodes.iter() {
         let budget = h.stage.budget_bytes();

@@ -92,6 +92,15 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
     for g in SEEDS {
         add_gateway(&mut sim, g);
     }
+    if scenario.via_agents() {
+        *shared.via_agents.lock().unwrap() = true;
+        for (agent, source) in world::AGENTS {
+            let s = Arc::clone(&shared);
+            sim.host(agent, move || {
+                world::agent_host(Arc::clone(&s), agent.to_string(), source.to_string(), seed)
+            });
+        }
+    }
     let s = Arc::clone(&shared);
     sim.client("driver", world::driver(s, seed, TRAFFIC, TRACES_PER_TICK));
 
@@ -206,6 +215,8 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
                     }
                 }
                 Fault::MaxLatency(d) => sim.set_max_message_latency(d),
+                Fault::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
+                Fault::Release(a, b) => sim.release(a.as_str(), b.as_str()),
                 Fault::Sink {
                     fail_percent,
                     delay,
@@ -274,15 +285,16 @@ fn crash(
     });
 }
 
-/// Runs `seeds` over every scenario (round-robin), returning per-scenario (runs, violations)
+/// Runs `seeds` over `scenarios` (round-robin), returning per-scenario (runs, violations)
 /// and the failures with their replay commands.
 pub fn sweep(
     seeds: impl Iterator<Item = u64>,
+    scenarios: &[Scenario],
     mut on_run: impl FnMut(u64, Scenario, &Outcome),
 ) -> BTreeMap<Scenario, (u64, u64)> {
     let mut table = BTreeMap::new();
     for (i, seed) in seeds.enumerate() {
-        let scenario = scenario::ALL[i % scenario::ALL.len()];
+        let scenario = scenarios[i % scenarios.len()];
         let outcome = run(seed, scenario);
         let e = table.entry(scenario).or_insert((0, 0));
         e.0 += 1;

@@ -19,7 +19,7 @@ struct Cli {
     /// ...of this scenario (default: steady).
     #[arg(long)]
     scenario: Option<String>,
-    /// Sweep this many seeds (from --first-seed) over all scenarios.
+    /// Sweep this many seeds (from --first-seed) over all scenarios, or over `--scenario`.
     #[arg(long)]
     seeds: Option<u64>,
     #[arg(long, default_value_t = 1)]
@@ -48,17 +48,25 @@ fn main() -> ExitCode {
     };
     if let Some(n) = cli.seeds {
         let mut failures = Vec::new();
-        let table = sweep(cli.first_seed..cli.first_seed + n, |seed, sc, o| {
-            if !o.violations.is_empty() {
-                eprintln!(
-                    "VIOLATION seed {seed} {}: {}\n  replay: {}",
-                    sc.name(),
-                    o.violations[0],
-                    replay_command(seed, sc)
-                );
-                failures.push((seed, sc));
-            }
-        });
+        let scenarios: Vec<Scenario> = match cli.scenario {
+            Some(_) => vec![scenario],
+            None => ALL.to_vec(),
+        };
+        let table = sweep(
+            cli.first_seed..cli.first_seed + n,
+            &scenarios,
+            |seed, sc, o| {
+                if !o.violations.is_empty() {
+                    eprintln!(
+                        "VIOLATION seed {seed} {}: {}\n  replay: {}",
+                        sc.name(),
+                        o.violations[0],
+                        replay_command(seed, sc)
+                    );
+                    failures.push((seed, sc));
+                }
+            },
+        );
         println!("{:<30} {:>8} {:>11}", "scenario", "runs", "violations");
         let (mut runs, mut bad) = (0, 0);
         for (sc, (r, b)) in &table {

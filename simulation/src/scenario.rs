@@ -19,9 +19,10 @@ pub enum Scenario {
     Latency,
     SlowExporter,
     ClockSkew,
+    StaleAgentRing,
 }
 
-pub const ALL: [Scenario; 11] = [
+pub const ALL: [Scenario; 12] = [
     Scenario::Steady,
     Scenario::RollingRestart,
     Scenario::ScaleUpDown,
@@ -33,6 +34,7 @@ pub const ALL: [Scenario; 11] = [
     Scenario::Latency,
     Scenario::SlowExporter,
     Scenario::ClockSkew,
+    Scenario::StaleAgentRing,
 ];
 
 impl Scenario {
@@ -49,6 +51,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::SlowExporter => "slow-exporter",
             Scenario::ClockSkew => "clock-skew",
+            Scenario::StaleAgentRing => "stale-agent-ring",
         }
     }
 
@@ -66,7 +69,13 @@ impl Scenario {
                 | Scenario::Latency
                 | Scenario::SlowExporter
                 | Scenario::ClockSkew
+                | Scenario::StaleAgentRing
         )
+    }
+
+    /// The driver sends through agents (real `loadbalancing` routing by the ring).
+    pub fn via_agents(self) -> bool {
+        self == Scenario::StaleAgentRing
     }
 
     /// The faults of this scenario for `seed`, in time order.
@@ -161,6 +170,26 @@ impl Scenario {
                     },
                 ));
             }
+            Scenario::StaleAgentRing => {
+                // a0's link to g0 (its only ring source) stalls while g1 rolls: ring updates
+                // (and a0's spans to g0) wait, so a0 routes by the ring from before the roll.
+                // a1's ring source is g1 itself, so a1 routes by its last ring while g1 is
+                // down. Then g2 rolls with every link up. The stall stays under 3 s: spans held
+                // longer than `decision_wait` (4 s) would be decided without their root, which
+                // is tail sampling's late-span limit, not a routing fault.
+                let t = ms(&mut rng, 2500, 3500);
+                plan.push((t, Fault::Hold("a0".into(), "g0".into())));
+                let stop = t + ms(&mut rng, 100, 500);
+                plan.push((stop, Fault::Stop("g1".into())));
+                plan.push((stop + ms(&mut rng, 300, 1500), Fault::Start("g1".into())));
+                plan.push((
+                    t + ms(&mut rng, 2500, 2900),
+                    Fault::Release("a0".into(), "g0".into()),
+                ));
+                let stop = t + ms(&mut rng, 4000, 5000);
+                plan.push((stop, Fault::Stop("g2".into())));
+                plan.push((stop + ms(&mut rng, 300, 1500), Fault::Start("g2".into())));
+            }
             Scenario::ClockSkew => {
                 // Skews are set before start (see `skews`); a restart under skew.
                 let g = gw(&mut rng);
@@ -203,6 +232,9 @@ pub enum Fault {
     IsolateLeader,
     Heal,
     MaxLatency(Duration),
+    /// Messages between two hosts wait (in order) until released: slow, not lost.
+    Hold(String, String),
+    Release(String, String),
     Sink {
         fail_percent: u32,
         delay: Duration,

@@ -20,10 +20,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tailgate_cluster::gateway::{ClusterStart, start_gateway};
 use tailgate_cluster::{ClusterNode, ClusterSettings};
+use tailgate_config::{ComponentId, ExporterConfig, ProcessorConfig};
+use tailgate_k8s::store::{MetadataStore, PodRecord};
+use tailgate_k8s::{K8sAttributesStage, KubeMetadata};
 use tailgate_pipeline::ServiceOptions;
+use tailgate_pipeline::consumer::{BoxFuture, Consumer};
 use tailgate_pipeline::net::Network;
 use tailgate_pipeline::sampling::TailSamplingStage;
-use tokio::sync::Notify;
+use tailgate_pipeline::service::ComponentFactory;
+use tailgate_routing::{LoadBalancer, Routes};
+use tokio::sync::{Notify, watch};
 use tonic::Code;
 
 use crate::net::{SimNetwork, channel};
@@ -76,6 +82,8 @@ pub struct Exported {
     pub span: [u8; 8],
     pub by: String,
     pub at: Duration,
+    /// `k8s.pod.name` of its resource (set by an agent's enrichment).
+    pub pod: Option<String>,
 }
 
 /// How the sink behaves (the slow/failing exporter fault).
@@ -99,6 +107,10 @@ pub struct Shared {
     /// Gateways the driver may send to (what an agent's resolver would return).
     pub endpoints: Mutex<BTreeSet<String>>,
     pub driver_done: Mutex<bool>,
+    /// The driver sends to agents (which route by the ring), not to gateways.
+    pub via_agents: Mutex<bool>,
+    /// Each agent's current routes (I6 checks agents converge on the gateways' epoch).
+    pub agent_routes: Mutex<BTreeMap<String, watch::Receiver<Routes>>>,
 }
 
 impl Shared {
@@ -238,7 +250,9 @@ pub async fn gateway_host(shared: Arc<Shared>, name: String, seed: u64) -> turmo
         stage: Arc::clone(&gateway.service.samplers()[0]),
     };
     shared.nodes.lock().unwrap().insert(name.clone(), handle);
-    shared.endpoints.lock().unwrap().insert(name.clone());
+    if !*shared.via_agents.lock().unwrap() {
+        shared.endpoints.lock().unwrap().insert(name.clone());
+    }
     shared.log(format!("{name} started (incarnation {incarnation})"));
     shared.stop_signal(&name).notified().await;
     shared.endpoints.lock().unwrap().remove(&name);
@@ -274,6 +288,15 @@ impl TraceService for SinkService {
         let at = turmoil::sim_elapsed().unwrap_or_default();
         let mut out = self.shared.exported.lock().unwrap();
         for rs in request.into_inner().resource_spans {
+            let pod = rs.resource.as_ref().and_then(|r| {
+                r.attributes
+                    .iter()
+                    .find(|kv| kv.key == "k8s.pod.name")
+                    .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(v) => Some(v.clone()),
+                        _ => None,
+                    })
+            });
             for ss in rs.scope_spans {
                 for s in ss.spans {
                     let by = s
@@ -290,6 +313,7 @@ impl TraceService for SinkService {
                         span: s.span_id.as_slice().try_into().unwrap_or([0; 8]),
                         by,
                         at,
+                        pod: pod.clone(),
                     });
                 }
             }
@@ -459,5 +483,144 @@ pub async fn driver(
     }
     *shared.driver_done.lock().unwrap() = true;
     shared.log("driver done".into());
+    Ok(())
+}
+
+/// The agents of scenarios that send through them; each names one gateway in its resolver
+/// (where it subscribes to the ring) and learns the others from the ring.
+pub const AGENTS: [(&str, &str); 2] = [("a0", "g0"), ("a1", "g1")];
+/// The pod the simulated Kubernetes API says the driver runs in.
+pub const DRIVER_POD: &str = "shop-driver-7d9f-x2x9k";
+
+fn agent_config(ring_source: &str) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 0.0.0.0:{OTLP_PORT}
+processors:
+  k8sattributes:
+    extract:
+      metadata: [k8s.pod.name, k8s.namespace.name]
+    pod_association:
+      - sources:
+          - from: connection
+  batch:
+    send_batch_size: 200
+    timeout: 100ms
+exporters:
+  loadbalancing:
+    protocol:
+      otlp:
+        tls:
+          insecure: true
+        timeout: 30s
+        retry_on_failure:
+          initial_interval: 100ms
+          max_interval: 1s
+          max_elapsed_time: 0s
+    resolver:
+      static:
+        hostnames: [{ring_source}:{OTLP_PORT}]
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [k8sattributes, batch]
+      exporters: [loadbalancing]
+"#
+    )
+}
+
+/// Builds an agent's components for the simulation: enrichment from a simulated pod source
+/// (the store filled as the Kubernetes watchers would), routing over the simulated network.
+struct SimAgentComponents {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl ComponentFactory for SimAgentComponents {
+    fn processor<'a>(
+        &'a self,
+        id: &'a ComponentId,
+        cfg: &'a ProcessorConfig,
+        next: Arc<dyn Consumer>,
+        _opts: &'a ServiceOptions,
+    ) -> BoxFuture<'a, anyhow::Result<Arc<dyn Consumer>>> {
+        Box::pin(async move {
+            let ProcessorConfig::K8sAttributes(k) = cfg else {
+                anyhow::bail!("{id}: not simulated");
+            };
+            let mut store = MetadataStore::new();
+            store.upsert_pod(PodRecord {
+                name: DRIVER_POD.into(),
+                namespace: "shop".into(),
+                uid: "driver-uid".into(),
+                ip: Some(turmoil::lookup("driver")),
+                ..Default::default()
+            });
+            let (_tx, synced) = watch::channel(true);
+            let metadata = KubeMetadata::detached(Arc::new(std::sync::RwLock::new(store)), synced);
+            Ok(
+                Arc::new(K8sAttributesStage::new(id.to_string(), k, metadata, next))
+                    as Arc<dyn Consumer>,
+            )
+        })
+    }
+
+    fn exporter<'a>(
+        &'a self,
+        id: &'a ComponentId,
+        cfg: &'a ExporterConfig,
+        opts: &'a ServiceOptions,
+    ) -> BoxFuture<'a, anyhow::Result<Arc<dyn Consumer>>> {
+        Box::pin(async move {
+            let ExporterConfig::LoadBalancing(lb) = cfg else {
+                anyhow::bail!("{id}: not simulated");
+            };
+            let balancer =
+                LoadBalancer::start(id.to_string(), lb, Arc::clone(&opts.network), opts.seed)
+                    .await?;
+            self.shared
+                .agent_routes
+                .lock()
+                .unwrap()
+                .insert(self.name.clone(), balancer.watch_routes());
+            Ok(Arc::new(balancer) as Arc<dyn Consumer>)
+        })
+    }
+}
+
+/// The software of an agent host: the real agent pipeline, forever (agents do not restart in
+/// these scenarios).
+pub async fn agent_host(
+    shared: Arc<Shared>,
+    name: String,
+    ring_source: String,
+    seed: u64,
+) -> turmoil::Result {
+    let cfg =
+        tailgate_config::load_str(&agent_config(&ring_source), "(simulation agent)", &|_| None)
+            .map_err(|e| format!("simulation agent config: {e}"))?;
+    let opts = ServiceOptions {
+        seed: seed ^ name_hash(&name),
+        network: Arc::new(SimNetwork),
+        components: Some(Arc::new(SimAgentComponents {
+            shared: Arc::clone(&shared),
+            name: name.clone(),
+        })),
+        ..Default::default()
+    };
+    let _service = tailgate_pipeline::start(&cfg, opts)
+        .await
+        .map_err(|e| format!("{name}: {e:#}"))?;
+    shared.endpoints.lock().unwrap().insert(name.clone());
+    shared.log(format!("{name} started (ring from {ring_source})"));
+    std::future::pending::<()>().await;
     Ok(())
 }

@@ -10,7 +10,7 @@ use tailgate_simulation::{replay_command, run};
 /// duplicate exports on some seeds, and a symmetric one sometimes leaves the cut-off gateway
 /// outside the ring at the end (both open, docs/simulation.md); they run in
 /// `partitions_known_open`.
-const CI: [Scenario; 9] = [
+const CI: [Scenario; 10] = [
     Scenario::Steady,
     Scenario::RollingRestart,
     Scenario::ScaleUpDown,
@@ -20,6 +20,7 @@ const CI: [Scenario; 9] = [
     Scenario::Latency,
     Scenario::SlowExporter,
     Scenario::ClockSkew,
+    Scenario::StaleAgentRing,
 ];
 const SEEDS_PER_SCENARIO: u64 = 8;
 
@@ -67,7 +68,11 @@ fn ci_seeds_hold_every_invariant() {
 
 #[test]
 fn the_same_seed_gives_the_same_event_log_byte_for_byte() {
-    for scenario in [Scenario::RollingRestart, Scenario::CrashRestart] {
+    for scenario in [
+        Scenario::RollingRestart,
+        Scenario::CrashRestart,
+        Scenario::StaleAgentRing,
+    ] {
         let a = run(4242, scenario).event_log();
         // On another thread: nothing may depend on thread-local state or hash seeds.
         let b = std::thread::spawn(move || run(4242, scenario).event_log())

@@ -798,6 +798,14 @@ impl TailSamplingStage {
             return self.enqueue(spans, false);
         };
         let ring = Arc::clone(&c.ring.borrow());
+        if ring.is_empty() {
+            // Not in the cluster yet (no ring learned): another gateway may own these traces
+            // and hold their other spans. Deciding here would split them (a slow-joining
+            // gateway decided children without their root, found by the simulator under
+            // latency). Hold them undecided, like spans whose owner is unreachable; the first
+            // ring hands them to their owners.
+            return self.enqueue(spans, true);
+        }
         let local = c.link.local_name();
         let placement = Placement::split(&ring, local, spans, |s| s.meta.trace_id);
         if placement.is_all_local() {
