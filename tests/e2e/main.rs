@@ -5,6 +5,7 @@ mod agent;
 mod bad_input;
 mod cli;
 mod cluster;
+mod containers;
 mod exporters;
 mod extensions;
 mod otlp;
