@@ -1,7 +1,7 @@
 //! The deploy artifacts, tested: the Kubernetes manifests render (`kubectl kustomize`) and
 //! validate against the Kubernetes schemas (`kubernetes-validate`), and the compose cluster —
-//! 3 gateways, 1 agent, a sink, each its own container with its own address — rolls every
-//! gateway under load without losing or duplicating a span, then survives a gateway cut off
+//! 3 gateways, 1 agent, a sink, each its own container with its own address — replaces every
+//! gateway container in turn (SIGTERM, then a new container) under load without losing or duplicating a span, then survives a gateway cut off
 //! the network (what that costs is reported, not asserted: a partition is not graceful).
 //! Skipped, saying why, where Docker, kubectl or kubernetes-validate is missing.
 
@@ -284,8 +284,9 @@ async fn compose_cluster_rolls_every_gateway_container_without_loss_or_duplicate
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     for g in gateways {
+        // A rolling upgrade: SIGTERM the old container, then a new container in its place.
         c.run(&["stop", "-t", "30", g]);
-        c.run(&["start", g]);
+        c.run(&["up", "-d", "--no-deps", "--force-recreate", g]);
         wait_converged(&c, &gateways, agent_metrics).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
