@@ -770,6 +770,11 @@ async fn bootstrap(node: ClusterNode) {
 async fn rejoin_watch(node: ClusterNode) {
     const PERIOD: Duration = Duration::from_secs(1);
     let mut silent_since: Option<Instant> = None;
+    // Once a member, always trying to be one until this node leaves: a node whose own state
+    // already shows its removal (it replicated the Remove before being cut off) must rejoin
+    // too — it used to stop watching and stay outside the ring (I6, found by the simulator
+    // under asymmetric and symmetric partitions).
+    let mut was_member = false;
     let set_fenced = |f: bool| {
         node.inner.fenced.send_if_modified(|v| {
             let changed = *v != f;
@@ -779,7 +784,9 @@ async fn rejoin_watch(node: ClusterNode) {
     };
     loop {
         tokio::time::sleep(PERIOD + node.jitter(Duration::from_millis(200))).await;
-        if node.inner.leaving.load(Ordering::Acquire) || !node.is_member() {
+        let member = node.is_member();
+        was_member |= member;
+        if node.inner.leaving.load(Ordering::Acquire) || !was_member {
             silent_since = None;
             set_fenced(false);
             continue;
@@ -805,7 +812,9 @@ async fn rejoin_watch(node: ClusterNode) {
         let newest = answers
             .into_iter()
             .flatten()
-            .filter(|a| a.in_cluster && a.epoch > state.epoch && !a.members.contains(&me))
+            .filter(|a| {
+                a.in_cluster && (a.epoch > state.epoch || !member) && !a.members.contains(&me)
+            })
             .max_by_key(|a| a.epoch);
         let Some(newer) = newest else { continue };
         tracing::warn!(

@@ -96,6 +96,8 @@ pub enum ShardMsg {
         traces: Vec<TraceTransfer>,
         away: Duration,
         in_flight: u64,
+        /// The failed message carried decisions: send them again.
+        decisions_failed: bool,
     },
     /// Buffered (traces, spans, bytes).
     Status(RpcReplyPort<(u64, u64, u64)>),
@@ -110,6 +112,10 @@ struct ShardCluster {
     in_flight: Arc<AtomicU64>,
     /// When to retry handing off traces this shard holds but does not own.
     retry_at: Option<Duration>,
+    /// A handoff carrying decisions failed: the retry sends the decisions of every trace this
+    /// shard does not own again (without them the new owner decides its own copy of a trace
+    /// already exported here — a duplicate the simulator found under asymmetric partitions).
+    resend_decisions: bool,
     shards: usize,
 }
 
@@ -159,6 +165,7 @@ impl ShardState {
         if c.ring.is_empty() {
             return;
         }
+        let with_decisions = with_decisions || std::mem::take(&mut c.resend_decisions);
         let now = Instant::now().saturating_duration_since(self.epoch);
         let (ring, local) = (Arc::clone(&c.ring), c.local.clone());
         let moves = |id: &TraceId| !ring.owns(&local, id);
@@ -183,6 +190,7 @@ impl ShardState {
                     .drain(..ts.len().min(HANDOFF_TRACES_PER_MESSAGE))
                     .collect();
                 let dchunk: Vec<DecisionTransfer> = std::mem::take(&mut ds);
+                let carries_decisions = !dchunk.is_empty();
                 let n = chunk.len() as u64;
                 c.in_flight.fetch_add(n, Ordering::AcqRel);
                 let send = c.link.hand_off(&owner, ring.epoch(), chunk, dchunk);
@@ -205,6 +213,7 @@ impl ShardState {
                                 traces,
                                 away,
                                 in_flight: n,
+                                decisions_failed: carries_decisions,
                             };
                             if let Err(ractor::MessagingErr::SendErr(ShardMsg::Returned {
                                 traces,
@@ -488,6 +497,7 @@ impl Actor for ShardActor {
                 traces,
                 away,
                 in_flight,
+                decisions_failed,
             } => {
                 let now = state.now();
                 let mut kept = Vec::new();
@@ -499,6 +509,7 @@ impl Actor for ShardActor {
                 if let Some(c) = &mut state.cluster {
                     c.in_flight.fetch_sub(in_flight, Ordering::AcqRel);
                     c.retry_at = Some(now + HANDOFF_RETRY_PAUSE);
+                    c.resend_decisions |= decisions_failed;
                 }
                 state.deliver(kept).await;
             }
@@ -608,6 +619,7 @@ impl TailSamplingStage {
                     local: link.local_name().to_string(),
                     in_flight: Arc::clone(&in_flight),
                     retry_at: None,
+                    resend_decisions: false,
                     shards,
                 }
             });
