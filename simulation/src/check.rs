@@ -140,11 +140,18 @@ pub fn check(
             t.1 += 1;
         } else if !(faulty && attributable(&s.trace, s.at)) {
             let rule = if faulty { "I5" } else { "I1" };
+            // Where the rest of the trace went, to start the diagnosis from.
+            let rest: Vec<String> = exported
+                .iter()
+                .filter(|e| e.trace == s.trace)
+                .map(|e| format!("{}@{:.3}s", e.by, e.at.as_secs_f64()))
+                .collect();
             v.push(format!(
-                "{rule}: span {}/{} of kept trace accepted at {:.3}s never exported",
+                "{rule}: span {}/{} of kept trace accepted at {:.3}s never exported (the trace's other exports: {})",
                 hex(&s.trace),
                 hex(&s.span),
-                s.at.as_secs_f64()
+                s.at.as_secs_f64(),
+                if rest.is_empty() { "none".to_string() } else { rest.join(", ") }
             ));
         }
     }
