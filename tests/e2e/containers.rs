@@ -131,6 +131,10 @@ impl Compose {
 impl Drop for Compose {
     fn drop(&mut self) {
         let _ = self.cmd(&["down", "-v", "-t", "5"]);
+        // The per-run image too: runs must not pile images up on the machine.
+        if let Some((_, image)) = self.env.iter().find(|(k, _)| k == "TAILGATE_IMAGE") {
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+        }
     }
 }
 
