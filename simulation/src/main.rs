@@ -29,12 +29,27 @@ struct Cli {
     events: bool,
 }
 
+/// Log lines carry the simulated time (what the event log and the checker print), not the
+/// wall clock: a run of 30 simulated seconds takes a fraction of a real one.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>8.3}", t.as_secs_f64()),
+            None => write!(w, "{:>8}", "-"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
+            .with_timer(SimTime)
+            .with_ansi(false)
             .init();
     }
     let scenario = match cli.scenario.as_deref().map(Scenario::parse) {

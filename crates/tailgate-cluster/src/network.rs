@@ -29,6 +29,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a peer may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Shortest wait for a Raft reply. openraft asks for the heartbeat interval (100 ms) as the
+/// timeout of replication and 200 ms for snapshots, so a peer whose round trip is longer never
+/// acknowledges anything: under 128 ms of one-way latency the simulator saw a gateway's join
+/// stall for 4.6 s while every append timed out, and the spans it held meanwhile were decided
+/// too late. Heartbeats stay bounded by openraft itself (the interval); the floor lets
+/// replication, snapshots and votes complete on a slow link.
+const RAFT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
 /// Plain HTTP/2 (no TLS) on the cluster network.
 fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.contains("://") {
@@ -110,8 +118,9 @@ impl PeerRaft {
         &self,
         rpc: RaftRpc,
         req: &Req,
-        timeout: Duration,
+        option: RPCOption,
     ) -> Result<Resp, Unreachable<TypeConfig>> {
+        let timeout = option.soft_ttl().max(RAFT_TIMEOUT_MIN);
         let unreachable = |e: &dyn std::fmt::Display| {
             Unreachable::<TypeConfig>::from_string(format!("{}: {e}", self.addr))
         };
@@ -137,7 +146,7 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Ok(self.call(RaftRpc::Append, &rpc, option.hard_ttl()).await?)
+        Ok(self.call(RaftRpc::Append, &rpc, option).await?)
     }
 
     async fn vote(
@@ -145,7 +154,7 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Ok(self.call(RaftRpc::Vote, &rpc, option.hard_ttl()).await?)
+        Ok(self.call(RaftRpc::Vote, &rpc, option).await?)
     }
 
     async fn pre_vote(
@@ -153,7 +162,7 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Ok(self.call(RaftRpc::PreVote, &rpc, option.hard_ttl()).await?)
+        Ok(self.call(RaftRpc::PreVote, &rpc, option).await?)
     }
 
     async fn full_snapshot(
@@ -166,7 +175,7 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         // The cluster state is small (members and settings): one message carries it all.
         let req = (vote, snapshot.meta, snapshot.snapshot);
         Ok(self
-            .call(RaftRpc::Snapshot, &req, option.hard_ttl())
+            .call(RaftRpc::Snapshot, &req, option)
             .await?)
     }
 
@@ -176,7 +185,7 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         Ok(self
-            .call(RaftRpc::TransferLeader, &req, option.hard_ttl())
+            .call(RaftRpc::TransferLeader, &req, option)
             .await?)
     }
 }
