@@ -71,6 +71,16 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
     for (name, skew) in scenario.skews(seed) {
         shared.skew_ms.lock().unwrap().insert(name, skew);
     }
+    if let Some(d) = scenario.duplicates(seed) {
+        shared.log_at(
+            Duration::ZERO,
+            format!(
+                "fault duplicate delivery: {}% of requests again, up to {:?} later",
+                d.percent, d.delay_max
+            ),
+        );
+        *shared.duplicates.lock().unwrap() = Some(d);
+    }
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_750_000_000))

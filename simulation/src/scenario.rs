@@ -20,9 +20,10 @@ pub enum Scenario {
     SlowExporter,
     ClockSkew,
     StaleAgentRing,
+    DuplicateDelivery,
 }
 
-pub const ALL: [Scenario; 12] = [
+pub const ALL: [Scenario; 13] = [
     Scenario::Steady,
     Scenario::RollingRestart,
     Scenario::ScaleUpDown,
@@ -35,6 +36,7 @@ pub const ALL: [Scenario; 12] = [
     Scenario::SlowExporter,
     Scenario::ClockSkew,
     Scenario::StaleAgentRing,
+    Scenario::DuplicateDelivery,
 ];
 
 impl Scenario {
@@ -52,6 +54,7 @@ impl Scenario {
             Scenario::SlowExporter => "slow-exporter",
             Scenario::ClockSkew => "clock-skew",
             Scenario::StaleAgentRing => "stale-agent-ring",
+            Scenario::DuplicateDelivery => "duplicate-delivery",
         }
     }
 
@@ -70,6 +73,7 @@ impl Scenario {
                 | Scenario::SlowExporter
                 | Scenario::ClockSkew
                 | Scenario::StaleAgentRing
+                | Scenario::DuplicateDelivery
         )
     }
 
@@ -190,6 +194,14 @@ impl Scenario {
                 plan.push((stop, Fault::Stop("g2".into())));
                 plan.push((stop + ms(&mut rng, 300, 1500), Fault::Start("g2".into())));
             }
+            Scenario::DuplicateDelivery => {
+                // Copies are delivered throughout (see `duplicates`); a graceful restart moves
+                // traces and their decisions while copies are still arriving.
+                let g = gw(&mut rng);
+                let t = ms(&mut rng, 3000, 6000);
+                plan.push((t, Fault::Stop(g.clone())));
+                plan.push((t + ms(&mut rng, 500, 2000), Fault::Start(g)));
+            }
             Scenario::ClockSkew => {
                 // Skews are set before start (see `skews`); a restart under skew.
                 let g = gw(&mut rng);
@@ -202,6 +214,18 @@ impl Scenario {
         plan
     }
 
+    /// For `DuplicateDelivery`: how the driver delivers some requests a second time.
+    pub fn duplicates(self, seed: u64) -> Option<Duplicates> {
+        if self != Scenario::DuplicateDelivery {
+            return None;
+        }
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xd0b1_ca7e);
+        Some(Duplicates {
+            percent: rng.random_range(10..50),
+            delay_max: Duration::from_millis(rng.random_range(200..3000)),
+        })
+    }
+
     /// Wall-clock skew per gateway (milliseconds), for `ClockSkew`.
     pub fn skews(self, seed: u64) -> Vec<(String, i64)> {
         if self != Scenario::ClockSkew {
@@ -212,6 +236,16 @@ impl Scenario {
             .map(|i| (format!("g{i}"), rng.random_range(-30_000..30_000)))
             .collect()
     }
+}
+
+/// Duplicate delivery: `percent` of the requests the gateways accepted are delivered again, to
+/// another gateway, up to `delay_max` later — what a client retrying after a lost
+/// acknowledgement, or a proxy replaying a request, does. The copies carry the same span IDs,
+/// and the checker allows no second export of any of them (I2 without exception).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Duplicates {
+    pub percent: u32,
+    pub delay_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -33,6 +33,7 @@ use tokio::sync::{Notify, watch};
 use tonic::Code;
 
 use crate::net::{SimNetwork, channel};
+use crate::scenario::Duplicates;
 
 pub const OTLP_PORT: u16 = 4317;
 pub const CLUSTER_PORT: u16 = 4320;
@@ -111,6 +112,10 @@ pub struct Shared {
     pub via_agents: Mutex<bool>,
     /// Each agent's current routes (I6 checks agents converge on the gateways' epoch).
     pub agent_routes: Mutex<BTreeMap<String, watch::Receiver<Routes>>>,
+    /// The driver delivers some accepted requests a second time (`duplicate-delivery`).
+    pub duplicates: Mutex<Option<Duplicates>>,
+    /// Second deliveries the gateways accepted.
+    pub duplicates_delivered: Mutex<u64>,
 }
 
 impl Shared {
@@ -393,6 +398,24 @@ async fn send(shared: &Shared, first: usize, spans: Vec<Span>) -> (bool, bool) {
     (false, ambiguous)
 }
 
+/// Delivers an accepted request again, `after` later, through `send` (a gateway other than
+/// the first delivery's). The copy is not recorded as sent: its spans were already accepted
+/// once, so any second export of them is a duplicate (I2).
+fn deliver_again(
+    shared: &Arc<Shared>,
+    first: usize,
+    spans: Vec<Span>,
+    after: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        if send(&shared, first, spans).await.0 {
+            *shared.duplicates_delivered.lock().unwrap() += 1;
+        }
+    })
+}
+
 /// The traffic: `traces_per_tick` new traces every 100 ms for `duration`. Each trace's root
 /// span (which carries what decides it) goes first; its children follow 50–400 ms later to
 /// a different gateway, so forwarding is always exercised.
@@ -403,6 +426,9 @@ pub async fn driver(
     traces_per_tick: u32,
 ) -> turmoil::Result {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xd21e_7e25);
+    // Its own generator: scenarios without copies draw exactly the traffic they always did.
+    let mut dup_rng = StdRng::seed_from_u64(seed ^ 0xd0b1_e5e7);
+    let duplicates = *shared.duplicates.lock().unwrap();
     let ticks = (duration.as_millis() / 100) as u64;
     let mut tasks = Vec::new();
     for tick in 0..ticks {
@@ -417,6 +443,17 @@ pub async fn driver(
             let children: Vec<[u8; 8]> = (0..3).map(|_| rng.random()).collect();
             let gap = Duration::from_millis(rng.random_range(50..400));
             let first = rng.random_range(0..16usize);
+            // (root, children): a second delivery after this delay, if any.
+            let mut copy = || {
+                duplicates.and_then(|d: Duplicates| {
+                    (dup_rng.random_range(0..100) < d.percent).then(|| {
+                        Duration::from_millis(
+                            dup_rng.random_range(0..d.delay_max.as_millis() as u64),
+                        )
+                    })
+                })
+            };
+            let copies = (copy(), copy());
             shared.kinds.lock().unwrap().insert(trace, kind);
             let shared = Arc::clone(&shared);
             let _ = (tick, k);
@@ -439,7 +476,11 @@ pub async fn driver(
                     root.attributes.push(kv("sim.keep", "yes"));
                 }
                 let sent_at = turmoil::sim_elapsed().unwrap_or_default();
-                let (ok, amb) = send(&shared, first, vec![root]).await;
+                let (ok, amb) = send(&shared, first, vec![root.clone()]).await;
+                let mut second = Vec::new();
+                if ok && let Some(after) = copies.0 {
+                    second.push(deliver_again(&shared, first + 2, vec![root], after));
+                }
                 shared.sent.lock().unwrap().push(SentSpan {
                     trace,
                     span: root_id,
@@ -451,7 +492,7 @@ pub async fn driver(
                     return;
                 }
                 tokio::time::sleep(gap).await;
-                let spans = children
+                let spans: Vec<Span> = children
                     .iter()
                     .map(|c| Span {
                         trace_id: trace.to_vec(),
@@ -464,16 +505,23 @@ pub async fn driver(
                     })
                     .collect();
                 let sent_at = turmoil::sim_elapsed().unwrap_or_default();
-                let (ok, amb) = send(&shared, first + 1, spans).await;
-                let mut sent = shared.sent.lock().unwrap();
-                for c in &children {
-                    sent.push(SentSpan {
+                let (ok, amb) = send(&shared, first + 1, spans.clone()).await;
+                if ok && let Some(after) = copies.1 {
+                    second.push(deliver_again(&shared, first + 3, spans, after));
+                }
+                shared
+                    .sent
+                    .lock()
+                    .unwrap()
+                    .extend(children.iter().map(|c| SentSpan {
                         trace,
                         span: *c,
                         accepted: ok,
                         ambiguous: amb,
                         at: sent_at,
-                    });
+                    }));
+                for copy in second {
+                    let _ = copy.await;
                 }
             }));
         }
@@ -482,7 +530,12 @@ pub async fn driver(
         let _ = t.await;
     }
     *shared.driver_done.lock().unwrap() = true;
-    shared.log("driver done".into());
+    if duplicates.is_some() {
+        let n = *shared.duplicates_delivered.lock().unwrap();
+        shared.log(format!("driver done ({n} requests delivered twice)"));
+    } else {
+        shared.log("driver done".into());
+    }
     Ok(())
 }
 

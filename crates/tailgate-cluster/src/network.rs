@@ -174,9 +174,7 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         // The cluster state is small (members and settings): one message carries it all.
         let req = (vote, snapshot.meta, snapshot.snapshot);
-        Ok(self
-            .call(RaftRpc::Snapshot, &req, option)
-            .await?)
+        Ok(self.call(RaftRpc::Snapshot, &req, option).await?)
     }
 
     async fn transfer_leader(
@@ -184,8 +182,6 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Ok(self
-            .call(RaftRpc::TransferLeader, &req, option)
-            .await?)
+        Ok(self.call(RaftRpc::TransferLeader, &req, option).await?)
     }
 }

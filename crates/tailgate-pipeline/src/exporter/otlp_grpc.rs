@@ -148,16 +148,16 @@ fn classify(status: &Status) -> ExportError {
             message,
             retry_after,
         },
-        // A call cut by a crashed peer comes back as Unknown: treat it as transient.
-        Code::Unknown
-            if status.message().contains("transport")
-                || status.message().contains("connection") =>
-        {
-            ExportError::Retryable {
-                message,
-                retry_after,
-            }
-        }
+        // No status from the peer: the call broke in the transport (a crashed peer's reset
+        // connection comes back as Unknown; a stream cut by a peer shutting down as Internal
+        // "h2 protocol error", which the simulator saw an agent drop as permanent while a
+        // gateway rolled). tonic attaches the transport error as the source only to such
+        // statuses; whether the peer processed the request is unknown, so it is retried and
+        // receivers drop what they already have.
+        _ if std::error::Error::source(status).is_some() => ExportError::Retryable {
+            message,
+            retry_after,
+        },
         Code::ResourceExhausted if retry_after.is_some() => ExportError::Retryable {
             message,
             retry_after,
@@ -178,4 +178,39 @@ pub fn grpc_status_with_retry_info(code: Code, message: &str, delay: Duration) -
         message.to_string(),
         Bytes::from(rpc::status_with_retry_info(code as i32, message, delay)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn retryable(status: &Status) -> bool {
+        matches!(classify(status), ExportError::Retryable { .. })
+    }
+
+    #[test]
+    fn a_status_the_peer_sent_is_classified_by_its_code() {
+        assert!(retryable(&Status::unavailable("draining")));
+        assert!(retryable(&Status::cancelled("gone")));
+        assert!(!retryable(&Status::internal("bad batch")));
+        assert!(!retryable(&Status::invalid_argument("bad span")));
+        assert!(!retryable(&Status::unknown("the peer said so")));
+        assert!(!retryable(&Status::resource_exhausted("no retry info")));
+    }
+
+    #[test]
+    fn a_call_broken_in_the_transport_is_retried_whatever_its_code() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let status = Status::from_error(Box::new(reset));
+        assert_eq!(status.code(), Code::Unknown);
+        assert!(retryable(&status));
+        // What tonic makes of a stream cut by a peer shutting down: Internal, with the h2
+        // error as the source.
+        let mut cut = Status::internal("h2 protocol error: http2 error");
+        assert!(!retryable(&cut));
+        cut.set_source(Arc::new(std::io::Error::other("stream reset")));
+        assert!(retryable(&cut));
+    }
 }
