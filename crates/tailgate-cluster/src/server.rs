@@ -52,12 +52,10 @@ fn engine_error(e: ConsumeError) -> Status {
 }
 
 impl ClusterService {
-    fn engine(&self) -> Result<&Arc<tailgate_pipeline::sampling::TailSamplingStage>, Status> {
+    fn engine(&self) -> Result<Arc<tailgate_pipeline::sampling::TailSamplingStage>, Status> {
         self.node
-            .inner
-            .engine
-            .get()
-            .ok_or_else(|| Status::unavailable("this gateway's sampling engine is not running yet"))
+            .engine()
+            .ok_or_else(|| Status::unavailable("this gateway's sampling engine is not running"))
     }
 }
 
