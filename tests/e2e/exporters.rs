@@ -302,15 +302,18 @@ async fn otlp_exporter_verifies_the_backend_with_tls_ca_file() {
     send_grpc(&gw.grpc_url(), request(spans(10))).await.unwrap();
     let got = sink.wait_for_spans(10, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 10, "exactly the trusted exporter's copy");
+    // The sink can hold the spans a moment before the exporter has counted the reply.
     for _ in 0..100 {
-        if gw
+        let failed = gw
             .metric(
                 "otelcol_exporter_send_failed_spans_total",
                 "exporter=\"otlp/untrusted\"",
             )
-            .await
-            >= 10.0
-        {
+            .await;
+        let sent = gw
+            .metric("otelcol_exporter_sent_spans_total", "exporter=\"otlp/tls\"")
+            .await;
+        if failed >= 10.0 && sent >= 10.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
