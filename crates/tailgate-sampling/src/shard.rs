@@ -272,10 +272,19 @@ impl TraceShard {
         hold: Duration,
     ) -> Released {
         let ids: Vec<TraceId> = group_by_trace_ids(&spans);
-        let out = self.ingest(spans, now);
+        let mut out = Released::default();
+        self.counters.spans_received += spans.len() as u64;
+        for (trace_id, group) in group_by_trace(spans) {
+            // Buffered even when this node decided the trace: its owner may hold these spans
+            // already, and only the owner releases each span once. Following the cached
+            // decision here exported them twice (asymmetric partition, seed 20983: a forward
+            // whose reply broke, of a trace whose decision this node had handed on).
+            self.buffer_trace(trace_id, group, None, now, &mut out);
+        }
         for id in ids {
             self.hold_until(&id, now + hold);
         }
+        self.enforce_limits(now, &mut out);
         out
     }
 
@@ -342,6 +351,17 @@ impl TraceShard {
             }
             return;
         }
+        self.buffer_trace(trace_id, spans, transfer, now, out);
+    }
+
+    fn buffer_trace(
+        &mut self,
+        trace_id: TraceId,
+        spans: Vec<EncodedSpan>,
+        transfer: Option<(Duration, Duration, bool)>,
+        now: Duration,
+        out: &mut Released,
+    ) {
         let is_new = !self.traces.contains_key(&trace_id);
         if is_new {
             if self.cache.was_forgotten(&trace_id) {
@@ -469,6 +489,22 @@ impl TraceShard {
         out: &mut Released,
     ) {
         let entry = self.remove(&id).expect("deciding a buffered trace");
+        if let Some(d) = self.cache.get(&id, now) {
+            // Held spans of a trace decided before (see `ingest_held`): that decision stands,
+            // and a span released before is not released again.
+            let spans = entry.buffer.spans();
+            let n = spans.len() as u64;
+            if d.keep {
+                let fresh = self.release_once(id, spans);
+                self.counters.spans_kept += fresh.len() as u64;
+                let name = d.policy.map(|i| self.policies.names()[i].clone());
+                out.kept
+                    .extend(self.with_policy_attribute(fresh, name.as_deref()));
+            } else {
+                self.counters.spans_dropped_late += n;
+            }
+            return;
+        }
         if let Some(reason) = early {
             *self.counters.early_decisions.entry(reason).or_default() += 1;
         }

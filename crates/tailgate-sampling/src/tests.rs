@@ -549,3 +549,46 @@ fn a_held_stray_waits_at_least_the_hold_then_is_decided() {
     assert!(a.shard.poll(5 * S).kept.is_empty());
     assert_eq!(a.shard.poll(9 * S).kept.len(), 1);
 }
+
+#[test]
+fn held_spans_of_a_trace_decided_here_go_to_the_owner_not_out_again() {
+    // This node kept trace 5 (its root), handed the decision on, then a forward of the
+    // trace's children to the new owner broke without a reply: the owner may have them.
+    let mut a = Rig::new(cfg(), 1 << 20);
+    a.ingest(vec![span(5, 1, 0, true)], S);
+    assert_eq!(a.shard.poll(3 * S).kept.len(), 1);
+    let children = vec![span(5, 2, 1, false), span(5, 3, 1, false)];
+    let bytes: u64 = children.iter().map(|s| s.bytes.len() as u64).sum();
+    assert!(a.budget.try_reserve(bytes));
+    let now = a.shard.ingest_held(children, 4 * S, 8 * S);
+    assert!(
+        now.kept.is_empty(),
+        "not exported here on the cached decision: the owner releases them once"
+    );
+    assert_eq!(a.shard.traces_buffered(), 1);
+    // The retry hands them to the owner, which knows what was released.
+    let moved = a.shard.take_traces(5 * S, &|_| true);
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].spans.len(), 2);
+    let mut owner = Rig::new(cfg(), 1 << 20);
+    for d in a.shard.decisions_for(5 * S, &|_| true) {
+        owner.shard.accept_decision(d, 5 * S);
+    }
+    // The owner had taken s2 from the broken forward already.
+    owner.ingest(vec![span(5, 2, 1, false)], 5 * S);
+    let kept = owner
+        .shard
+        .accept_trace(moved.into_iter().next().unwrap(), 5 * S);
+    assert_eq!(names(&kept.kept), vec!["6:s3"], "s2 once, s3 once");
+
+    // Held there past the hold, they follow the decision made here, still once each.
+    let mut b = Rig::new(cfg(), 1 << 20);
+    b.ingest(vec![span(6, 1, 0, true), span(6, 2, 1, false)], S);
+    assert_eq!(b.shard.poll(3 * S).kept.len(), 2);
+    let again = vec![span(6, 2, 1, false), span(6, 3, 1, false)];
+    let bytes: u64 = again.iter().map(|s| s.bytes.len() as u64).sum();
+    assert!(b.budget.try_reserve(bytes));
+    assert!(b.shard.ingest_held(again, 4 * S, 8 * S).kept.is_empty());
+    assert_eq!(names(&b.shard.poll(20 * S).kept), vec!["7:s3"]);
+    assert_eq!(b.budget.bytes_used(), 0);
+}
