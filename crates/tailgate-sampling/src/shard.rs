@@ -326,32 +326,44 @@ impl TraceShard {
     ) {
         let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
         if let Some(d) = self.cache.get(&trace_id, now) {
-            // Late spans follow the decision already taken.
             self.budget.release(bytes);
-            let spans = if d.keep {
-                // A span sent again (a resent forward or handoff) is not exported twice.
-                self.release_once(trace_id, spans)
-            } else {
-                spans
-            };
-            let n = spans.len() as u64;
-            self.counters.late_span_ages.extend(std::iter::repeat_n(
-                now.saturating_sub(d.decided_at),
-                spans.len(),
-            ));
-            if d.keep {
-                self.counters.late_spans_kept += n;
-                self.counters.spans_kept += n;
-                let name = d.policy.map(|i| self.policies.names()[i].clone());
-                out.kept
-                    .extend(self.with_policy_attribute(spans, name.as_deref()));
-            } else {
-                self.counters.late_spans_dropped += n;
-                self.counters.spans_dropped_late += n;
-            }
+            self.follow_decision(trace_id, d, spans, now, out);
             return;
         }
         self.buffer_trace(trace_id, spans, transfer, now, out);
+    }
+
+    /// Late spans follow the decision already taken; a kept trace's span sent again (a
+    /// resent forward or handoff, held spans) is not released twice. Bytes are released by
+    /// the caller.
+    fn follow_decision(
+        &mut self,
+        id: TraceId,
+        d: CachedDecision,
+        spans: Vec<EncodedSpan>,
+        now: Duration,
+        out: &mut Released,
+    ) {
+        let spans = if d.keep {
+            self.release_once(id, spans)
+        } else {
+            spans
+        };
+        let n = spans.len() as u64;
+        self.counters.late_span_ages.extend(std::iter::repeat_n(
+            now.saturating_sub(d.decided_at),
+            spans.len(),
+        ));
+        if d.keep {
+            self.counters.late_spans_kept += n;
+            self.counters.spans_kept += n;
+            let name = d.policy.map(|i| self.policies.names()[i].clone());
+            out.kept
+                .extend(self.with_policy_attribute(spans, name.as_deref()));
+        } else {
+            self.counters.late_spans_dropped += n;
+            self.counters.spans_dropped_late += n;
+        }
     }
 
     fn buffer_trace(
@@ -490,19 +502,8 @@ impl TraceShard {
     ) {
         let entry = self.remove(&id).expect("deciding a buffered trace");
         if let Some(d) = self.cache.get(&id, now) {
-            // Held spans of a trace decided before (see `ingest_held`): that decision stands,
-            // and a span released before is not released again.
-            let spans = entry.buffer.spans();
-            let n = spans.len() as u64;
-            if d.keep {
-                let fresh = self.release_once(id, spans);
-                self.counters.spans_kept += fresh.len() as u64;
-                let name = d.policy.map(|i| self.policies.names()[i].clone());
-                out.kept
-                    .extend(self.with_policy_attribute(fresh, name.as_deref()));
-            } else {
-                self.counters.spans_dropped_late += n;
-            }
+            // Held spans of a trace decided before (see `ingest_held`): that decision stands.
+            self.follow_decision(id, d, entry.buffer.spans(), now, out);
             return;
         }
         if let Some(reason) = early {
