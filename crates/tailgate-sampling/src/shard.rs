@@ -357,9 +357,7 @@ impl TraceShard {
         if d.keep {
             self.counters.late_spans_kept += n;
             self.counters.spans_kept += n;
-            let name = d.policy.map(|i| self.policies.names()[i].clone());
-            out.kept
-                .extend(self.with_policy_attribute(spans, name.as_deref()));
+            out.kept.extend(self.with_policy_attribute(spans, d.policy));
         } else {
             self.counters.late_spans_dropped += n;
             self.counters.spans_dropped_late += n;
@@ -551,9 +549,8 @@ impl TraceShard {
             self.cache
                 .record_released(id, spans.iter().map(|s| s.meta.span_id));
             self.counters.spans_kept += n;
-            let name = verdict.decided_by.map(|i| self.policies.names()[i].clone());
             out.kept
-                .extend(self.with_policy_attribute(spans, name.as_deref()));
+                .extend(self.with_policy_attribute(spans, verdict.decided_by));
         } else {
             self.counters.spans_dropped_policy += n;
         }
@@ -562,11 +559,12 @@ impl TraceShard {
     fn with_policy_attribute(
         &self,
         spans: Vec<EncodedSpan>,
-        policy: Option<&str>,
+        policy: Option<usize>,
     ) -> Vec<EncodedSpan> {
-        let (true, Some(name)) = (self.cfg.record_policy, policy) else {
+        let (true, Some(index)) = (self.cfg.record_policy, policy) else {
             return spans;
         };
+        let name = &self.policies.names()[index];
         // Appended on the wire: a repeated field may occur anywhere, so no decode is needed.
         let mut kv = Vec::new();
         put_len_field(&mut kv, 1, POLICY_ATTRIBUTE.as_bytes());
