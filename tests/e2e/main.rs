@@ -9,6 +9,7 @@ mod containers;
 mod exporters;
 mod extensions;
 mod otlp;
+mod overload;
 mod python_sdk;
 mod reliability;
 mod sampling;

@@ -55,6 +55,17 @@ pub fn python_send_args(
     traces: u32,
     extra: &[&str],
 ) -> serde_json::Value {
+    python_send_env(protocol, endpoint, traces, extra, &[])
+}
+
+/// `python_send_args` with environment variables for the SDK (`OTEL_...`).
+pub fn python_send_env(
+    protocol: &str,
+    endpoint: &str,
+    traces: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let script = tests_path("python/send_traces.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -67,6 +78,7 @@ pub fn python_send_args(
             &traces.to_string(),
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .output()
         .expect("python3 must be installed");
     assert!(

@@ -205,6 +205,11 @@ pub struct SinkBehaviour {
     pub fail_next: usize,
     /// Delay every answer by this much.
     pub delay: Duration,
+    /// While true, every request waits (a backend that stopped answering).
+    pub stalled: bool,
+    /// Record only the resource spans of this `service.name` (count every span): for loads
+    /// too large to keep.
+    pub keep_service: Option<String>,
 }
 
 /// An OTLP/gRPC backend built on the generated server types (independent of Tailgate's
@@ -214,6 +219,8 @@ pub struct Sink {
     pub received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     pub behaviour: Arc<Mutex<SinkBehaviour>>,
     pub attempts: Arc<Mutex<usize>>,
+    /// Every span accepted, recorded or not.
+    pub spans_seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -227,14 +234,32 @@ impl TraceService for Sink {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        {
+        while self.behaviour.lock().unwrap().stalled {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let keep_service = {
             let mut b = self.behaviour.lock().unwrap();
             if b.fail_next > 0 {
                 b.fail_next -= 1;
                 return Err(tonic::Status::unavailable("sink is failing on purpose"));
             }
+            b.keep_service.clone()
+        };
+        let mut request = request.into_inner();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.spans_seen
+            .fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(service) = keep_service {
+            request
+                .resource_spans
+                .retain(|rs| service_name(rs).as_deref() == Some(service.as_str()));
         }
-        self.received.lock().unwrap().push(request.into_inner());
+        self.received.lock().unwrap().push(request);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -306,6 +331,17 @@ impl Sink {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The `service.name` resource attribute of `rs`.
+pub fn service_name(rs: &opentelemetry_proto::tonic::trace::v1::ResourceSpans) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    rs.resource.as_ref()?.attributes.iter().find_map(|kv| {
+        match (kv.key.as_str(), kv.value.as_ref()?.value.as_ref()?) {
+            ("service.name", Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        }
+    })
 }
 
 /// The standard gateway config of these tests: OTLP in, optional processors, the sink out.

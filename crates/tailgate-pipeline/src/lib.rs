@@ -7,6 +7,7 @@
 //!
 //! - [`receiver`]: front ends and the shared [`receiver::Ingest`] path.
 //! - [`stages`]: processor stages as [`consumer::Consumer`]s.
+//! - [`memory`]: memory readings (live, resident, accounted) and the `memory_limiter` stage.
 //! - [`exporter`]: exporters, retry, sending queues, fan-out.
 //! - [`extension`]: `health_check`, `pprof`.
 //! - [`telemetry`]: metric names (see `docs/metrics.md`).
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;
+pub mod memory;
 pub mod net;
 pub mod receiver;
 mod rpc;

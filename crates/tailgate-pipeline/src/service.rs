@@ -37,15 +37,13 @@ use crate::cluster::ClusterLink;
 use crate::consumer::{BoxFuture, Consumer};
 use crate::exporter::{ExportFork, FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::extension::health::Health;
+use crate::memory::{MemorySource, MemoryStage, ProcessRss, total_memory_bytes};
 use crate::net::Network;
 use crate::receiver::Ingest;
 use crate::receiver::grpc::OtlpGrpcService;
 use crate::sampling::{BUFFER_LIMIT_MIB_DEFAULT, SamplingSetup, TailSamplingStage};
-use crate::stages::{
-    BatchStage, MemorySource, MemoryStage, ProcessRss, SyncStage, Tee, process_rss_bytes,
-    total_memory_bytes,
-};
-use crate::telemetry::{PROCESS_MEMORY_RSS, PROCESS_UPTIME};
+use crate::stages::{BatchStage, SyncStage, Tee};
+use crate::telemetry::PROCESS_UPTIME;
 
 /// HTTP/2 flow-control windows and frame size of the OTLP/gRPC receiver.
 const GRPC_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
@@ -57,7 +55,8 @@ const GRPC_FRAME_BYTES_MAX: u32 = 1024 * 1024;
 pub struct ServiceOptions {
     /// Seeds every random choice (retry jitter), so a run can be replayed.
     pub seed: u64,
-    /// Where the memory limiter reads memory use; `None` = this process's RSS.
+    /// Where the memory limiter reads memory use (the binary's global allocator); `None` =
+    /// this process's RSS for every number.
     pub memory_source: Option<Arc<dyn MemorySource>>,
     /// The gateway cluster `tail_sampling` routes by; `None` = a single gateway.
     pub cluster: Option<Arc<dyn ClusterLink>>,
@@ -136,6 +135,8 @@ pub struct RunningService {
     pipelines: Vec<Arc<dyn Consumer>>,
     samplers: Vec<Arc<TailSamplingStage>>,
     health: Arc<Health>,
+    /// Measures memory every second (gauges; gives freed memory back after a burst).
+    memory_monitor: JoinHandle<()>,
 }
 
 /// The process-wide metrics recorder (installed on first use).
@@ -435,12 +436,14 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
     if telemetry.level != MetricsLevel::None {
         let listener = bind(&telemetry.address, "service.telemetry.metrics.address").await?;
         addresses.metrics = Some(listener.local_addr()?);
+        let scrape_source = Arc::clone(&memory_source);
         let router = Router::new().route(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
+                let source = Arc::clone(&scrape_source);
                 async move {
-                    gauge!(PROCESS_MEMORY_RSS).set(process_rss_bytes() as f64);
+                    crate::memory::measure(source.as_ref());
                     gauge!(PROCESS_UPTIME).set(started.elapsed().as_secs_f64());
                     metrics.render()
                 }
@@ -456,6 +459,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         pipelines: heads.into_iter().map(|(_, h)| h).collect(),
         samplers,
         health,
+        memory_monitor: crate::memory::spawn_monitor(memory_source),
     })
 }
 
@@ -472,6 +476,7 @@ impl RunningService {
     /// Graceful shutdown within `timeout`: see the module docs for the order.
     pub async fn shutdown(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        self.memory_monitor.abort();
         self.health
             .receivers_listening
             .store(false, Ordering::Release);

@@ -1,6 +1,5 @@
 //! Processor stages of a pipeline, each a [`Consumer`] in front of the next.
 //!
-//! - [`MemoryStage`]: refuses while the memory limiter says so.
 //! - [`SyncStage`]: runs a pure [`SpanProcessor`] (attributes, resource, filter) inline.
 //! - [`BatchStage`]: the async boundary; a task cuts batches by size or timeout. Its input
 //!   queue holds at most [`BATCH_QUEUE_REQUESTS_MAX`] requests; when full, receivers refuse
@@ -8,14 +7,12 @@
 //!   queue: backpressure travels up to the senders instead of data being dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use tailgate_otlp::EncodedSpan;
 use tailgate_processors::SpanProcessor;
 use tailgate_processors::batch::Batcher;
-use tailgate_processors::memory::MemoryLimits;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,139 +26,6 @@ pub const BATCH_QUEUE_REQUESTS_MAX: usize = 256;
 const BATCH_RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
 /// Spans a batch stage gave up on at shutdown. Labels: processor, reason.
 pub const PROCESSOR_DROPPED_SPANS: &str = "tailgate_processor_dropped_spans_total";
-
-/// Where memory use comes from; the simulator and tests substitute their own.
-pub trait MemorySource: Send + Sync {
-    fn used_bytes(&self) -> u64;
-}
-
-/// Resident set size of this process, from `/proc/self/statm`.
-pub struct ProcessRss;
-
-impl MemorySource for ProcessRss {
-    fn used_bytes(&self) -> u64 {
-        process_rss_bytes()
-    }
-}
-
-pub fn process_rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
-/// Total memory for `limit_percentage`: the cgroup v2 limit if set, else physical memory.
-pub fn total_memory_bytes() -> u64 {
-    if let Ok(max) = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        && let Ok(v) = max.trim().parse::<u64>()
-    {
-        return v;
-    }
-    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
-        return 0;
-    };
-    meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-/// `memory_limiter`: a task measures every `check_interval`; consume refuses while above the
-/// soft limit.
-pub struct MemoryStage {
-    name: String,
-    refusing: Arc<AtomicBool>,
-    retry_after: Duration,
-    next: Arc<dyn Consumer>,
-    task: JoinHandle<()>,
-}
-
-impl MemoryStage {
-    pub fn start(
-        name: String,
-        limits: MemoryLimits,
-        check_interval: Duration,
-        source: Arc<dyn MemorySource>,
-        next: Arc<dyn Consumer>,
-    ) -> Self {
-        let refusing = Arc::new(AtomicBool::new(limits.must_refuse(source.used_bytes())));
-        let flag = Arc::clone(&refusing);
-        let task_name = name.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(check_interval);
-            loop {
-                tick.tick().await;
-                let used = source.used_bytes();
-                let refuse = limits.must_refuse(used);
-                if refuse != flag.swap(refuse, Ordering::AcqRel) {
-                    if refuse {
-                        tracing::warn!(processor = %task_name, used_bytes = used, soft_limit_bytes = limits.soft_limit_bytes, "memory above soft limit: refusing data");
-                    } else {
-                        tracing::info!(processor = %task_name, used_bytes = used, "memory back under soft limit: accepting data");
-                    }
-                }
-                gauge!(MEMORY_LIMITER_REFUSING, "processor" => task_name.clone()).set(if refuse {
-                    1.0
-                } else {
-                    0.0
-                });
-            }
-        });
-        MemoryStage {
-            name,
-            refusing,
-            retry_after: check_interval.max(Duration::from_secs(1)),
-            next,
-            task,
-        }
-    }
-}
-
-impl Drop for MemoryStage {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Consumer for MemoryStage {
-    fn consume(&self, spans: Vec<EncodedSpan>) -> BoxFuture<'_, Result<(), ConsumeError>> {
-        self.consume_from(spans, Client::default())
-    }
-
-    fn consume_from(
-        &self,
-        spans: Vec<EncodedSpan>,
-        client: Client,
-    ) -> BoxFuture<'_, Result<(), ConsumeError>> {
-        Box::pin(async move {
-            let n = spans.len() as u64;
-            counter!(PROCESSOR_INCOMING_ITEMS, "processor" => self.name.clone()).increment(n);
-            if self.refusing.load(Ordering::Acquire) {
-                counter!(PROCESSOR_REFUSED_SPANS, "processor" => self.name.clone()).increment(n);
-                return Err(ConsumeError::Refused {
-                    reason: RefuseReason::MemoryLimit,
-                    retry_after: self.retry_after,
-                });
-            }
-            counter!(PROCESSOR_OUTGOING_ITEMS, "processor" => self.name.clone()).increment(n);
-            self.next.consume_from(spans, client).await
-        })
-    }
-
-    fn shutdown(&self, deadline: Instant) -> BoxFuture<'_, ()> {
-        self.task.abort();
-        self.next.shutdown(deadline)
-    }
-}
 
 /// A pure processor run inline.
 pub struct SyncStage {

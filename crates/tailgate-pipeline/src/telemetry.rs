@@ -94,6 +94,18 @@ pub const ORPHAN_SPANS: &str = "tailgate_orphan_spans_total";
 
 // Process.
 pub const PROCESS_MEMORY_RSS: &str = "otelcol_process_memory_rss";
+/// Live bytes by the allocator's count (the collector's Go live heap has this name).
+pub const PROCESS_HEAP_ALLOC_BYTES: &str = "otelcol_process_runtime_heap_alloc_bytes";
+/// Bytes the allocator holds in resident pages, live or free.
+pub const PROCESS_ALLOCATOR_RESIDENT_BYTES: &str = "tailgate_process_allocator_resident_bytes";
+/// Times the memory tick gave retained free memory back to the operating system.
+pub const MEMORY_RELEASES: &str = "tailgate_memory_releases_total";
+/// RSS those releases gave back.
+pub const MEMORY_RELEASED_BYTES: &str = "tailgate_memory_released_bytes_total";
+/// Request bodies received and not yet taken by the pipeline (copied or refused).
+pub const RECEIVER_INFLIGHT_BYTES: &str = "tailgate_receiver_inflight_bytes";
+/// Encoded batches in an exporter's sending queue or being sent. Label: exporter.
+pub const EXPORTER_QUEUE_BYTES: &str = "tailgate_exporter_queue_bytes";
 pub const PROCESS_UPTIME: &str = "otelcol_process_uptime";
 /// The memory limiter's state: 1 while refusing.
 pub const MEMORY_LIMITER_REFUSING: &str = "tailgate_memory_limiter_refusing";

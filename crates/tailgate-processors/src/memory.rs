@@ -1,9 +1,34 @@
 //! `memory_limiter` logic: from config and the machine's memory to two byte thresholds, and
 //! from a measurement to "accept" or "refuse". Measuring is the pipeline's job.
+//!
+//! Which number each threshold compares: the **soft limit** (`limit_mib − spike_limit_mib`)
+//! compares *live* bytes — what the allocator has handed out and not had back, the number
+//! the collector reads from its Go heap — so the limiter lets go the moment buffers empty.
+//! The **hard limit** (`limit_mib`) compares *RSS* as a last resort: memory the allocator
+//! cannot give back (fragmentation, a leak) still stops intake before the OOM killer does.
 
 use tailgate_config::components::MemoryLimiterConfig;
 
 const MIB: u64 = 1024 * 1024;
+
+/// One measurement the limits are compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Bytes allocated and not freed, by the allocator's count.
+    pub live_bytes: u64,
+    /// Resident set size of the process.
+    pub rss_bytes: u64,
+}
+
+/// Why new data is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Live bytes reached the soft limit: buffers are full.
+    LiveOverSoftLimit,
+    /// RSS reached the hard limit though live bytes did not: memory the allocator cannot
+    /// return.
+    RssOverHardLimit,
+}
 
 /// Resolved limits in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +62,15 @@ impl MemoryLimits {
         }
     }
 
-    /// Whether new data must be refused at this usage.
-    pub fn must_refuse(&self, used_bytes: u64) -> bool {
-        used_bytes >= self.soft_limit_bytes
+    /// Whether (and why) new data must be refused at this usage.
+    pub fn refusal(&self, used: &MemoryUse) -> Option<Refusal> {
+        if used.live_bytes >= self.soft_limit_bytes {
+            Some(Refusal::LiveOverSoftLimit)
+        } else if used.rss_bytes >= self.hard_limit_bytes {
+            Some(Refusal::RssOverHardLimit)
+        } else {
+            None
+        }
     }
 }
 
@@ -65,8 +96,23 @@ mod tests {
         assert_eq!(l.soft_limit_bytes, 2048 * MIB - 2048 * MIB / 5);
         let l = MemoryLimits::resolve(&cfg(2048, Some(512), 0, 0), 0);
         assert_eq!(l.soft_limit_bytes, 1536 * MIB);
-        assert!(!l.must_refuse(1535 * MIB));
-        assert!(l.must_refuse(1536 * MIB));
+    }
+
+    fn used(live_mib: u64, rss_mib: u64) -> MemoryUse {
+        MemoryUse {
+            live_bytes: live_mib * MIB,
+            rss_bytes: rss_mib * MIB,
+        }
+    }
+
+    #[test]
+    fn soft_limit_compares_live_bytes_and_hard_limit_compares_rss() {
+        let l = MemoryLimits::resolve(&cfg(256, Some(64), 0, 0), 0);
+        assert_eq!(l.refusal(&used(191, 191)), None);
+        assert_eq!(l.refusal(&used(192, 192)), Some(Refusal::LiveOverSoftLimit));
+        // After a burst: little live, RSS not yet returned but under the hard limit.
+        assert_eq!(l.refusal(&used(20, 230)), None);
+        assert_eq!(l.refusal(&used(20, 256)), Some(Refusal::RssOverHardLimit));
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ServiceOptions {
             seed: args.seed,
             components: Some(components()),
+            memory_source: Some(crate::allocator::memory_source()),
             ..Default::default()
         },
     )

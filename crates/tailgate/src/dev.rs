@@ -99,6 +99,7 @@ impl DevGateway {
         };
         let options = ServiceOptions {
             seed,
+            memory_source: Some(crate::allocator::memory_source()),
             ..Default::default()
         };
         self.running = Some(
@@ -173,6 +174,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &agent_cfg,
         ServiceOptions {
             components: Some(crate::agent::components()),
+            memory_source: Some(crate::allocator::memory_source()),
             ..Default::default()
         },
     )

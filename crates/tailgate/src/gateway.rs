@@ -168,6 +168,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         ServiceOptions {
             seed: args.seed,
             components: Some(crate::agent::components()),
+            memory_source: Some(crate::allocator::memory_source()),
             ..Default::default()
         },
         cluster,

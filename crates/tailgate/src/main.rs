@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod allocator;
 mod dev;
 mod gateway;
 mod loadgen;

@@ -161,6 +161,7 @@ impl ManagedExporter {
             gauge!(EXPORTER_QUEUE_CAPACITY, "exporter" => name.clone())
                 .set(queue.queue_size as f64);
             gauge!(EXPORTER_QUEUE_SIZE, "exporter" => name.clone()).set(0.0);
+            gauge!(EXPORTER_QUEUE_BYTES, "exporter" => name.clone()).set(0.0);
             let rx = Arc::new(Mutex::new(rx));
             let mut workers = Vec::with_capacity(queue.num_consumers);
             for worker in 0..queue.num_consumers {
@@ -175,6 +176,8 @@ impl ManagedExporter {
                         gauge!(EXPORTER_QUEUE_SIZE, "exporter" => me2.name.clone()).decrement(1.0);
                         // Failures are counted inside; a queued batch has no caller to tell.
                         let _ = me2.send_with_retry(&batch, &mut backoff).await;
+                        gauge!(EXPORTER_QUEUE_BYTES, "exporter" => me2.name.clone())
+                            .decrement(batch.request.len() as f64);
                     }
                 }));
             }
@@ -349,6 +352,8 @@ impl Consumer for FanOut {
             }
             for (e, permit) in permits {
                 gauge!(EXPORTER_QUEUE_SIZE, "exporter" => e.name.clone()).increment(1.0);
+                gauge!(EXPORTER_QUEUE_BYTES, "exporter" => e.name.clone())
+                    .increment(batch.request.len() as f64);
                 permit.send(batch.clone());
             }
             // Exporters without a queue export inline; the caller waits for them.

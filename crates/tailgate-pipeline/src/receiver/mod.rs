@@ -84,6 +84,7 @@ impl Ingest {
         transport: &'static str,
         client: Client,
     ) -> Result<Accepted, IngestError> {
+        let _in_flight = crate::memory::InFlightBytes::new(body.len());
         let labels = [
             ("receiver", self.receiver.clone()),
             ("transport", transport.to_string()),
