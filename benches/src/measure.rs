@@ -107,6 +107,17 @@ pub struct GatewayArgs {
     /// Skip rotel (when it is not installed).
     #[arg(long)]
     pub no_rotel: bool,
+    /// Tailgate builds to compare, `LABEL=PATH` (repeatable; e.g. one per allocator, see
+    /// `benches/allocators.sh`). Default: the `tailgate` binary beside this one.
+    #[arg(long = "tailgate-bin", value_parser = parse_labelled_path)]
+    pub tailgate_bins: Vec<(String, PathBuf)>,
+}
+
+fn parse_labelled_path(s: &str) -> Result<(String, PathBuf), String> {
+    let (label, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected LABEL=PATH, got {s:?}"))?;
+    Ok((label.to_string(), PathBuf::from(path)))
 }
 
 #[derive(Args, Clone)]
@@ -184,6 +195,14 @@ fn render_config(p: &GatewayParams<'_>) -> String {
 
 /// Writes `config` into `dir` and starts a gateway on it, pinned to core 0.
 fn start_gateway(dir: &std::path::Path, config: &str) -> anyhow::Result<Proc> {
+    start_gateway_binary(&sibling_binary("tailgate"), dir, config)
+}
+
+fn start_gateway_binary(
+    binary: &PathBuf,
+    dir: &std::path::Path,
+    config: &str,
+) -> anyhow::Result<Proc> {
     let path = dir.join("gateway.yaml");
     std::fs::write(&path, config)?;
     let args = [
@@ -191,7 +210,57 @@ fn start_gateway(dir: &std::path::Path, config: &str) -> anyhow::Result<Proc> {
         "--config".to_string(),
         path.display().to_string(),
     ];
-    pinned("0", &sibling_binary("tailgate"), &args, "tailgate")
+    pinned("0", binary, &args, "tailgate")
+}
+
+/// Peaks of a gateway's memory while a load runs, sampled every [`MEMORY_SAMPLE_INTERVAL`]
+/// from its metrics and `/proc`: what it holds by its own account beside what it costs.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MemoryPeaks {
+    /// Buffered encoded spans + exporter queues and sends in flight + request bodies in
+    /// flight (`tailgate_sampling_buffered_bytes`, `tailgate_exporter_queue_bytes`,
+    /// `tailgate_receiver_inflight_bytes`), at their largest sum.
+    pub(crate) accounted_bytes: f64,
+    /// The allocator's live bytes (`otelcol_process_runtime_heap_alloc_bytes`).
+    pub(crate) live_bytes: f64,
+    pub(crate) rss_bytes: f64,
+}
+
+const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Samples memory peaks on a thread until dropped (then [`MemoryWatch::finish`]).
+pub(crate) struct MemoryWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<MemoryPeaks>,
+}
+
+impl MemoryWatch {
+    pub(crate) fn start(pid: u32, metrics_port: u16) -> MemoryWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peaks = MemoryPeaks::default();
+            while !flag.load(Ordering::Relaxed) {
+                let accounted = metric(metrics_port, "tailgate_sampling_buffered_bytes")
+                    + metric(metrics_port, "tailgate_exporter_queue_bytes")
+                    + metric(metrics_port, "tailgate_receiver_inflight_bytes");
+                let live = metric(metrics_port, "otelcol_process_runtime_heap_alloc_bytes");
+                let rss = status_kib(pid, "VmRSS:").unwrap_or(0) as f64 * 1024.0;
+                peaks.accounted_bytes = peaks.accounted_bytes.max(accounted);
+                peaks.live_bytes = peaks.live_bytes.max(live);
+                peaks.rss_bytes = peaks.rss_bytes.max(rss);
+                std::thread::sleep(MEMORY_SAMPLE_INTERVAL);
+            }
+            peaks
+        });
+        MemoryWatch { stop, thread }
+    }
+
+    pub(crate) fn finish(self) -> MemoryPeaks {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -355,11 +424,13 @@ pub(crate) fn wait_drained(sink_port: u16, quiet: Duration, max: Duration) -> u6
 }
 
 struct RunResult {
-    system: &'static str,
+    system: String,
     spans_in: u64,
     cpu_s: f64,
     peak_rss_mib: f64,
     exported: u64,
+    /// Tailgate only: memory peaks during the measured load.
+    memory: Option<MemoryPeaks>,
 }
 
 impl RunResult {
@@ -393,19 +464,32 @@ pub(crate) fn find_rotel(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn run_once(
-    system: &'static str,
-    args: &GatewayArgs,
-    rotel: Option<&PathBuf>,
-    seed: u64,
-) -> anyhow::Result<RunResult> {
+/// A system under test: a Tailgate build or rotel.
+#[derive(Clone)]
+enum System {
+    Tailgate { label: String, binary: PathBuf },
+    Rotel(PathBuf),
+}
+
+impl System {
+    fn label(&self) -> &str {
+        match self {
+            System::Tailgate { label, .. } => label,
+            System::Rotel(_) => "rotel",
+        }
+    }
+}
+
+fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<RunResult> {
     let (_sink, sink_port) = start_sink()?;
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("tailgate-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let mut metrics_port = None;
     let (target, quiet) = match system {
-        "tailgate" => {
+        System::Tailgate { binary, .. } => {
             let metrics = free_port();
+            metrics_port = Some(metrics);
             let cfg = render_config(&GatewayParams {
                 grpc_port: port,
                 sink_port,
@@ -416,12 +500,11 @@ fn run_once(
                 extra_sampling: "",
                 compression: &args.compression,
             });
-            let p = start_gateway(&dir, &cfg)?;
+            let p = start_gateway_binary(binary, &dir, &cfg)?;
             let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
             (p, wait)
         }
-        _ => {
-            let rotel = rotel.expect("rotel path");
+        System::Rotel(rotel) => {
             let p = pinned(
                 "0",
                 rotel,
@@ -462,6 +545,7 @@ fn run_once(
     wait_drained(sink_port, quiet, Duration::from_secs(60));
     let cpu0 = cpu_seconds(pid)?;
     let sink0 = sink_count(sink_port);
+    let watch = metrics_port.map(|m| MemoryWatch::start(pid, m));
     let spans_in = loadgen(
         &[port],
         args.seconds,
@@ -474,13 +558,15 @@ fn run_once(
     let sink1 = wait_drained(sink_port, quiet, Duration::from_secs(120));
     let cpu1 = cpu_seconds(pid)?;
     let peak = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
+    let memory = watch.map(MemoryWatch::finish);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(RunResult {
-        system,
+        system: system.label().to_string(),
         spans_in,
         cpu_s: cpu1 - cpu0,
         peak_rss_mib: peak,
         exported: sink1 - sink0,
+        memory,
     })
 }
 
@@ -498,11 +584,23 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let rotel = if args.no_rotel {
-        None
+    let mut systems: Vec<System> = if args.tailgate_bins.is_empty() {
+        vec![System::Tailgate {
+            label: "tailgate".into(),
+            binary: sibling_binary("tailgate"),
+        }]
     } else {
-        Some(rotel_path(&args)?)
+        args.tailgate_bins
+            .iter()
+            .map(|(label, binary)| System::Tailgate {
+                label: label.clone(),
+                binary: binary.clone(),
+            })
+            .collect()
     };
+    if !args.no_rotel {
+        systems.push(System::Rotel(rotel_path(&args)?));
+    }
     println!(
         "P1: gateway on core 0, loadgen on core 1; 20 spans/trace, 10 attributes, ~512 spans/request, compression {}, rate {}, {}s per run",
         args.compression,
@@ -514,30 +612,54 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "{:<4} {:<9} {:>12} {:>9} {:>12} {:>13} {:>12}",
-        "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "exported"
+        "{:<4} {:<14} {:>12} {:>9} {:>11} {:>9} {:>12} {:>13} {:>13} {:>12}",
+        "run",
+        "system",
+        "spans in",
+        "cpu s",
+        "cpu s / 1M",
+        "peak RSS",
+        "peak live",
+        "peak held",
+        "RSS / held",
+        "exported"
+    );
+    println!(
+        "{:<4} {:<14} {:>12} {:>9} {:>11} {:>9} {:>12} {:>13} {:>13} {:>12}",
+        "", "", "", "", "", "MiB", "MiB", "MiB", "", ""
     );
     let mut results = Vec::new();
     for round in 0..args.rounds {
-        let mut systems = vec!["tailgate"];
-        if rotel.is_some() {
-            systems.push("rotel");
-        }
-        for (i, system) in systems.into_iter().enumerate() {
-            let r = run_once(system, &args, rotel.as_ref(), 42 + round as u64)?;
+        for (i, system) in systems.iter().enumerate() {
+            let r = run_once(system, &args, 42 + round as u64)?;
+            let mib = |b: f64| b / 1048576.0;
+            let (live, held, ratio) = match r.memory {
+                Some(m) => (
+                    format!("{:.0}", mib(m.live_bytes)),
+                    format!("{:.0}", mib(m.accounted_bytes)),
+                    format!("{:.2}", m.rss_bytes / m.accounted_bytes.max(1.0)),
+                ),
+                None => ("—".into(), "—".into(), "—".into()),
+            };
             println!(
-                "{:<4} {:<9} {:>12} {:>9.2} {:>12.3} {:>13.0} {:>12}",
-                format!("{}{}", if i == 0 { 'A' } else { 'B' }, round + 1),
+                "{:<4} {:<14} {:>12} {:>9.2} {:>11.3} {:>9.0} {:>12} {:>13} {:>13} {:>12}",
+                format!("{}{}", (b'A' + i as u8) as char, round + 1),
                 r.system,
                 r.spans_in,
                 r.cpu_s,
                 r.cpu_per_million(),
                 r.peak_rss_mib,
+                live,
+                held,
+                ratio,
                 r.exported
             );
             results.push(r);
         }
     }
+    println!(
+        "peak held = buffered encoded spans + exporter queues and sends in flight + request bodies in flight, at their largest; RSS / held = peak RSS sampled with it (target <= 1.5)"
+    );
     let med = |sys: &str| {
         median(
             results
@@ -547,12 +669,21 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 .collect(),
         )
     };
-    let t = med("tailgate");
-    println!("median tailgate: {t:.3} CPU-s per 1M spans (target P1 <= 1.0)");
-    if rotel.is_some() {
-        let r = med("rotel");
-        println!("median rotel (forwarding, no sampling): {r:.3} CPU-s per 1M spans");
-        println!("ratio rotel / tailgate: {:.2}x", r / t);
+    let first = systems[0].label().to_string();
+    let t = med(&first);
+    for system in &systems {
+        let label = system.label();
+        let m = med(label);
+        match system {
+            System::Tailgate { .. } => println!(
+                "median {label}: {m:.3} CPU-s per 1M spans (target P1 <= 1.0); ratio to {first}: {:.2}x",
+                m / t
+            ),
+            System::Rotel(_) => {
+                println!("median rotel (forwarding, no sampling): {m:.3} CPU-s per 1M spans");
+                println!("ratio rotel / {first}: {:.2}x", m / t);
+            }
+        }
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod components;
 mod env;
 mod load;
+mod locate;
 pub mod sampling;
 mod types;
 mod validate;

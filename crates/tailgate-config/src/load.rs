@@ -114,12 +114,23 @@ pub struct Config {
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{file}: {path}: {message}")]
 pub struct ConfigError {
     pub file: String,
     /// Dotted YAML path, e.g. `processors.batch.timeout` or `service.pipelines.traces.exporters[0]`.
     pub path: String,
+    /// 1-based line and column of `path` in the file (of its deepest key that exists).
+    pub location: Option<(usize, usize)>,
     pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        write!(f, "{}: {}", self.path, self.message)
+    }
 }
 
 /// All problems found in one config file.
@@ -159,35 +170,63 @@ struct Loader<'a> {
     declared: BTreeSet<String>,
 }
 
+/// Errors reported for one component before the rest of it is left unread: each error
+/// removes the offending key and deserializes again, so a bound keeps a pathological
+/// component from looping long.
+const FIELD_ERRORS_PER_COMPONENT_MAX: usize = 16;
+
 impl Loader<'_> {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             path: path.into(),
+            location: None,
             message: message.into(),
         });
     }
 
-    /// Deserializes `value` into `T`, reporting the failing field's full path.
+    /// Deserializes `value` into `T`, reporting every failing field with its full path: after
+    /// each error the offending key is set aside and the rest deserialized again, so two typos
+    /// in one component are both reported in one pass.
     fn typed<T: DeserializeOwned>(&mut self, base: &str, value: Value) -> Option<T> {
-        let value = if value.is_null() {
+        let mut value = if value.is_null() {
             Value::Object(Default::default())
         } else {
             value
         };
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let path = if inner == "." || inner.is_empty() {
-                    base.to_string()
-                } else {
-                    format!("{base}.{inner}")
-                };
-                self.error(path, e.into_inner().to_string());
-                None
+        let mut set_aside: Vec<String> = Vec::new();
+        for _ in 0..FIELD_ERRORS_PER_COMPONENT_MAX {
+            let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(t) => return set_aside.is_empty().then_some(t),
+                Err(e) => e,
+            };
+            let steps: Vec<PathStep> = error
+                .path()
+                .iter()
+                .filter_map(PathStep::from_segment)
+                .collect();
+            let inner = error.path().to_string();
+            let message = error.into_inner().to_string();
+            // A required field reported missing because an earlier error set it aside is not
+            // news.
+            if set_aside
+                .iter()
+                .any(|key| message.contains(&format!("missing field `{key}`")))
+            {
+                return None;
+            }
+            let path = if inner == "." || inner.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}.{inner}")
+            };
+            self.error(path, with_suggestion(&message));
+            match remove_at(&mut value, &steps) {
+                Some(key) => set_aside.push(key),
+                None => return None,
             }
         }
+        None
     }
 
     fn section(
@@ -230,12 +269,113 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn unknown_type(section: &str, singular: &str, kind: &str, supported: &[&str]) -> String {
-    let _ = section;
-    format!(
+fn unknown_type(singular: &str, kind: &str, supported: &[&str]) -> String {
+    let mut msg = format!(
         "unknown {singular} type `{kind}`; supported: {}",
         supported.join(", ")
-    )
+    );
+    if let Some(near) = closest(kind, supported.iter().copied()) {
+        msg.push_str(&format!("; did you mean `{near}`?"));
+    }
+    msg
+}
+
+/// One step of a serde path, for setting a failing key aside.
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+impl PathStep {
+    fn from_segment(s: &serde_path_to_error::Segment) -> Option<PathStep> {
+        match s {
+            serde_path_to_error::Segment::Map { key } => Some(PathStep::Key(key.clone())),
+            serde_path_to_error::Segment::Seq { index } => Some(PathStep::Index(*index)),
+            _ => None,
+        }
+    }
+}
+
+/// Removes the value at `steps` from `root`; returns the removed key's name (the last step).
+fn remove_at(root: &mut Value, steps: &[PathStep]) -> Option<String> {
+    let (last, parents) = steps.split_last()?;
+    let mut at = root;
+    for step in parents {
+        at = match (step, at) {
+            (PathStep::Key(k), Value::Object(m)) => m.get_mut(k)?,
+            (PathStep::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    match (last, at) {
+        (PathStep::Key(k), Value::Object(m)) => m.remove(k).map(|_| k.clone()),
+        (PathStep::Index(i), Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            Some(i.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// serde's message with "did you mean" added when it names an unknown field or variant and
+/// lists the expected ones.
+fn with_suggestion(message: &str) -> String {
+    let unknown = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    let expected = message
+        .split_once("expected one of ")
+        .or_else(|| message.split_once("expected "))
+        .map(|(_, list)| list);
+    match (unknown, expected) {
+        (Some(word), Some(list)) => {
+            let candidates = list.split('`').skip(1).step_by(2);
+            match closest(word, candidates) {
+                Some(near) => format!("{message}; did you mean `{near}`?"),
+                None => message.to_string(),
+            }
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// The candidate nearest `word` by edit distance, if it is near enough to be a typo (at most a
+/// third of the word's length, at least 1, in edits).
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edit distance counting a swap of neighbours as one edit (optimal string alignment), by
+/// characters: `otpl` is one edit from `otlp`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Reads and loads a config file, with variables from the process environment.
@@ -244,6 +384,7 @@ pub fn load_file(path: &str) -> Result<Config, ConfigErrors> {
         ConfigErrors(vec![ConfigError {
             file: path.to_string(),
             path: "(file)".into(),
+            location: None,
             message: format!("cannot read: {e}"),
         }])
     })?;
@@ -264,7 +405,9 @@ pub fn load_str(
     let parsed: Value = match serde_saphyr::from_str::<Value>(text) {
         Ok(v) => v,
         Err(e) => {
-            l.error("(document)", format!("not valid YAML: {e}"));
+            // The parser's snippets name the text `<input>`; the reader knows it by its file.
+            let message = format!("not valid YAML: {e}").replace("<input>", file);
+            l.error("(document)", message);
             return Err(ConfigErrors(l.errors));
         }
     };
@@ -297,7 +440,7 @@ pub fn load_str(
         let parsed = match id.kind.as_str() {
             "otlp" => l.typed(&base, value).map(ReceiverConfig::Otlp),
             other => {
-                let msg = unknown_type("receivers", "receiver", other, RECEIVER_TYPES);
+                let msg = unknown_type("receiver", other, RECEIVER_TYPES);
                 l.error(base.clone(), msg);
                 None
             }
@@ -317,7 +460,7 @@ pub fn load_str(
             "tail_sampling" => l.typed(&base, value).map(ProcessorConfig::TailSampling),
             "k8sattributes" => l.typed(&base, value).map(ProcessorConfig::K8sAttributes),
             other => {
-                let msg = unknown_type("processors", "processor", other, PROCESSOR_TYPES);
+                let msg = unknown_type("processor", other, PROCESSOR_TYPES);
                 l.error(base.clone(), msg);
                 None
             }
@@ -338,7 +481,7 @@ pub fn load_str(
             "debug" => l.typed(&base, value).map(ExporterConfig::Debug),
             "loadbalancing" => l.typed(&base, value).map(ExporterConfig::LoadBalancing),
             other => {
-                let msg = unknown_type("exporters", "exporter", other, EXPORTER_TYPES);
+                let msg = unknown_type("exporter", other, EXPORTER_TYPES);
                 l.error(base.clone(), msg);
                 None
             }
@@ -356,7 +499,7 @@ pub fn load_str(
             "health_check" => l.typed(&base, value).map(ExtensionConfig::HealthCheck),
             "pprof" => l.typed(&base, value).map(ExtensionConfig::Pprof),
             other => {
-                let msg = unknown_type("extensions", "extension", other, EXTENSION_TYPES);
+                let msg = unknown_type("extension", other, EXTENSION_TYPES);
                 l.error(base.clone(), msg);
                 None
             }
@@ -377,18 +520,25 @@ pub fn load_str(
         }
     }
     let service = root.remove("service");
+    const TOP_LEVEL_KEYS: &[&str] = &[
+        "receivers",
+        "processors",
+        "exporters",
+        "extensions",
+        "service",
+        "cluster",
+    ];
     for key in root.keys() {
-        let msg = if key == "connectors" {
+        let mut msg = if key == "connectors" {
             "connectors are not supported; allowed top-level keys: receivers, processors, exporters, extensions, service, cluster".to_string()
         } else {
             "unknown top-level key; allowed: receivers, processors, exporters, extensions, service, cluster"
                 .to_string()
         };
-        l.errors.push(ConfigError {
-            file: file.to_string(),
-            path: key.clone(),
-            message: msg,
-        });
+        if let Some(near) = closest(key, TOP_LEVEL_KEYS.iter().copied()) {
+            msg.push_str(&format!("; did you mean `{near}`?"));
+        }
+        l.error(key.clone(), msg);
     }
     match service {
         None | Some(Value::Null) => l.error(
@@ -400,6 +550,9 @@ pub fn load_str(
     if l.errors.is_empty() {
         Ok(cfg)
     } else {
+        for e in &mut l.errors {
+            e.location = crate::locate::locate(text, &e.path);
+        }
         Err(ConfigErrors(l.errors))
     }
 }

@@ -82,6 +82,7 @@ impl ComponentFactory for Components {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let mut stop = crate::lifecycle::StopSignal::install()?;
     let cfg = tailgate_config::load_file(&args.config)
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
@@ -90,17 +91,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         logs.encoding == tailgate_config::components::LogEncoding::Json,
     );
     tailgate_pipeline::install_crypto_provider();
-    let service = tailgate_pipeline::start(
-        &cfg,
-        ServiceOptions {
-            seed: args.seed,
-            components: Some(components()),
-            memory_source: Some(crate::allocator::memory_source()),
-            ..Default::default()
-        },
-    )
-    .await
-    .context("cannot start agent")?;
+    let startup = async {
+        tailgate_pipeline::start(
+            &cfg,
+            ServiceOptions {
+                seed: args.seed,
+                components: Some(components()),
+                memory_source: Some(crate::allocator::memory_source()),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot start agent")
+    };
+    let Some(service) = stop.unless_stopped("the agent", startup).await? else {
+        return Ok(());
+    };
     for (id, addr) in &service.addresses().otlp_grpc {
         tracing::info!(receiver = %id, %addr, "OTLP/gRPC listening");
     }
@@ -114,9 +120,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, "metrics listening");
     }
     tracing::info!("agent ready");
-    crate::gateway::wait_for_signal().await;
-    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down");
+    let signal = stop.recv().await;
+    tracing::info!(signal, timeout = ?args.shutdown_timeout, "shutting down");
+    let report = crate::lifecycle::ShutdownReport::begin();
     service.shutdown(args.shutdown_timeout).await;
-    tracing::info!("shutdown complete");
+    eprintln!("tailgate: {}", report.line(args.shutdown_timeout));
     Ok(())
 }

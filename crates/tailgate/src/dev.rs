@@ -16,6 +16,7 @@ use tailgate_pipeline::service::RunningService;
 use tailgate_pipeline::telemetry::{self, sum_metric};
 use tokio::time::Instant;
 
+use crate::lifecycle::{ShutdownReport, StopSignal};
 use crate::loadgen::{LoadStats, LoadgenArgs, run_load};
 
 const DEV_CONFIG: &str = include_str!("dev-config.yaml");
@@ -25,7 +26,8 @@ const GATEWAYS: usize = 3;
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Where the gateways' `file` exporters write `traces-<gateway>.jsonl`.
+    /// Where the gateways' `file` exporters write `traces-<gateway>.jsonl` (emptied at each
+    /// start, so the files hold this run only).
     #[arg(long, default_value = "./tailgate-data")]
     pub data_dir: String,
     /// Drive the cluster with synthetic traffic, print what happens, then stop.
@@ -112,7 +114,7 @@ impl DevGateway {
 
     async fn stop(&mut self) {
         if let Some(g) = self.running.take() {
-            g.shutdown(Duration::from_secs(10)).await;
+            g.shutdown(DEV_SHUTDOWN_TIMEOUT).await;
         }
     }
 
@@ -126,6 +128,7 @@ impl DevGateway {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let mut stop = StopSignal::install()?;
     if args.print_config {
         print!("# agent\n{DEV_AGENT_CONFIG}\n# gateways\n{DEV_CONFIG}");
         return Ok(());
@@ -133,7 +136,94 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::init_logging(if args.demo { "error" } else { "warn" }, false);
     tailgate_pipeline::install_crypto_provider();
     let data = args.data_dir.trim_end_matches('/').to_string();
+    let data_dir = DataDir::prepare(&data)?;
+    let started = stop
+        .unless_stopped("the local cluster", start_cluster(&args, &data))
+        .await;
+    let (agent, mut gateways) = match started {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => {
+            data_dir.remove_if_created();
+            return Ok(());
+        }
+        Err(e) => {
+            data_dir.remove_if_created();
+            return Err(with_port_hint(e, &args));
+        }
+    };
+    print_banner(&agent, &gateways, &data);
+    if !args.demo {
+        println!("Ctrl-C to stop.");
+        stop.recv().await;
+        let report = ShutdownReport::begin();
+        shutdown(agent, &mut gateways).await;
+        println!("{}", report.line(DEV_SHUTDOWN_TIMEOUT));
+        return Ok(());
+    }
+    let grpc_port = agent.addresses().otlp_grpc["otlp"].port();
+    demo(&args, agent, &mut gateways, &data, grpc_port, &mut stop).await
+}
 
+/// How long each part of the local cluster may take to drain at shutdown.
+const DEV_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The data folder: emptied of earlier runs' trace files at start; removed again after a
+/// failed start if this run created it.
+struct DataDir {
+    path: String,
+    created: bool,
+}
+
+impl DataDir {
+    fn prepare(path: &str) -> anyhow::Result<DataDir> {
+        let created = !std::path::Path::new(path).exists();
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create {path}"))?;
+        for i in 0..GATEWAYS {
+            let file = format!("{path}/traces-gateway-{i}.jsonl");
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot empty {file}")),
+            }
+        }
+        Ok(DataDir {
+            path: path.to_string(),
+            created,
+        })
+    }
+
+    fn remove_if_created(&self) {
+        if self.created {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A start that failed because a port was taken says which flag moves it.
+fn with_port_hint(e: anyhow::Error, args: &DevArgs) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if !text.contains("in use") {
+        return e;
+    }
+    let flags = [
+        (&args.grpc_endpoint, "--grpc-endpoint"),
+        (&args.http_endpoint, "--http-endpoint"),
+        (&args.metrics_endpoint, "--metrics-endpoint"),
+        (&args.health_endpoint, "--health-endpoint"),
+    ];
+    match flags.iter().find(|(addr, _)| text.contains(addr.as_str())) {
+        Some((addr, flag)) => e.context(format!(
+            "{addr} is taken (a collector or another `tailgate dev`?); move it with {flag} ADDR"
+        )),
+        None => e,
+    }
+}
+
+/// Three gateways (gateway-0 the seed) and the agent in front of them, once the ring formed.
+async fn start_cluster(
+    args: &DevArgs,
+    data: &str,
+) -> anyhow::Result<(RunningService, Vec<DevGateway>)> {
     let mut gateways = Vec::new();
     for i in 0..GATEWAYS {
         let name = format!("gateway-{i}");
@@ -143,7 +233,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ("TAILGATE_DEV_HTTP", free_addr()?),
             ("TAILGATE_DEV_METRICS", free_addr()?),
             ("TAILGATE_DEV_HEALTH", free_addr()?),
-            ("TAILGATE_DEV_DATA", data.clone()),
+            ("TAILGATE_DEV_DATA", data.to_string()),
             ("TAILGATE_DEV_NODE", name.clone()),
         ];
         let cfg = load_embedded(DEV_CONFIG, "(embedded dev gateway config)", &vars)?;
@@ -155,7 +245,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             running: None,
         });
     }
-    // gateway-0 is the seed; the others join through it.
     let join = vec![gateways[0].cluster_addr.clone()];
     for (i, g) in gateways.iter_mut().enumerate() {
         g.start(&join, 42 + i as u64).await?;
@@ -181,7 +270,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("cannot start the dev agent")?;
     wait_for_ring(&gateways).await;
+    Ok((agent, gateways))
+}
 
+fn print_banner(agent: &RunningService, gateways: &[DevGateway], data: &str) {
     let grpc = agent.addresses().otlp_grpc["otlp"];
     let http = agent.addresses().otlp_http["otlp"];
     println!("tailgate dev: local cluster ready (1 agent, {GATEWAYS} gateways)");
@@ -189,7 +281,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  agent      OTLP/gRPC {grpc}  OTLP/HTTP {http}   (apps: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:{})",
         grpc.port()
     );
-    for g in &gateways {
+    for g in gateways {
         println!(
             "  {}  OTLP/gRPC {}  cluster {}  -> {data}/traces-{}.jsonl",
             g.name, g.otlp_addr, g.cluster_addr, g.name
@@ -209,14 +301,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  sampling   the article's policies: errors, slow > 2s, sampling.priority=always_on, 5% of the rest"
     );
     println!("  exporting  OTLP/JSON lines, db.statement and auth headers redacted");
-
-    if !args.demo {
-        println!("Ctrl-C to stop.");
-        crate::gateway::wait_for_signal().await;
-        shutdown(agent, &mut gateways).await;
-        return Ok(());
-    }
-    demo(&args, agent, &mut gateways, &data, grpc.port()).await
 }
 
 async fn wait_for_ring(gateways: &[DevGateway]) {
@@ -236,7 +320,7 @@ async fn wait_for_ring(gateways: &[DevGateway]) {
 }
 
 async fn shutdown(agent: RunningService, gateways: &mut [DevGateway]) {
-    agent.shutdown(Duration::from_secs(10)).await;
+    agent.shutdown(DEV_SHUTDOWN_TIMEOUT).await;
     for g in gateways.iter_mut() {
         g.stop().await;
     }
@@ -248,6 +332,7 @@ async fn demo(
     gateways: &mut [DevGateway],
     data: &str,
     agent_port: u16,
+    stop: &mut StopSignal,
 ) -> anyhow::Result<()> {
     let load = LoadgenArgs {
         endpoint: vec![format!("http://127.0.0.1:{agent_port}")],
@@ -280,6 +365,9 @@ async fn demo(
     tick.tick().await;
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
     println!(
+        "  (epoch: the version of the ring that says which gateway owns which trace; it steps when a gateway leaves or joins)"
+    );
+    println!(
         "  time   sent spans  epoch  buffered traces ({})   kept spans  dropped spans  exported  handed off",
         names.join(" / ")
     );
@@ -287,7 +375,15 @@ async fn demo(
     let mut rolled = !args.demo_roll;
     let mut finishing = 0;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            signal = stop.recv() => {
+                println!("  -- {signal}: stopping the demo early --");
+                sender.abort();
+                shutdown(agent, gateways).await;
+                return Ok(());
+            }
+        }
         let m = telemetry::render();
         let mut epochs = Vec::new();
         let mut buffered = Vec::new();
@@ -316,12 +412,26 @@ async fn demo(
             let last = gateways.len() - 1;
             let join = vec![gateways[0].cluster_addr.clone()];
             let g = &mut gateways[last];
+            let at = started.elapsed().as_secs_f64();
+            let buffered = g.status().await.map_or(0, |(_, b)| b);
             println!(
-                "  -- rolling {}: leave the ring, hand its traces off, start again --",
+                "  -- {at:.0}s: rolling {}: it leaves the ring and hands its {buffered} buffered traces to the others --",
                 g.name
             );
             g.stop().await;
+            println!(
+                "  -- {:.1}s: {} has left; starting it again --",
+                started.elapsed().as_secs_f64(),
+                g.name
+            );
             g.start(&join, 4242).await?;
+            wait_for_ring(gateways).await;
+            let epoch = gateways[last].status().await.map_or(0, |(e, _)| e);
+            println!(
+                "  -- {:.1}s: {} is back and owns traces again (epoch {epoch}) --",
+                started.elapsed().as_secs_f64(),
+                gateways[last].name
+            );
         }
         if sender.is_finished() {
             // Let the last traces reach their decision (root + 2s) and the batch flush.
@@ -345,7 +455,7 @@ async fn demo(
         leaked += k;
     }
     println!("demo finished:");
-    println!("  {}", stats.line(started.elapsed()));
+    println!("  {}", stats.sentence(started.elapsed()));
     println!("  traces kept by policy (a trace can match several; the first named decides):");
     for policy in [
         "keep-errors",

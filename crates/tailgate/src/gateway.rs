@@ -10,6 +10,8 @@ use tailgate_config::cluster::ClusterConfig;
 use tailgate_config::{Config, ReceiverConfig};
 use tailgate_pipeline::ServiceOptions;
 
+use crate::lifecycle::{ShutdownReport, StopSignal};
+
 #[derive(Args)]
 pub struct GatewayArgs {
     /// Collector-style YAML config.
@@ -154,6 +156,7 @@ pub fn log_addresses(g: &RunningGateway) {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut stop = StopSignal::install()?;
     let cfg = tailgate_config::load_file(&args.config)
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
@@ -162,34 +165,30 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         logs.encoding == tailgate_config::components::LogEncoding::Json,
     );
     tailgate_pipeline::install_crypto_provider();
-    let cluster = cluster_start(&cfg, &args.cluster, args.seed).await?;
-    let gateway = start_gateway(
-        &cfg,
-        ServiceOptions {
-            seed: args.seed,
-            components: Some(crate::agent::components()),
-            memory_source: Some(crate::allocator::memory_source()),
-            ..Default::default()
-        },
-        cluster,
-    )
-    .await
-    .context("cannot start gateway")?;
+    let startup = async {
+        let cluster = cluster_start(&cfg, &args.cluster, args.seed).await?;
+        start_gateway(
+            &cfg,
+            ServiceOptions {
+                seed: args.seed,
+                components: Some(crate::agent::components()),
+                memory_source: Some(crate::allocator::memory_source()),
+                ..Default::default()
+            },
+            cluster,
+        )
+        .await
+        .context("cannot start gateway")
+    };
+    let Some(gateway) = stop.unless_stopped("the gateway", startup).await? else {
+        return Ok(());
+    };
     log_addresses(&gateway);
     tracing::info!("gateway ready");
-    wait_for_signal().await;
-    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down");
+    let signal = stop.recv().await;
+    tracing::info!(signal, timeout = ?args.shutdown_timeout, "shutting down");
+    let report = ShutdownReport::begin();
     gateway.shutdown(args.shutdown_timeout).await;
-    tracing::info!("shutdown complete");
+    eprintln!("tailgate: {}", report.line(args.shutdown_timeout));
     Ok(())
-}
-
-/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

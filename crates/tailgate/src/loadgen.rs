@@ -92,6 +92,35 @@ pub struct LoadStats {
 }
 
 impl LoadStats {
+    /// What was sent, for a person.
+    pub fn sentence(&self, elapsed: Duration) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = format!(
+            "sent {} traces ({} spans) in {:.1}s: {} with an error, {} slow, {} flagged",
+            n(&self.traces),
+            n(&self.spans),
+            elapsed.as_secs_f64(),
+            n(&self.error_traces),
+            n(&self.slow_traces),
+            n(&self.flagged_traces),
+        );
+        if n(&self.requests_refused) > 0 {
+            out.push_str(&format!(
+                "; {} requests were refused and sent again",
+                n(&self.requests_refused)
+            ));
+        }
+        if n(&self.requests_failed) > 0 {
+            out.push_str(&format!(
+                "; {} requests ({} spans) failed for good",
+                n(&self.requests_failed),
+                n(&self.spans_failed)
+            ));
+        }
+        out
+    }
+
+    /// The machine-readable summary `tailgate loadgen` prints (`LOADGEN key=value ...`).
     pub fn line(&self, elapsed: Duration) -> String {
         let spans = self.spans.load(Ordering::Relaxed);
         format!(

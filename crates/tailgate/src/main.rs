@@ -6,6 +6,7 @@ mod agent;
 mod allocator;
 mod dev;
 mod gateway;
+mod lifecycle;
 mod loadgen;
 mod validate;
 

@@ -20,6 +20,32 @@ pub fn run(path: &str) -> ExitCode {
     }
 }
 
+/// The limits as configured, in the form they were written (MiB or percent), with the
+/// spike headroom's default spelled out and the soft limit the refusals start at.
+fn describe_memory_limiter(m: &tailgate_config::components::MemoryLimiterConfig) -> String {
+    let limits = if m.limit_mib > 0 {
+        let (spike, origin) = match m.spike_limit_mib {
+            Some(s) => (s, ""),
+            None => (m.limit_mib / 5, " (default: 20% of the limit)"),
+        };
+        format!(
+            "limit {} MiB, spike {spike} MiB{origin}: refuses at {} MiB live, or {} MiB RSS",
+            m.limit_mib,
+            m.limit_mib - spike,
+            m.limit_mib
+        )
+    } else {
+        format!(
+            "limit {}% of memory, spike {}%: refuses at {}% live, or {}% RSS",
+            m.limit_percentage,
+            m.spike_limit_percentage,
+            m.limit_percentage - m.spike_limit_percentage,
+            m.limit_percentage
+        )
+    };
+    format!("check every {}, {limits}", m.check_interval)
+}
+
 /// The resolved pipelines, one stage per line.
 pub fn describe(cfg: &Config) -> String {
     let mut out = format!("{}: valid\n", cfg.source);
@@ -30,10 +56,7 @@ pub fn describe(cfg: &Config) -> String {
         }
         for id in &p.processors {
             let detail = match &cfg.processors[id] {
-                ProcessorConfig::MemoryLimiter(m) => format!(
-                    "check every {}, limit {} MiB / {}%",
-                    m.check_interval, m.limit_mib, m.limit_percentage
-                ),
+                ProcessorConfig::MemoryLimiter(m) => describe_memory_limiter(m),
                 ProcessorConfig::Batch(b) => {
                     format!("{} spans or {}", b.send_batch_size, b.timeout)
                 }
