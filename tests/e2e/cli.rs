@@ -50,13 +50,13 @@ fn validate_lists_every_error_and_exits_1() {
     assert!(out.is_empty());
     assert!(
         err.contains(&format!(
-            "{p}: processors.batch.timeout: invalid duration `soon`"
+            "{p}:5:5: processors.batch.timeout: invalid duration `soon`"
         )),
         "{err}"
     );
     assert!(
         err.contains(&format!(
-            "{p}: service.pipelines.traces.exporters[1]: exporter `otlp/x` is not defined"
+            "{p}:12:7: service.pipelines.traces.exporters[1]: exporter `otlp/x` is not defined"
         )),
         "{err}"
     );
@@ -129,6 +129,23 @@ fn dev_demo_runs_the_article_pipeline_and_reports_decisions() {
         "{stdout}"
     );
     assert!(stdout.contains("rolling gateway-2"), "{stdout}");
+    // Readable by someone who never heard of an epoch, and plain text in a pipe.
+    assert!(
+        stdout.contains("(epoch: the version of the ring"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("gateway-2 has left"), "{stdout}");
+    assert!(stdout.contains("gateway-2 is back"), "{stdout}");
+    assert!(
+        stdout.contains("  sent "),
+        "the load summary is a sentence:\n{stdout}"
+    );
+    assert!(!stdout.contains("LOADGEN"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+        "no ANSI codes in a pipe"
+    );
     let handed_off: u64 = stdout
         .lines()
         .find_map(|l| {
@@ -159,4 +176,116 @@ fn dev_demo_runs_the_article_pipeline_and_reports_decisions() {
         assert!(!file.contains("secret-token"));
     }
     assert!(written > 0, "kept traces were written");
+}
+
+#[test]
+fn validate_shows_the_memory_limiters_configured_spike_and_where_it_refuses() {
+    let path = tests_path("configs/collector-gateway-config.yaml");
+    let (code, out, err) = run(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("processor memory_limiter: check every 1s, limit 2048 MiB, spike 512 MiB: refuses at 1536 MiB live, or 2048 MiB RSS"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_reports_both_typos_of_one_processor_at_their_lines_with_suggestions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typos.yaml");
+    std::fs::write(
+        &path,
+        "receivers:\n  otlp:\nprocessors:\n  batch:\n    send_batch_sise: 10\n    timeuot: 1s\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      processors: [batch]\n      exporters: [debug]\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, _, err) = run(&["validate", "--config", p]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("{p}:5:5: processors.batch.send_batch_sise")),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `send_batch_size`?"), "{err}");
+    assert!(
+        err.contains(&format!("{p}:6:5: processors.batch.timeuot")),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `timeout`?"), "{err}");
+}
+
+/// `tailgate dev` on free ports in `dir`, with SIGINT ignored as a non-interactive shell's
+/// background job inherits it (`trap '' INT`).
+fn dev_with_sigint_ignored(dir: &std::path::Path) -> std::process::Child {
+    let free = || crate::support::free_port().to_string();
+    let script = format!(
+        "trap '' INT; exec {BIN} dev --grpc-endpoint 127.0.0.1:{} --http-endpoint 127.0.0.1:{} --metrics-endpoint 127.0.0.1:{} --health-endpoint 127.0.0.1:{}",
+        free(),
+        free(),
+        free(),
+        free()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to exit (panics after `timeout`).
+fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigint_right_after_start_stops_dev_even_when_inherited_as_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = dev_with_sigint_ignored(dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn dev_names_the_flag_that_moves_a_taken_port_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let free = || format!("127.0.0.1:{}", crate::support::free_port());
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["dev", "--grpc-endpoint", &addr])
+        .args(["--http-endpoint", &free(), "--metrics-endpoint", &free()])
+        .args(["--health-endpoint", &free()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{addr} is taken")) && err.contains("move it with --grpc-endpoint"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("tailgate-data").exists(),
+        "a failed start left its data folder behind"
+    );
 }

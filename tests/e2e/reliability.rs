@@ -100,4 +100,35 @@ async fn sigterm_flushes_pending_batches_before_exit() {
         300,
         "all pending spans exported during shutdown"
     );
+    let log = gw.log();
+    let summary: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("shutdown complete"))
+        .collect();
+    assert_eq!(summary.len(), 1, "one line says what shutdown did:\n{log}");
+    assert!(
+        summary[0].contains("flushed 300 spans to exporters"),
+        "{}",
+        summary[0]
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_whose_backend_does_not_resolve_stops_in_time_and_names_it() {
+    let (_sink, addr) = Sink::start().await;
+    let config = gateway_config(addr, "", "batch", "").replace(
+        &format!("127.0.0.1:{}", addr.port()),
+        "backend.invalid:4317",
+    );
+    let mut gw = Gateway::start_with_args(&config, &["--shutdown-timeout", "2s"]).await;
+    send_grpc(&gw.grpc_url(), request(spans(20))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(gw.terminate().await.success(), "{}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("export failed") && l.contains("backend.invalid")),
+        "the failing endpoint is named:\n{log}"
+    );
+    assert!(log.contains("gave up on 20 spans at the deadline"), "{log}");
 }

@@ -20,7 +20,8 @@ mod validate;
 
 pub use load::{
     ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig,
-    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig, load_file, load_str,
+    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig, load_file,
+    load_file_with_overrides, load_str,
 };
 pub use types::{
     AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, parse_go_duration,

@@ -380,6 +380,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Reads and loads a config file, with variables from the process environment.
 pub fn load_file(path: &str) -> Result<Config, ConfigErrors> {
+    load_file_with_overrides(path, &[])
+}
+
+/// Like [`load_file`], then applies `--set KEY=VALUE` overrides as the collector does: keys
+/// joined by `::` (`receivers::otlp::protocols::grpc::endpoint=127.0.0.1:14317`), the value
+/// read as YAML (`[4317]` is a list), mappings created where missing; an override wins over
+/// the file.
+pub fn load_file_with_overrides(path: &str, overrides: &[String]) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_string(),
@@ -388,7 +396,7 @@ pub fn load_file(path: &str) -> Result<Config, ConfigErrors> {
             message: format!("cannot read: {e}"),
         }])
     })?;
-    load_str(&text, path, &|name| std::env::var(name).ok())
+    load_text(&text, path, &|name| std::env::var(name).ok(), overrides)
 }
 
 /// Loads a config from text. `env` resolves `${env:NAME}` references (injected for tests).
@@ -396,6 +404,56 @@ pub fn load_str(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    load_text(text, file, env, &[])
+}
+
+/// Sets `value` at the `::`-joined `key` of `root`, creating mappings on the way.
+fn apply_override(root: &mut serde_json::Map<String, Value>, set: &str) -> Result<(), String> {
+    let (key, raw) = set.split_once('=').ok_or_else(|| {
+        format!("`{set}`: expected KEY=VALUE, e.g. processors::batch::timeout=2s")
+    })?;
+    let value: Value = if raw.is_empty() {
+        Value::Null
+    } else {
+        serde_saphyr::from_str(raw).map_err(|e| format!("`{set}`: the value is not YAML: {e}"))?
+    };
+    let steps: Vec<&str> = key.split("::").collect();
+    if steps.iter().any(|s| s.is_empty()) {
+        return Err(format!(
+            "`{set}`: empty key segment (keys are joined by `::`)"
+        ));
+    }
+    let (last, parents) = steps
+        .split_last()
+        .expect("split gives one segment at least");
+    let mut at = root;
+    for step in parents {
+        let next = at
+            .entry(step.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+        if next.is_null() {
+            *next = Value::Object(Default::default());
+        }
+        at = match next {
+            Value::Object(m) => m,
+            other => {
+                return Err(format!(
+                    "`{set}`: `{step}` is {}, not a mapping",
+                    kind_of(other)
+                ));
+            }
+        };
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn load_text(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &[String],
 ) -> Result<Config, ConfigErrors> {
     let mut l = Loader {
         file,
@@ -428,6 +486,11 @@ pub fn load_str(
     for value in root.values_mut() {
         if let Err(msg) = crate::env::substitute(value, env) {
             l.error("(document)", msg);
+        }
+    }
+    for set in overrides {
+        if let Err(msg) = apply_override(&mut root, set) {
+            l.error("(--set)", msg);
         }
     }
 

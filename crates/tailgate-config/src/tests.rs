@@ -225,14 +225,13 @@ fn env_substitution_fills_typed_fields() {
     assert_eq!(grpc.max_recv_msg_size_mib, 16);
 }
 
-const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/");
+/// The repository's verbatim copies of the reference article's configs.
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/configs/");
 
 #[test]
 fn the_reference_gateway_config_loads_unchanged() {
-    let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-gateway-config.yaml"))
-    else {
-        return;
-    };
+    let text = std::fs::read_to_string(format!("{REFERENCE}collector-gateway-config.yaml"))
+        .expect("tests/configs holds the article's gateway config");
     let cfg = load_str(&text, "gateway.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
     let ProcessorConfig::TailSampling(t) =
         &cfg.processors[&ComponentId::parse("tail_sampling").unwrap()]
@@ -256,10 +255,8 @@ fn the_reference_gateway_config_loads_unchanged() {
 #[test]
 fn the_reference_agent_config_loads_unchanged() {
     use crate::agent::{K8sAssociationFrom, K8sAuthType, K8sExtractFrom};
-    let Ok(text) = std::fs::read_to_string(format!("{REFERENCE}collector-agent-config.yaml"))
-    else {
-        return;
-    };
+    let text = std::fs::read_to_string(format!("{REFERENCE}collector-agent-config.yaml"))
+        .expect("tests/configs holds the article's agent config");
     let cfg = load_str(&text, "agent.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
     let ProcessorConfig::K8sAttributes(k) =
         &cfg.processors[&ComponentId::parse("k8sattributes").unwrap()]
@@ -398,4 +395,40 @@ fn tail_sampling_mistakes_give_exact_errors() {
     for (text, want) in cases {
         assert_eq!(errors(&text), want, "config:\n{text}");
     }
+}
+
+#[test]
+fn set_overrides_win_over_the_file_and_create_what_is_missing() {
+    let path = std::env::temp_dir().join(format!("tailgate-set-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: 0.0.0.0:4317\nexporters:\n  debug:\n{MINIMAL_SERVICE}"),
+    )
+    .unwrap();
+    let overrides = [
+        "receivers::otlp::protocols::grpc::endpoint=127.0.0.1:14317".to_string(),
+        "receivers::otlp::protocols::http::endpoint=127.0.0.1:14318".to_string(),
+        "service::telemetry::metrics::address=127.0.0.1:18888".to_string(),
+    ];
+    let cfg = load_file_with_overrides(path.to_str().unwrap(), &overrides);
+    let bad = load_file_with_overrides(path.to_str().unwrap(), &["receivers".to_string()]);
+    std::fs::remove_file(&path).unwrap();
+    let cfg = cfg.unwrap();
+    let ReceiverConfig::Otlp(otlp) = &cfg.receivers[&ComponentId::parse("otlp").unwrap()];
+    assert_eq!(
+        otlp.protocols.grpc.as_ref().unwrap().endpoint,
+        "127.0.0.1:14317"
+    );
+    assert_eq!(
+        otlp.protocols.http.as_ref().unwrap().endpoint,
+        "127.0.0.1:14318"
+    );
+    assert_eq!(cfg.service.telemetry.metrics.address, "127.0.0.1:18888");
+    let errors = bad.unwrap_err().0;
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].message.contains("expected KEY=VALUE"),
+        "{}",
+        errors[0]
+    );
 }

@@ -455,7 +455,7 @@ async fn demo(
         leaked += k;
     }
     println!("demo finished:");
-    println!("  {}", stats.sentence(started.elapsed()));
+    println!("  {}", stats.sentence(args.demo_duration));
     println!("  traces kept by policy (a trace can match several; the first named decides):");
     for policy in [
         "keep-errors",

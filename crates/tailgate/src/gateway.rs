@@ -17,10 +17,18 @@ pub struct GatewayArgs {
     /// Collector-style YAML config.
     #[arg(long)]
     pub config: String,
+    /// Override one setting of the config, as the collector's `--set` does: keys joined by
+    /// `::`, the value read as YAML; repeatable, wins over the file. Example:
+    /// `--set receivers::otlp::protocols::grpc::endpoint=127.0.0.1:14317`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// How long shutdown may take (leave the ring, hand traces off, drain, export).
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Seed for every random choice (retry jitter, Raft timers); fixed for reproducible runs.
+    /// Seeds the pipeline's random choices (retry jitter). With a `cluster` section the Raft
+    /// seed also mixes in the start time and the process ID, so every incarnation draws a
+    /// fresh Raft id (a restarted pod must never vote twice under its old id): a gateway run is
+    /// not replayable from this seed; the deterministic simulation is (`docs/simulation.md`).
     #[arg(long, default_value_t = 0x7a11_9a7e)]
     pub seed: u64,
     #[command(flatten)]
@@ -157,7 +165,7 @@ pub fn log_addresses(g: &RunningGateway) {
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = StopSignal::install()?;
-    let cfg = tailgate_config::load_file(&args.config)
+    let cfg = tailgate_config::load_file_with_overrides(&args.config, &args.set)
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
     crate::init_logging(

@@ -67,6 +67,8 @@ pub struct LoadgenArgs {
     /// gzip request bodies, as real senders do.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub gzip: bool,
+    /// Seeds the trace shapes and IDs, the mix and the retry waits (timestamps come from the
+    /// clock).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Service name on the resource.

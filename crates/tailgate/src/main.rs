@@ -32,12 +32,22 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Run the node-local agent (Kubernetes enrichment and ring-aware routing).
     Agent(agent::AgentArgs),
-    /// Run a ready-made local gateway; `--demo` drives it with synthetic traffic.
+    /// Run a local cluster in one process: an agent in front of three gateways.
+    ///
+    /// The agent listens where apps send (OTLP/gRPC 0.0.0.0:4317, OTLP/HTTP 0.0.0.0:4318) and
+    /// routes every span by trace ID to the gateway that owns the trace; the three gateways form
+    /// a Raft-agreed ring on loopback, tail-sample with the reference article's policies and
+    /// write the kept traces to ./tailgate-data/traces-gateway-N.jsonl. `--demo` sends synthetic
+    /// traffic for a few seconds, restarts one gateway halfway (it hands its traces off) and
+    /// prints what happened.
     Dev(dev::DevArgs),
     /// Check a config file; print the resolved pipelines or every error.
     Validate {
         #[arg(long)]
         config: String,
+        /// Overrides as for `gateway --set` (keys joined by `::`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Send synthetic traces over OTLP/gRPC and report what happened.
     Loadgen(loadgen::LoadgenArgs),
@@ -53,12 +63,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     tailgate_config::parse_go_duration(s)
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the level; `json` for log shippers.
+/// Logs go to stderr; `RUST_LOG` overrides the level; `json` for log shippers. Colour only
+/// on a terminal (a file or a pipe gets plain text), and never with `NO_COLOR` set.
 fn init_logging(default_level: &str, json: bool) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(filter)
         .with_target(false);
     let _ = if json {
@@ -77,7 +91,7 @@ fn main() -> ExitCode {
             .expect("tokio runtime")
     };
     let result = match cli.command {
-        Command::Validate { config } => return validate::run(&config),
+        Command::Validate { config, set } => return validate::run(&config, &set),
         Command::Gateway(args) => runtime().block_on(gateway::run(args)),
         Command::Dev(args) => runtime().block_on(dev::run(args)),
         Command::Sampling(cmd) => runtime().block_on(admin::sampling(cmd)),

@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use tailgate_config::{Config, ExporterConfig, ProcessorConfig, load_file};
+use tailgate_config::{Config, ExporterConfig, ProcessorConfig, load_file_with_overrides};
 
-pub fn run(path: &str) -> ExitCode {
-    match load_file(path) {
+pub fn run(path: &str, overrides: &[String]) -> ExitCode {
+    match load_file_with_overrides(path, overrides) {
         Ok(cfg) => {
             print!("{}", describe(&cfg));
             ExitCode::SUCCESS

@@ -82,7 +82,23 @@ pub trait Exporter: Send + Sync {
     ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>>;
 }
 
-/// Builds the exporter a config describes.
+/// An error and every source under it, `: `-separated: transport errors keep the cause (a
+/// DNS failure, a refused connection) in their sources, and `Display` alone says only
+/// "transport error".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// Builds an exporter; gRPC ones connect through `net`.
 pub fn build_exporter(
     id: &ComponentId,
@@ -135,6 +151,9 @@ pub struct ManagedExporter {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Deadline after which retries stop; set at shutdown.
     deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Turns true at shutdown: wakes workers waiting out a retry backoff, so a backend that
+    /// keeps failing cannot hold shutdown past its deadline.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl ManagedExporter {
@@ -155,6 +174,7 @@ impl ManagedExporter {
             queue: std::sync::Mutex::new(None),
             workers: Mutex::new(Vec::new()),
             deadline,
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         if queue.enabled {
             let (tx, rx) = mpsc::channel::<ExportBatch>(queue.queue_size);
@@ -266,7 +286,16 @@ impl ManagedExporter {
                             tracing::warn!(exporter = %self.name, %message, retry_in = ?w, "export failed, will retry");
                             counter!(EXPORTER_RETRIES, "exporter" => self.name.clone())
                                 .increment(1);
-                            tokio::time::sleep(w).await;
+                            let mut stopping = self.stopping.subscribe();
+                            if *stopping.borrow_and_update() {
+                                tokio::time::sleep(w).await;
+                            } else {
+                                tokio::select! {
+                                    _ = tokio::time::sleep(w) => {}
+                                    // Shutdown began: try again now, while its deadline allows.
+                                    _ = stopping.changed() => {}
+                                }
+                            }
                         }
                         _ => {
                             let reason = if self.deadline().is_some() {
@@ -291,6 +320,7 @@ impl ManagedExporter {
     /// Closes the queue, lets the workers drain it until `deadline`, and waits for them.
     pub async fn shutdown(&self, deadline: Instant) {
         *self.deadline.lock().expect("deadline lock") = Some(deadline);
+        self.stopping.send_replace(true);
         drop(self.queue.lock().expect("queue lock").take());
         let workers: Vec<JoinHandle<()>> = std::mem::take(&mut *self.workers.lock().await);
         for w in workers {

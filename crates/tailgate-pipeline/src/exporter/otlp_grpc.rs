@@ -19,6 +19,8 @@ use crate::consumer::BoxFuture;
 use crate::rpc;
 
 pub struct OtlpGrpcExporter {
+    /// The endpoint's URI, named in every error.
+    uri: String,
     channel: Channel,
     headers: Vec<(
         MetadataKey<tonic::metadata::Ascii>,
@@ -83,6 +85,7 @@ impl OtlpGrpcExporter {
             headers.push((key, value));
         }
         Ok(OtlpGrpcExporter {
+            uri,
             channel: net.channel(endpoint),
             headers,
             gzip: cfg.compression == Compression::Gzip,
@@ -102,7 +105,7 @@ impl Exporter for OtlpGrpcExporter {
             }
             grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
             grpc.ready().await.map_err(|e| ExportError::Retryable {
-                message: format!("not connected: {e}"),
+                message: format!("{}: not connected: {}", self.uri, super::error_chain(&e)),
                 retry_after: None,
             })?;
             let mut req = tonic::Request::new(batch.request.clone());
@@ -115,7 +118,18 @@ impl Exporter for OtlpGrpcExporter {
                 .await
             {
                 Ok(resp) => Ok(partial_success(resp.get_ref())),
-                Err(status) => Err(classify(&status)),
+                Err(status) => Err(match classify(&status) {
+                    ExportError::Retryable {
+                        message,
+                        retry_after,
+                    } => ExportError::Retryable {
+                        message: format!("{}: {message}", self.uri),
+                        retry_after,
+                    },
+                    ExportError::Permanent { message } => ExportError::Permanent {
+                        message: format!("{}: {message}", self.uri),
+                    },
+                }),
             }
         })
     }
@@ -137,7 +151,15 @@ fn partial_success(body: &[u8]) -> ExportOutcome {
 /// OTLP/gRPC's retry rules: these codes are transient; RESOURCE_EXHAUSTED only with RetryInfo.
 fn classify(status: &Status) -> ExportError {
     let retry_after = retry_info_delay(status);
-    let message = format!("{:?}: {}", status.code(), status.message());
+    let message = match std::error::Error::source(status) {
+        Some(cause) => format!(
+            "{:?}: {}: {}",
+            status.code(),
+            status.message(),
+            super::error_chain(cause)
+        ),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    };
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded

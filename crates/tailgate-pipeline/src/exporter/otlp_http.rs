@@ -121,7 +121,7 @@ impl Exporter for OtlpHttpExporter {
                 .send()
                 .await
                 .map_err(|e| ExportError::Retryable {
-                    message: format!("POST {}: {e}", self.url),
+                    message: format!("POST {}: {}", self.url, super::error_chain(&e)),
                     retry_after: None,
                 })?;
             let status = resp.status().as_u16();
