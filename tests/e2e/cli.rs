@@ -289,3 +289,17 @@ fn dev_names_the_flag_that_moves_a_taken_port_and_leaves_nothing_behind() {
         "a failed start left its data folder behind"
     );
 }
+
+#[test]
+fn help_says_what_dev_runs_and_what_the_gateway_seed_seeds() {
+    let (code, out, _) = run(&["dev", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("an agent in front of three gateways"), "{out}");
+    let (code, out, _) = run(&["gateway", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("not replayable from this seed"),
+        "the help does not promise reproducible gateway runs:\n{out}"
+    );
+    assert!(out.contains("--set <KEY=VALUE>"), "{out}");
+}
