@@ -10,6 +10,7 @@ mod exporters;
 mod extensions;
 mod otlp;
 mod overload;
+mod parity;
 mod python_sdk;
 mod reliability;
 mod sampling;

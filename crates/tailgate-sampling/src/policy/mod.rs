@@ -1,9 +1,11 @@
 //! Sampling policies: compiled from config once, evaluated against a whole buffered trace.
 //!
 //! Combination follows the collector exactly ([`PolicySet::decide`]): `drop` policies are
-//! evaluated first and veto; then a trace is kept when any policy samples it; the deprecated
-//! inverted decisions (`invert_match`) work as the collector documents them. Each verdict
-//! names the policy that made it.
+//! evaluated first and veto; then a trace is kept when any policy samples it. `invert_match`
+//! votes plainly, as the collector does since it removed inverted decisions (checked against
+//! the collector itself by `tests/e2e/parity.rs`): not sampled when the key/value is found,
+//! sampled when it is not, and a sampled vote of any other policy keeps the trace. Each
+//! verdict names the policy that made it.
 //!
 //! **Invariant:** evaluation is a pure function of the trace, the policy state (token buckets)
 //! and the `now` passed in. Probabilistic sampling hashes only the trace ID (FNV-1a 64 with the
@@ -30,10 +32,6 @@ pub const DEFAULT_HASH_SALT: &str = "default-hash-seed";
 pub enum Decision {
     Sampled,
     NotSampled,
-    /// `invert_match` and the key/value was absent: keep unless another policy says not sampled.
-    InvertSampled,
-    /// `invert_match` and the key/value was present: not sampled, over any `Sampled`.
-    InvertNotSampled,
     /// A `drop` policy matched: not sampled, over everything.
     Dropped,
 }
@@ -42,14 +40,14 @@ impl Decision {
     /// The collector's `decision` metric label.
     pub fn label(self) -> &'static str {
         match self {
-            Decision::Sampled | Decision::InvertSampled => "sampled",
-            Decision::NotSampled | Decision::InvertNotSampled => "not_sampled",
+            Decision::Sampled => "sampled",
+            Decision::NotSampled => "not_sampled",
             Decision::Dropped => "dropped",
         }
     }
 
     fn is_sampled(self) -> bool {
-        matches!(self, Decision::Sampled | Decision::InvertSampled)
+        self == Decision::Sampled
     }
 }
 
@@ -454,11 +452,7 @@ impl NamedPolicy {
                 Decision::NotSampled
             }
         };
-        let invertible = |found: bool, invert: bool| match (invert, found) {
-            (false, f) => yes(f),
-            (true, true) => Decision::InvertNotSampled,
-            (true, false) => Decision::InvertSampled,
-        };
+        let invertible = |found: bool, invert: bool| yes(found != invert);
         match &mut self.policy {
             Policy::AlwaysSample => Decision::Sampled,
             Policy::Latency { threshold, upper } => {
@@ -552,8 +546,8 @@ impl NamedPolicy {
                 Decision::Sampled
             }
             Policy::Not(sub) => match sub.evaluate(t, now) {
-                Decision::Sampled | Decision::InvertSampled => Decision::NotSampled,
-                Decision::NotSampled | Decision::InvertNotSampled => Decision::Sampled,
+                Decision::Sampled => Decision::NotSampled,
+                Decision::NotSampled => Decision::Sampled,
                 Decision::Dropped => Decision::Dropped,
             },
             Policy::Drop(subs) => {
@@ -639,17 +633,17 @@ impl PolicySet {
             .for_each(|p| p.set_rate_share(share));
     }
 
-    /// The collector's combination: drop vetoes; invert-not-sampled beats sampled; any
-    /// sampled keeps; invert-sampled keeps unless something said not sampled.
+    /// The collector's combination: drop vetoes; any sampled keeps.
     pub fn decide(&mut self, t: &TraceView<'_>, now: Duration) -> Verdict {
+        const SAMPLED: usize = 0;
+        const NOT_SAMPLED: usize = 1;
+        const DROPPED: usize = 2;
         let mut votes = Vec::with_capacity(self.policies.len());
-        let mut first = [None::<usize>; 5];
+        let mut first = [None::<usize>; 3];
         let slot = |d: Decision| match d {
-            Decision::Sampled => 0,
-            Decision::NotSampled => 1,
-            Decision::InvertSampled => 2,
-            Decision::InvertNotSampled => 3,
-            Decision::Dropped => 4,
+            Decision::Sampled => SAMPLED,
+            Decision::NotSampled => NOT_SAMPLED,
+            Decision::Dropped => DROPPED,
         };
         for (i, p) in self.policies.iter_mut().enumerate() {
             let d = p.evaluate(t, now);
@@ -659,21 +653,17 @@ impl PolicySet {
                 break;
             }
         }
-        let (keep, decided_by) = if let Some(i) = first[4] {
+        let (keep, decided_by) = if let Some(i) = first[DROPPED] {
             (false, Some(i))
-        } else if let Some(i) = first[3] {
-            (false, Some(i))
-        } else if let Some(i) = first[0] {
-            (true, Some(i))
-        } else if let (Some(i), None) = (first[2], first[1]) {
+        } else if let Some(i) = first[SAMPLED] {
             (true, Some(i))
         } else {
-            (false, first[1])
+            (false, first[NOT_SAMPLED])
         };
         // A runtime override raises sampling: it keeps traces the policies did not, never
         // those a drop policy vetoed.
         let by_override = !keep
-            && first[4].is_none()
+            && first[DROPPED].is_none()
             && self.override_threshold.is_some_and(|threshold| {
                 threshold > 0 && trace_id_hash(DEFAULT_HASH_SALT, &t.trace_id) <= threshold
             });

@@ -167,12 +167,12 @@ fn single_policies_vote_like_the_collector() {
         (
             json!({"name": "i", "type": "string_attribute", "string_attribute": {"key": "service.name", "values": ["api"], "invert_match": true}}),
             &plain,
-            InvertNotSampled,
+            NotSampled,
         ),
         (
             json!({"name": "i", "type": "string_attribute", "string_attribute": {"key": "service.name", "values": ["api"], "invert_match": true}}),
             &error,
-            InvertSampled,
+            Sampled,
         ),
         (
             json!({"name": "n", "type": "numeric_attribute", "numeric_attribute": {"key": "http.status_code", "min_value": 500, "max_value": 599}}),
@@ -475,26 +475,21 @@ fn combination_semantics_table() {
             false,
             Some("drop-api"),
         ),
-        // InvertNotSampled beats Sampled.
+        // An inverted match votes plainly (collector v0.161.0): its "not sampled" does not
+        // outvote another policy's "sampled".
         (
             vec![&always, &not_api_inverted],
             &plain_api,
-            false,
-            Some("not-api"),
+            true,
+            Some("always"),
         ),
-        // InvertSampled keeps only when nothing said NotSampled.
+        (vec![&not_api_inverted], &plain_api, false, Some("not-api")),
         (vec![&not_api_inverted], &plain_web, true, Some("not-api")),
         (
             vec![&not_api_inverted, &never],
             &plain_web,
-            false,
-            Some("never"),
-        ),
-        (
-            vec![&not_api_inverted, &always],
-            &plain_web,
             true,
-            Some("always"),
+            Some("not-api"),
         ),
     ];
     for (cfgs, spans, keep, by) in cases {
