@@ -8,6 +8,7 @@ mod cluster;
 mod containers;
 mod exporters;
 mod extensions;
+mod mixed_fleet;
 mod otlp;
 mod overload;
 mod parity;

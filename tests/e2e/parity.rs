@@ -244,7 +244,7 @@ impl CaseSink {
 }
 
 /// A system under test, killed on drop.
-struct Running {
+pub struct Running {
     child: Child,
     log: PathBuf,
 }
@@ -257,16 +257,19 @@ impl Drop for Running {
 }
 
 impl Running {
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-async fn start(
+/// Starts `program` with `PARITY_OTLP_PORT`, `PARITY_SINK_PORT` and `env` set, and waits
+/// until its OTLP port answers.
+pub async fn start(
     program: &std::path::Path,
     args: &[&str],
     otlp_port: u16,
     sink_port: u16,
+    env: &[(&str, &str)],
     dir: &std::path::Path,
     name: &str,
 ) -> Running {
@@ -275,6 +278,7 @@ async fn start(
         .args(args)
         .env("PARITY_OTLP_PORT", otlp_port.to_string())
         .env("PARITY_SINK_PORT", sink_port.to_string())
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -304,7 +308,7 @@ fn kv(key: &str, value: Value) -> KeyValue {
 /// `traces` seeded traces of 1–7 spans, every trace in one request with its service: routes,
 /// status codes, HTTP codes, booleans, trace states and durations spread so that each case
 /// keeps some traces and drops others.
-fn corpus(seed: u64, traces: usize) -> Vec<ExportTraceServiceRequest> {
+pub fn corpus(seed: u64, traces: usize) -> Vec<ExportTraceServiceRequest> {
     const ROUTES: &[&str] = &[
         "/checkout",
         "/cart",
@@ -440,7 +444,7 @@ async fn kept_by(
     let config_arg = config.to_str().unwrap();
     let mut args: Vec<&str> = args_before_config.to_vec();
     args.push(config_arg);
-    let running = start(program, &args, otlp_port, sink_port, dir, name).await;
+    let running = start(program, &args, otlp_port, sink_port, &[], dir, name).await;
     let mut client = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(
         format!("http://127.0.0.1:{otlp_port}"),
     )

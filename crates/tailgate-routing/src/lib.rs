@@ -14,10 +14,14 @@
 //! `net::Network`, so the simulator can drive it.
 
 pub mod balancer;
+pub mod collector_ring;
 pub mod resolver;
 pub mod ring_watch;
 pub mod routes;
 pub mod telemetry;
 
 pub use balancer::LoadBalancer;
+
+/// The OTLP/gRPC port an endpoint without one is reached at (the collector's default).
+pub const OTLP_GRPC_PORT: u16 = 4317;
 pub use routes::{ClusterRing, Routes};

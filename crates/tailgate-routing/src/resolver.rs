@@ -1,6 +1,8 @@
 //! Where the gateways are: `static` hostnames, `dns` (re-resolved every `interval`, and at
 //! once when a send fails), or `k8s` (a Service's ready EndpointSlice addresses, watched).
-//! Every resolver publishes a sorted `host:port` list on a `watch` channel.
+//! Every resolver publishes a sorted list of endpoint strings on a `watch` channel, spelled as
+//! the collector's resolvers spell them (the ring hashes the strings): `ip:port` from `dns` and
+//! `k8s`, the hostnames as configured from `static` (the OTLP port is added when connecting).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,11 +56,10 @@ impl Resolver {
     pub async fn start(cfg: &ResolverConfig) -> anyhow::Result<Resolver> {
         let refresh = Arc::new(Notify::new());
         if let Some(s) = &cfg.static_ {
-            let mut eps: Vec<String> = s
-                .hostnames
-                .iter()
-                .map(|h| with_default_port(h, 4317))
-                .collect();
+            // Hostnames as written: the collector's ring hashes these strings, and a fleet of
+            // both kinds of agent must place traces alike. The port default is added when
+            // connecting (`with_default_port`), as the collector does.
+            let mut eps: Vec<String> = s.hostnames.iter().map(|h| h.trim().to_string()).collect();
             eps.sort();
             eps.dedup();
             gauge!(ROUTING_ENDPOINTS).set(eps.len() as f64);

@@ -122,7 +122,8 @@ impl RingWatcher {
                     continue;
                 }
                 let scheme = if tls { "https" } else { "http" };
-                let Ok(endpoint) = Endpoint::from_shared(format!("{scheme}://{ep}")) else {
+                let address = crate::resolver::with_default_port(&ep, crate::OTLP_GRPC_PORT);
+                let Ok(endpoint) = Endpoint::from_shared(format!("{scheme}://{address}")) else {
                     plain.insert(ep, ());
                     continue;
                 };

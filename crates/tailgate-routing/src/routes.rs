@@ -3,14 +3,17 @@
 //! With a gateway cluster the agent routes by the cluster's ring — the same `Ring` (owners,
 //! epoch, 128 virtual nodes, `trace_key`) the gateways compute, so the agent sends each span
 //! straight to its owner. Against plain OTLP backends (no `WatchRing`), or before the first
-//! ring arrives, it hashes over the resolved endpoints with the same ring code, as the
-//! collector's `loadbalancing` exporter does.
+//! ring arrives, it hashes over the resolved endpoints exactly as the collector's
+//! `loadbalancing` exporter does ([`CollectorRing`]), so collector and Tailgate agents in one
+//! fleet send every trace to the same backend.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tailgate_otlp::EncodedSpan;
 use tailgate_ring::Ring;
+
+use crate::collector_ring::CollectorRing;
 
 /// A ring from `WatchRing`: owner names and their OTLP addresses.
 #[derive(Debug, Clone)]
@@ -24,8 +27,8 @@ pub struct ClusterRing {
 pub enum Routes {
     /// Route by the gateways' ring (epoch > 0).
     Cluster(ClusterRing),
-    /// Consistent hashing over the resolved endpoints (epoch 0).
-    Endpoints(Arc<Ring>),
+    /// The collector's consistent hashing over the resolved endpoints (epoch 0).
+    Endpoints(Arc<CollectorRing>),
     /// Nothing resolved yet.
     Nothing,
 }
@@ -36,7 +39,7 @@ impl Routes {
         match ring {
             Some(r) if !r.ring.is_empty() => Routes::Cluster(r.clone()),
             _ if !endpoints.is_empty() => {
-                Routes::Endpoints(Arc::new(Ring::new(0, endpoints.iter().cloned())))
+                Routes::Endpoints(Arc::new(CollectorRing::new(endpoints)))
             }
             _ => Routes::Nothing,
         }
@@ -64,7 +67,7 @@ impl Routes {
                 let owner = r.ring.owner(&span.meta.trace_id)?;
                 r.addrs.get(owner).map(String::as_str)
             }
-            Routes::Endpoints(ring) => ring.owner(&span.meta.trace_id),
+            Routes::Endpoints(ring) => ring.endpoint_for(&span.meta.trace_id.0),
             Routes::Nothing => None,
         }
     }

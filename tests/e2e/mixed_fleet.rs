@@ -1,0 +1,225 @@
+//! Goal: a fleet that migrates agent by agent — some nodes still run the collector, some run
+//! Tailgate — in front of gateways that serve no ring (collector gateways, or any plain OTLP
+//! backend) never splits a trace: both kinds of agent send every trace to the same gateway.
+//! Method: the reference collector (`tests/peers/`) and `tailgate agent` run the same config
+//! file (`loadbalancing` with a `static` resolver over three plain OTLP sinks, each agent
+//! naming itself in an `x-agent` header); every trace of a seeded corpus is sent half through
+//! one agent and half through the other; each trace must arrive whole at exactly one sink.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use crate::parity::{corpus, reference_collector, start};
+use crate::support::{BIN, free_port};
+
+/// Which agents delivered which traces to one gateway.
+#[derive(Clone, Default)]
+struct Gateway {
+    /// trace ID → agents (`x-agent`) that delivered spans of it here.
+    traces: Arc<Mutex<BTreeMap<Vec<u8>, BTreeSet<String>>>>,
+    spans: Arc<Mutex<u64>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Gateway {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let agent = request
+            .metadata()
+            .get("x-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_string();
+        let mut traces = self.traces.lock().unwrap();
+        for span in request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            traces
+                .entry(span.trace_id.clone())
+                .or_default()
+                .insert(agent.clone());
+            *self.spans.lock().unwrap() += 1;
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Gateway {
+    async fn start() -> (Gateway, u16) {
+        let gw = Gateway::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let svc = TraceServiceServer::new(gw.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (gw, port)
+    }
+}
+
+/// The agent config both run: OTLP in, `loadbalancing` by trace ID over the three gateways.
+fn agent_config(gateway_ports: &[u16]) -> String {
+    let hostnames: Vec<String> = gateway_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: 127.0.0.1:${{env:PARITY_OTLP_PORT}}\nexporters:\n  loadbalancing:\n    protocol:\n      otlp:\n        tls:\n          insecure: true\n        headers:\n          x-agent: ${{env:AGENT_NAME}}\n    resolver:\n      static:\n        hostnames: [{}]\nservice:\n  telemetry:\n    metrics:\n      level: none\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [loadbalancing]\n",
+        hostnames.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Go to build the reference collector (tests/peers/build-collector.sh); .ci/run runs it where Go exists"]
+async fn collector_and_tailgate_agents_send_every_trace_to_the_same_plain_otlp_gateway() {
+    let collector = tokio::task::spawn_blocking(reference_collector)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateways = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let (gw, port) = Gateway::start().await;
+        gateways.push(gw);
+        ports.push(port);
+    }
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, agent_config(&ports)).unwrap();
+    let config_arg = config.to_str().unwrap().to_string();
+
+    let mut agents = Vec::new();
+    for (name, program, args) in [
+        (
+            "collector",
+            collector.clone(),
+            vec!["--config".to_string(), config_arg.clone()],
+        ),
+        (
+            "tailgate",
+            PathBuf::from(BIN),
+            vec![
+                "agent".to_string(),
+                "--config".to_string(),
+                config_arg.clone(),
+            ],
+        ),
+    ] {
+        let otlp = free_port();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = [("AGENT_NAME", name)];
+        let running = start(&program, &args, otlp, 0, &env, dir.path(), name).await;
+        let client = TraceServiceClient::connect(format!("http://127.0.0.1:{otlp}"))
+            .await
+            .unwrap();
+        agents.push((name, running, client));
+    }
+
+    // Every trace: its first half of spans through the collector, the rest through Tailgate.
+    let requests = corpus(77, 600);
+    for request in &requests {
+        let mut halves = [request.clone(), request.clone()];
+        for (part, half) in halves.iter_mut().enumerate() {
+            for rs in &mut half.resource_spans {
+                for ss in &mut rs.scope_spans {
+                    let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+                    ss.spans.retain(|s| {
+                        let n = seen.entry(s.trace_id.clone()).or_default();
+                        *n += 1;
+                        (*n % 2) == part
+                    });
+                }
+            }
+        }
+        for ((name, running, client), half) in agents.iter_mut().zip(halves) {
+            client
+                .export(half)
+                .await
+                .unwrap_or_else(|e| panic!("{name} refused: {e}\n{}", running.log()));
+        }
+    }
+    let sent: BTreeSet<Vec<u8>> = requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.trace_id.clone())
+        .collect();
+    let total_spans: u64 = requests
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gateways
+        .iter()
+        .map(|g| *g.spans.lock().unwrap())
+        .sum::<u64>()
+        < total_spans
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans missing; logs:\n{}\n{}",
+            agents[0].1.log(),
+            agents[1].1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Each trace at exactly one gateway, with spans from both agents where it had two spans.
+    let mut at: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+    for (i, gw) in gateways.iter().enumerate() {
+        for id in gw.traces.lock().unwrap().keys() {
+            at.entry(id.clone()).or_default().push(i);
+        }
+    }
+    assert_eq!(at.keys().cloned().collect::<BTreeSet<_>>(), sent);
+    let split: Vec<_> = at.values().filter(|g| g.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "{} of {} traces split across gateways",
+        split.len(),
+        sent.len()
+    );
+    let both = gateways
+        .iter()
+        .flat_map(|g| {
+            g.traces
+                .lock()
+                .unwrap()
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .filter(|agents| agents.len() == 2)
+        .count();
+    assert!(
+        both > sent.len() / 2,
+        "most traces came through both agents: {both}"
+    );
+    let used: BTreeSet<usize> = at.values().map(|g| g[0]).collect();
+    assert_eq!(used.len(), 3, "traces spread over all three gateways");
+}
