@@ -107,6 +107,10 @@ pub struct GatewayArgs {
     /// Skip rotel (when it is not installed).
     #[arg(long)]
     pub no_rotel: bool,
+    /// The reference OpenTelemetry Collector (`tests/peers/build-collector.sh` prints its
+    /// path): runs the same pipeline YAML with its own `tail_sampling`, in turn with the others.
+    #[arg(long)]
+    pub collector: Option<PathBuf>,
     /// Tailgate builds to compare, `LABEL=PATH` (repeatable; e.g. one per allocator, see
     /// `benches/allocators.sh`). Default: the `tailgate` binary beside this one.
     #[arg(long = "tailgate-bin", value_parser = parse_labelled_path)]
@@ -464,10 +468,15 @@ pub(crate) fn find_rotel(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// A system under test: a Tailgate build or rotel.
+/// A system under test: a Tailgate build, the reference collector, or rotel.
 #[derive(Clone)]
 enum System {
-    Tailgate { label: String, binary: PathBuf },
+    Tailgate {
+        label: String,
+        binary: PathBuf,
+    },
+    /// The same YAML in the collector (its metrics endpoint off: CPU and RSS come from /proc).
+    Collector(PathBuf),
     Rotel(PathBuf),
 }
 
@@ -475,6 +484,7 @@ impl System {
     fn label(&self) -> &str {
         match self {
             System::Tailgate { label, .. } => label,
+            System::Collector(_) => "collector",
             System::Rotel(_) => "rotel",
         }
     }
@@ -501,6 +511,29 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
                 compression: &args.compression,
             });
             let p = start_gateway_binary(binary, &dir, &cfg)?;
+            let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
+            (p, wait)
+        }
+        System::Collector(binary) => {
+            let cfg = render_config(&GatewayParams {
+                grpc_port: port,
+                sink_port,
+                metrics_port: 0,
+                limit_mib: "4096",
+                decision_wait: &args.decision_wait,
+                num_traces: "200000",
+                extra_sampling: "",
+                compression: &args.compression,
+            })
+            .replace("      address: 127.0.0.1:0\n", "      level: none\n");
+            let path = dir.join("collector.yaml");
+            std::fs::write(&path, cfg)?;
+            let p = pinned(
+                "0",
+                binary,
+                &["--config".to_string(), path.display().to_string()],
+                "collector",
+            )?;
             let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
             (p, wait)
         }
@@ -598,6 +631,9 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             })
             .collect()
     };
+    if let Some(c) = &args.collector {
+        systems.push(System::Collector(c.clone()));
+    }
     if !args.no_rotel {
         systems.push(System::Rotel(rotel_path(&args)?));
     }
@@ -679,6 +715,12 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 "median {label}: {m:.3} CPU-s per 1M spans (target P1 <= 1.0); ratio to {first}: {:.2}x",
                 m / t
             ),
+            System::Collector(_) => {
+                println!(
+                    "median collector (the same YAML, its tail_sampling): {m:.3} CPU-s per 1M spans"
+                );
+                println!("ratio collector / {first}: {:.2}x", m / t);
+            }
             System::Rotel(_) => {
                 println!("median rotel (forwarding, no sampling): {m:.3} CPU-s per 1M spans");
                 println!("ratio rotel / {first}: {:.2}x", m / t);

@@ -223,3 +223,98 @@ async fn collector_and_tailgate_agents_send_every_trace_to_the_same_plain_otlp_g
     let used: BTreeSet<usize> = at.values().map(|g| g[0]).collect();
     assert_eq!(used.len(), 3, "traces spread over all three gateways");
 }
+
+/// The reference collector as a gateway on the article's gateway config, unchanged but for
+/// addresses and a 1 s batch timeout (moved with `--set`, as an operator would).
+async fn collector_gateway(
+    collector: &std::path::Path,
+    sink_port: u16,
+    dir: &std::path::Path,
+    name: &str,
+) -> (crate::parity::Running, u16) {
+    let config = crate::support::tests_path("configs/collector-gateway-config.yaml");
+    let otlp = free_port();
+    let sets = [
+        format!("--set=receivers::otlp::protocols::grpc::endpoint=127.0.0.1:{otlp}"),
+        format!("--set=exporters::otlp/tempo::endpoint=127.0.0.1:{sink_port}"),
+        format!(
+            "--set=extensions::health_check::endpoint=127.0.0.1:{}",
+            free_port()
+        ),
+        format!(
+            "--set=extensions::pprof::endpoint=127.0.0.1:{}",
+            free_port()
+        ),
+        "--set=service::telemetry::metrics::level=none".to_string(),
+        "--set=processors::batch::timeout=1s".to_string(),
+    ];
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend(sets.iter().map(String::as_str));
+    let running = start(collector, &args, otlp, sink_port, &[], dir, name).await;
+    (running, otlp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Go to build the reference collector (tests/peers/build-collector.sh); .ci/run runs it where Go exists"]
+async fn a_tailgate_agent_in_front_of_collector_gateways_passes_the_articles_sampling_check() {
+    let collector = tokio::task::spawn_blocking(reference_collector)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, sink_addr) = crate::support::Sink::start().await;
+    let mut gateways = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let (g, port) =
+            collector_gateway(&collector, sink_addr.port(), dir.path(), &format!("gw{i}")).await;
+        gateways.push(g);
+        ports.push(port);
+    }
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, agent_config(&ports)).unwrap();
+    let otlp = free_port();
+    let agent = start(
+        &PathBuf::from(BIN),
+        &["agent", "--config", config.to_str().unwrap()],
+        otlp,
+        0,
+        &[("AGENT_NAME", "tailgate")],
+        dir.path(),
+        "agent",
+    )
+    .await;
+
+    let endpoint = format!("http://127.0.0.1:{otlp}");
+    let sent = tokio::task::spawn_blocking(move || {
+        crate::python_sdk::python_send_args(
+            "grpc",
+            &endpoint,
+            300,
+            &[
+                "--error-every",
+                "10",
+                "--slow-every",
+                "20",
+                "--flag-every",
+                "25",
+                "--children",
+                "3",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent["export_failures"], 0, "{}", agent.log());
+    // The collectors decide 10 s (the article's decision_wait) after a trace's first span.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut last = sink.spans().len();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = sink.spans().len();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    crate::sampling::check_article_sampling(&sent, sink.spans());
+}

@@ -86,9 +86,41 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
         "SIGTERM flushes the 10s batch"
     );
 
+    check_article_sampling(&sent, sink.spans());
+    // Accounting from the metrics alone: received = kept + dropped (+ refused, none here).
+    let m =
+        |name: &str, filter: &str| crate::support::tailgate_pipeline_sum(&metrics, name, filter);
+    let received = m("tailgate_sampling_spans_received_total", "");
+    let kept = m("tailgate_sampling_spans_kept_total", "");
+    let dropped = m("tailgate_sampling_spans_dropped_total", "");
+    let refused = m("tailgate_sampling_spans_refused_total", "");
+    assert_eq!(received, 1600.0);
+    assert_eq!(
+        received,
+        kept + dropped + refused,
+        "kept {kept} dropped {dropped} refused {refused}"
+    );
+    assert_eq!(kept as usize, sink.spans().len());
+    assert_eq!(
+        m(
+            "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total",
+            ""
+        ),
+        0.0
+    );
+}
+
+/// The article's sampling, checked on what a backend received for the traces the Python
+/// sender reports in `sent`: every error, slow and flagged trace whole, the healthy ones kept
+/// exactly when their trace-ID hash falls under 5% (and about 5% of them), nothing else, no
+/// duplicates, everything redacted.
+pub fn check_article_sampling(
+    sent: &serde_json::Value,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) {
     let mut got: BTreeMap<String, Vec<opentelemetry_proto::tonic::trace::v1::Span>> =
         BTreeMap::new();
-    for s in sink.spans() {
+    for s in spans {
         got.entry(hex::encode(&s.trace_id)).or_default().push(s);
     }
     let threshold = (5.0 / 100.0 * u64::MAX as f64) as u64;
@@ -139,25 +171,4 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
     for s in got.values().flatten() {
         crate::python_sdk::assert_redacted(s);
     }
-    // Accounting from the metrics alone: received = kept + dropped (+ refused, none here).
-    let m =
-        |name: &str, filter: &str| crate::support::tailgate_pipeline_sum(&metrics, name, filter);
-    let received = m("tailgate_sampling_spans_received_total", "");
-    let kept = m("tailgate_sampling_spans_kept_total", "");
-    let dropped = m("tailgate_sampling_spans_dropped_total", "");
-    let refused = m("tailgate_sampling_spans_refused_total", "");
-    assert_eq!(received, 1600.0);
-    assert_eq!(
-        received,
-        kept + dropped + refused,
-        "kept {kept} dropped {dropped} refused {refused}"
-    );
-    assert_eq!(kept as usize, got.values().map(Vec::len).sum::<usize>());
-    assert_eq!(
-        m(
-            "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early_total",
-            ""
-        ),
-        0.0
-    );
 }
