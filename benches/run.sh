@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One command for the figures in docs/performance.md: builds release binaries, installs rotel
-# if it is missing, then runs P1 (Tailgate beside rotel), P2, P4, P3 (handoff) and the agent's cost. Extra arguments go to the P1
-# run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
+# One command for the figures in docs/performance.md: builds release binaries and the reference
+# collector (tests/peers/), installs rotel if it is missing, then runs P1 (Tailgate beside the
+# collector's tail_sampling on the same YAML, and rotel), P2, P4, P3 (handoff) and the agent's
+# cost. Extra arguments go to the P1 run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,13 @@ command -v taskset >/dev/null || { echo "taskset (util-linux) is required to pin
 
 rotel_flag=()
 python3 -c 'import rotel' 2>/dev/null || rotel_flag=(--no-rotel)
-./target/release/tailgate-bench gateway "${rotel_flag[@]}" "$@"
+collector_flag=()
+if collector=$(bash tests/peers/build-collector.sh | tail -1); then
+    collector_flag=(--collector "$collector")
+else
+    echo "the reference collector could not be built (is Go installed?): P1 runs without it"
+fi
+./target/release/tailgate-bench gateway "${rotel_flag[@]}" "${collector_flag[@]}" "$@"
 ./target/release/tailgate-bench memory
 ./target/release/tailgate-bench latency
 ./target/release/tailgate-bench handoff
