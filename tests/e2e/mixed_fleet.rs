@@ -8,77 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 
 use crate::parity::{corpus, reference_collector, start};
-use crate::support::{BIN, free_port};
-
-/// Which agents delivered which traces to one gateway.
-#[derive(Clone, Default)]
-struct Gateway {
-    /// trace ID → agents (`x-agent`) that delivered spans of it here.
-    traces: Arc<Mutex<BTreeMap<Vec<u8>, BTreeSet<String>>>>,
-    spans: Arc<Mutex<u64>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Gateway {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let agent = request
-            .metadata()
-            .get("x-agent")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("(none)")
-            .to_string();
-        let mut traces = self.traces.lock().unwrap();
-        for span in request
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-        {
-            traces
-                .entry(span.trace_id.clone())
-                .or_default()
-                .insert(agent.clone());
-            *self.spans.lock().unwrap() += 1;
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Gateway {
-    async fn start() -> (Gateway, u16) {
-        let gw = Gateway::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let svc = TraceServiceServer::new(gw.clone())
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
-        (gw, port)
-    }
-}
+use crate::support::{BIN, TaggedSink, free_port};
 
 /// The agent config both run: OTLP in, `loadbalancing` by trace ID over the three gateways.
 fn agent_config(gateway_ports: &[u16]) -> String {
@@ -102,7 +37,7 @@ async fn collector_and_tailgate_agents_send_every_trace_to_the_same_plain_otlp_g
     let mut gateways = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..3 {
-        let (gw, port) = Gateway::start().await;
+        let (gw, port) = TaggedSink::start("x-agent").await;
         gateways.push(gw);
         ports.push(port);
     }
@@ -190,10 +125,18 @@ async fn collector_and_tailgate_agents_send_every_trace_to_the_same_plain_otlp_g
     }
 
     // Each trace at exactly one gateway, with spans from both agents where it had two spans.
-    let mut at: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
+    let mut at: BTreeMap<Vec<u8>, BTreeSet<usize>> = BTreeMap::new();
+    let mut both = 0;
     for (i, gw) in gateways.iter().enumerate() {
-        for id in gw.traces.lock().unwrap().keys() {
-            at.entry(id.clone()).or_default().push(i);
+        let by_agent = gw.traces.lock().unwrap();
+        let empty = BTreeSet::new();
+        let (from_collector, from_tailgate) = (
+            by_agent.get("collector").unwrap_or(&empty),
+            by_agent.get("tailgate").unwrap_or(&empty),
+        );
+        both += from_collector.intersection(from_tailgate).count();
+        for id in from_collector.union(from_tailgate) {
+            at.entry(id.clone()).or_default().insert(i);
         }
     }
     assert_eq!(at.keys().cloned().collect::<BTreeSet<_>>(), sent);
@@ -204,23 +147,11 @@ async fn collector_and_tailgate_agents_send_every_trace_to_the_same_plain_otlp_g
         split.len(),
         sent.len()
     );
-    let both = gateways
-        .iter()
-        .flat_map(|g| {
-            g.traces
-                .lock()
-                .unwrap()
-                .values()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .filter(|agents| agents.len() == 2)
-        .count();
     assert!(
         both > sent.len() / 2,
         "most traces came through both agents: {both}"
     );
-    let used: BTreeSet<usize> = at.values().map(|g| g[0]).collect();
+    let used: BTreeSet<usize> = at.values().flatten().copied().collect();
     assert_eq!(used.len(), 3, "traces spread over all three gateways");
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::otlp::{request, send_grpc, spans};
 use crate::python_sdk::python_send_env;
-use crate::support::{BIN, Gateway, Sink, gateway_config, tests_path};
+use crate::support::{BIN, Gateway, Sink, gateway_config};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// The report's limiter: `limit_mib: 256`, `spike_limit_mib: 64`.
@@ -23,25 +23,11 @@ const SOFT_LIMIT_MIB: f64 = 256.0 - 64.0;
 /// (`tailgate_pipeline::memory::RETAINED_FREE_BYTES_MAX`), plus one tick's worth of churn.
 const ALLOCATOR_SLACK_MIB: f64 = 32.0 + 16.0;
 
-/// The article's gateway config (the repository's copy), with the report's memory limits,
-/// loopback addresses, an HTTP receiver beside gRPC, and a metrics address.
+/// The article's gateway config with the report's memory limits.
 fn article_config(sink_port: u16) -> String {
-    let text = std::fs::read_to_string(tests_path("configs/collector-gateway-config.yaml"))
-        .expect("tests/configs holds the article's gateway config");
-    let pprof = crate::support::free_port();
-    text.replace("limit_mib: 2048", "limit_mib: 256")
+    crate::support::article_gateway_config(sink_port)
+        .replace("limit_mib: 2048", "limit_mib: 256")
         .replace("spike_limit_mib: 512", "spike_limit_mib: 64")
-        .replace(
-            "endpoint: 0.0.0.0:4317",
-            "endpoint: 127.0.0.1:{grpc}\n      http:\n        endpoint: 127.0.0.1:{http}",
-        )
-        .replace("tempo:4317", &format!("127.0.0.1:{sink_port}"))
-        .replace("0.0.0.0:13133", "127.0.0.1:{health}")
-        .replace("0.0.0.0:1777", &format!("127.0.0.1:{pprof}"))
-        .replace(
-            "service:\n",
-            "service:\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{metrics}\n",
-        )
 }
 
 /// What `tailgate loadgen` reported.

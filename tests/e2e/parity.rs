@@ -10,22 +10,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{BIN, free_port, tests_path};
+use crate::support::{BIN, TaggedSink, free_port, tests_path};
 
 /// Each policy case: its name (pipeline, processor and exporter suffix) and its policies.
 const CASES: &[(&str, &str)] = &[
@@ -172,75 +167,6 @@ pub fn reference_collector() -> PathBuf {
         )
     })
     .clone()
-}
-
-/// Kept trace IDs per case, as a sink recorded them from the `x-parity-case` header.
-#[derive(Clone, Default)]
-struct CaseSink {
-    kept: Arc<Mutex<BTreeMap<String, BTreeSet<Vec<u8>>>>>,
-    spans: Arc<Mutex<u64>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for CaseSink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let case = request
-            .metadata()
-            .get("x-parity-case")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("(none)")
-            .to_string();
-        let mut kept = self.kept.lock().unwrap();
-        let set = kept.entry(case).or_default();
-        for span in request
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-        {
-            set.insert(span.trace_id.clone());
-            *self.spans.lock().unwrap() += 1;
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl CaseSink {
-    async fn start() -> (CaseSink, u16) {
-        let sink = CaseSink::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let svc = TraceServiceServer::new(sink.clone())
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .max_decoding_message_size(64 * 1024 * 1024);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
-        (sink, port)
-    }
-
-    /// Waits until no span arrived for `quiet`.
-    async fn settle(&self, quiet: Duration) {
-        let mut last = *self.spans.lock().unwrap();
-        loop {
-            tokio::time::sleep(quiet).await;
-            let now = *self.spans.lock().unwrap();
-            if now == last {
-                return;
-            }
-            last = now;
-        }
-    }
 }
 
 /// A system under test, killed on drop.
@@ -439,7 +365,7 @@ async fn kept_by(
     name: &str,
     dir: &std::path::Path,
 ) -> BTreeMap<String, BTreeSet<Vec<u8>>> {
-    let (sink, sink_port) = CaseSink::start().await;
+    let (sink, sink_port) = TaggedSink::start("x-parity-case").await;
     let otlp_port = free_port();
     let config_arg = config.to_str().unwrap();
     let mut args: Vec<&str> = args_before_config.to_vec();
@@ -460,7 +386,7 @@ async fn kept_by(
     // Every decision is due 2 s after a trace's first span; the sink then goes quiet.
     tokio::time::sleep(Duration::from_secs(3)).await;
     sink.settle(Duration::from_secs(2)).await;
-    let kept = sink.kept.lock().unwrap().clone();
+    let kept = sink.traces.lock().unwrap().clone();
     drop(running);
     kept
 }

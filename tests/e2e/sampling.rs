@@ -12,26 +12,12 @@ use std::time::Duration;
 use tailgate_otlp::TraceId;
 use tailgate_sampling::policy::{DEFAULT_HASH_SALT, trace_id_hash};
 
-use crate::support::{Gateway, Sink, free_port, tests_path};
-
-fn article_config(sink_port: u16) -> String {
-    let text = std::fs::read_to_string(tests_path("configs/collector-gateway-config.yaml"))
-        .expect("tests/configs holds the article's gateway config");
-    let pprof = free_port();
-    text.replace("0.0.0.0:4317", "127.0.0.1:{grpc}")
-        .replace("tempo:4317", &format!("127.0.0.1:{sink_port}"))
-        .replace("0.0.0.0:13133", "127.0.0.1:{health}")
-        .replace("0.0.0.0:1777", &format!("127.0.0.1:{pprof}"))
-        .replace(
-            "service:\n",
-            "service:\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{metrics}\n",
-        )
-}
+use crate::support::{Gateway, Sink, article_gateway_config, tests_path};
 
 #[tokio::test]
 async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_the_rest() {
     let (sink, addr) = Sink::start().await;
-    let mut gw = Gateway::start(&article_config(addr.port())).await;
+    let mut gw = Gateway::start(&article_gateway_config(addr.port())).await;
     let out = Command::new("python3")
         .arg(tests_path("python/send_traces.py"))
         .args([

@@ -266,22 +266,29 @@ impl TraceService for Sink {
     }
 }
 
+/// Serves `service` as an OTLP/gRPC trace backend (gzip accepted, 64 MiB messages) on a free
+/// loopback port, for as long as the test runtime lives.
+pub async fn serve_trace_service<T: TraceService>(service: T) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(service)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
 impl Sink {
     /// Starts the sink on a free loopback port.
     pub async fn start() -> (Sink, SocketAddr) {
         let sink = Sink::default();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let svc = TraceServiceServer::new(sink.clone())
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .max_decoding_message_size(64 * 1024 * 1024);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
+        let addr = serve_trace_service(sink.clone()).await;
         (sink, addr)
     }
 
@@ -331,6 +338,91 @@ impl Sink {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// An OTLP/gRPC backend that records, per value of one request header (`x-parity-case`,
+/// `x-agent`), the trace IDs it received: for tests that compare who sent what where.
+#[derive(Clone)]
+pub struct TaggedSink {
+    header: &'static str,
+    /// Header value → trace IDs.
+    pub traces: Arc<Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<u8>>>>>,
+    pub spans: Arc<Mutex<u64>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for TaggedSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let tag = request
+            .metadata()
+            .get(self.header)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_string();
+        let mut traces = self.traces.lock().unwrap();
+        let set = traces.entry(tag).or_default();
+        for span in request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            set.insert(span.trace_id.clone());
+            *self.spans.lock().unwrap() += 1;
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl TaggedSink {
+    /// Starts a sink tagging by `header` on a free loopback port.
+    pub async fn start(header: &'static str) -> (TaggedSink, u16) {
+        let sink = TaggedSink {
+            header,
+            traces: Arc::default(),
+            spans: Arc::default(),
+        };
+        let port = serve_trace_service(sink.clone()).await.port();
+        (sink, port)
+    }
+
+    /// Waits until no span arrived for `quiet`.
+    pub async fn settle(&self, quiet: Duration) {
+        let mut last = *self.spans.lock().unwrap();
+        loop {
+            tokio::time::sleep(quiet).await;
+            let now = *self.spans.lock().unwrap();
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
+/// The reference article's gateway config (the repository's verbatim copy) on loopback: OTLP
+/// over gRPC and HTTP on `{grpc}`/`{http}`, health on `{health}`, metrics on `{metrics}`, pprof
+/// on a free port, exporting to `sink_port`. Policies, limits and timings as the article has them.
+pub fn article_gateway_config(sink_port: u16) -> String {
+    let text = std::fs::read_to_string(tests_path("configs/collector-gateway-config.yaml"))
+        .expect("tests/configs holds the article's gateway config");
+    text.replace(
+        "endpoint: 0.0.0.0:4317",
+        "endpoint: 127.0.0.1:{grpc}\n      http:\n        endpoint: 127.0.0.1:{http}",
+    )
+    .replace("tempo:4317", &format!("127.0.0.1:{sink_port}"))
+    .replace("0.0.0.0:13133", "127.0.0.1:{health}")
+    .replace("0.0.0.0:1777", &format!("127.0.0.1:{}", free_port()))
+    .replace(
+        "service:\n",
+        "service:\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{metrics}\n",
+    )
 }
 
 /// The `service.name` resource attribute of `rs`.
