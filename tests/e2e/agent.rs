@@ -221,13 +221,19 @@ const ARTICLE_CONFIG_SHA256: [(&str, &str); 2] = [
 #[test]
 fn the_reference_configs_in_the_repository_are_the_articles_verbatim() {
     use sha2::Digest as _;
-    for (name, expected) in ARTICLE_CONFIG_SHA256 {
-        let copy = std::fs::read(tests_path(&format!("configs/{name}"))).unwrap();
-        assert_eq!(
-            hex::encode(sha2::Sha256::digest(&copy)),
-            expected,
-            "tests/configs/{name} drifted from the article's"
-        );
+    // The tests' copies, and the Helm chart's defaults (files/<mode>.yaml).
+    for ((name, expected), mode) in ARTICLE_CONFIG_SHA256.into_iter().zip(["agent", "gateway"]) {
+        for copy in [
+            format!("configs/{name}"),
+            format!("../deploy/helm/tailgate/files/{mode}.yaml"),
+        ] {
+            let bytes = std::fs::read(tests_path(&copy)).unwrap();
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                expected,
+                "{copy} drifted from the article's {name}"
+            );
+        }
     }
 }
 

@@ -50,12 +50,91 @@ fn kustomize(dir: &std::path::Path) -> Command {
 }
 
 #[test]
-#[ignore = "needs kustomize or kubectl to render the overlays; .ci/run runs it where one exists"]
-fn the_kubernetes_manifests_render_and_validate_against_the_schemas() {
+#[ignore = "needs helm; .ci/run installs it with `go install` and runs it"]
+fn the_helm_chart_lints_and_renders_schema_valid_manifests_for_both_modes() {
+    let chart = repo("deploy/helm/tailgate");
+    let chart = chart.to_str().unwrap();
+    let mut rendered_modes = Vec::new();
+    for mode in ["gateway", "agent"] {
+        let set = format!("mode={mode}");
+        checked(
+            Command::new("helm")
+                .args(["lint", "--strict", chart, "--set", &set])
+                .output()
+                .unwrap(),
+            &format!("helm lint ({mode})"),
+        );
+        let rendered = checked(
+            Command::new("helm")
+                .args(["template", &format!("tailgate-{mode}"), chart])
+                .args(["--namespace", "observability", "--set", &set])
+                .output()
+                .unwrap(),
+            &format!("helm template ({mode})"),
+        );
+        validate_manifests(&rendered, &format!("the chart in mode {mode}"));
+        rendered_modes.push(rendered);
+    }
+    let (gateway, agent) = (&rendered_modes[0], &rendered_modes[1]);
+    for kind in [
+        "kind: StatefulSet",
+        "kind: PodDisruptionBudget",
+        "kind: NetworkPolicy",
+        "kind: ConfigMap",
+    ] {
+        assert!(gateway.contains(kind), "gateway mode renders no {kind}");
+    }
+    for kind in [
+        "kind: DaemonSet",
+        "kind: ClusterRole",
+        "kind: ServiceAccount",
+    ] {
+        assert!(agent.contains(kind), "agent mode renders no {kind}");
+    }
+    // The defaults are the article's configs, and the agent's resolver finds the gateways.
+    assert!(gateway.contains("decision_wait: 10s"), "{gateway}");
+    assert!(
+        agent.contains("service: otel-gateway-collector-headless"),
+        "{agent}"
+    );
+    assert!(gateway.contains("name: otel-gateway-collector-headless"));
+    assert!(gateway.contains("--join=tailgate-gateway-0.otel-gateway-collector-headless.observability.svc.cluster.local:4320,"));
+    // A mode the chart does not know fails the render, naming it.
+    let out = Command::new("helm")
+        .args(["template", "x", chart, "--set", "mode=deployment"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mode must be agent or gateway"));
+}
+
+/// Schema-checks rendered manifests with `kubernetes-validate --strict`.
+fn validate_manifests(rendered: &str, what: &str) {
     assert!(
         have("python3", &["-c", "import kubernetes_validate"]),
         "kubernetes-validate is missing: pip install -r tests/python/requirements.txt"
     );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), rendered).unwrap();
+    checked(
+        Command::new("python3")
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "--kubernetes-version",
+                "1.33",
+                file.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+        &format!("kubernetes-validate of {what}"),
+    );
+}
+
+#[test]
+#[ignore = "needs kustomize or kubectl to render the overlays; .ci/run runs it where one exists"]
+fn the_kubernetes_manifests_render_and_validate_against_the_schemas() {
     for overlay in ["base", "overlays/production", "overlays/small"] {
         let dir = repo(&format!("deploy/kubernetes/{overlay}"));
         let rendered = checked(
@@ -72,22 +151,7 @@ fn the_kubernetes_manifests_render_and_validate_against_the_schemas() {
         ] {
             assert!(rendered.contains(kind), "{overlay} renders no {kind}");
         }
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &rendered).unwrap();
-        checked(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "kubernetes_validate",
-                    "--strict",
-                    "--kubernetes-version",
-                    "1.33",
-                    file.path().to_str().unwrap(),
-                ])
-                .output()
-                .unwrap(),
-            &format!("kubernetes-validate of {overlay}"),
-        );
+        validate_manifests(&rendered, overlay);
     }
 }
 
