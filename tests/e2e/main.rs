@@ -2,6 +2,7 @@
 //! by real clients (the OpenTelemetry Python SDK, tonic clients, HTTP) against in-test sinks.
 
 mod agent;
+mod backend;
 mod bad_input;
 mod cli;
 mod cluster;
