@@ -18,6 +18,7 @@
 //! Nothing here asserts: it prints. The machine is shared and noisy; compare ratios from one run.
 
 mod agent;
+mod gateway;
 mod measure;
 mod sink;
 
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// P1: CPU-seconds per million spans, Tailgate beside rotel.
-    Gateway(measure::GatewayArgs),
+    Gateway(gateway::GatewayArgs),
     /// P2: memory per buffered span.
     Memory(measure::MemoryArgs),
     /// P4: how late decisions run after root + quiet period, under load.
@@ -71,7 +72,7 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(sink::serve(port)),
-        Command::Gateway(args) => measure::gateway(args),
+        Command::Gateway(args) => gateway::gateway(args),
         Command::Memory(args) => measure::memory(args),
         Command::Latency(args) => measure::latency(args),
         Command::Handoff(args) => measure::handoff(args),

@@ -12,9 +12,12 @@ pub mod agent;
 pub mod cluster;
 pub mod components;
 mod env;
+mod field_errors;
 mod load;
 mod locate;
+mod overrides;
 pub mod sampling;
+mod service_section;
 mod types;
 mod validate;
 

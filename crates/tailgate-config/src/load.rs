@@ -10,6 +10,9 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::components::*;
+use crate::field_errors::{PathStep, closest, remove_at, with_suggestion};
+use crate::overrides::apply_override;
+use crate::service_section::load_service;
 use crate::validate;
 
 /// `type[/name]`, e.g. `otlp/tempo`.
@@ -162,12 +165,12 @@ const PROCESSOR_TYPES: &[&str] = &[
 const EXPORTER_TYPES: &[&str] = &["debug", "file", "loadbalancing", "otlp", "otlphttp"];
 const EXTENSION_TYPES: &[&str] = &["health_check", "pprof"];
 
-struct Loader<'a> {
-    file: &'a str,
-    errors: Vec<ConfigError>,
+pub(crate) struct Loader<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) errors: Vec<ConfigError>,
     /// Every component ID written in a section, valid or not, so a reference to a component
     /// that failed to load is not reported a second time as undefined.
-    declared: BTreeSet<String>,
+    pub(crate) declared: BTreeSet<String>,
 }
 
 /// Errors reported for one component before the rest of it is left unread: each error
@@ -176,7 +179,7 @@ struct Loader<'a> {
 const FIELD_ERRORS_PER_COMPONENT_MAX: usize = 16;
 
 impl Loader<'_> {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             path: path.into(),
@@ -188,7 +191,7 @@ impl Loader<'_> {
     /// Deserializes `value` into `T`, reporting every failing field with its full path: after
     /// each error the offending key is set aside and the rest deserialized again, so two typos
     /// in one component are both reported in one pass.
-    fn typed<T: DeserializeOwned>(&mut self, base: &str, value: Value) -> Option<T> {
+    pub(crate) fn typed<T: DeserializeOwned>(&mut self, base: &str, value: Value) -> Option<T> {
         let mut value = if value.is_null() {
             Value::Object(Default::default())
         } else {
@@ -258,7 +261,7 @@ impl Loader<'_> {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -278,104 +281,6 @@ fn unknown_type(singular: &str, kind: &str, supported: &[&str]) -> String {
         msg.push_str(&format!("; did you mean `{near}`?"));
     }
     msg
-}
-
-/// One step of a serde path, for setting a failing key aside.
-enum PathStep {
-    Key(String),
-    Index(usize),
-}
-
-impl PathStep {
-    fn from_segment(s: &serde_path_to_error::Segment) -> Option<PathStep> {
-        match s {
-            serde_path_to_error::Segment::Map { key } => Some(PathStep::Key(key.clone())),
-            serde_path_to_error::Segment::Seq { index } => Some(PathStep::Index(*index)),
-            _ => None,
-        }
-    }
-}
-
-/// Removes the value at `steps` from `root`; returns the removed key's name (the last step).
-fn remove_at(root: &mut Value, steps: &[PathStep]) -> Option<String> {
-    let (last, parents) = steps.split_last()?;
-    let mut at = root;
-    for step in parents {
-        at = match (step, at) {
-            (PathStep::Key(k), Value::Object(m)) => m.get_mut(k)?,
-            (PathStep::Index(i), Value::Array(a)) => a.get_mut(*i)?,
-            _ => return None,
-        };
-    }
-    match (last, at) {
-        (PathStep::Key(k), Value::Object(m)) => m.remove(k).map(|_| k.clone()),
-        (PathStep::Index(i), Value::Array(a)) if *i < a.len() => {
-            a.remove(*i);
-            Some(i.to_string())
-        }
-        _ => None,
-    }
-}
-
-/// serde's message with "did you mean" added when it names an unknown field or variant and
-/// lists the expected ones.
-fn with_suggestion(message: &str) -> String {
-    let unknown = ["unknown field `", "unknown variant `"]
-        .iter()
-        .find_map(|prefix| message.strip_prefix(prefix))
-        .and_then(|rest| rest.split('`').next());
-    let expected = message
-        .split_once("expected one of ")
-        .or_else(|| message.split_once("expected "))
-        .map(|(_, list)| list);
-    match (unknown, expected) {
-        (Some(word), Some(list)) => {
-            let candidates = list.split('`').skip(1).step_by(2);
-            match closest(word, candidates) {
-                Some(near) => format!("{message}; did you mean `{near}`?"),
-                None => message.to_string(),
-            }
-        }
-        _ => message.to_string(),
-    }
-}
-
-/// The candidate nearest `word` by edit distance, if it is near enough to be a typo (at most a
-/// third of the word's length, at least 1, in edits).
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
-    candidates
-        .map(|c| (edit_distance(word, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Edit distance counting a swap of neighbours as one edit (optimal string alignment), by
-/// characters: `otpl` is one edit from `otlp`.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// Reads and loads a config file, with variables from the process environment.
@@ -406,47 +311,6 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     load_text(text, file, env, &[])
-}
-
-/// Sets `value` at the `::`-joined `key` of `root`, creating mappings on the way.
-fn apply_override(root: &mut serde_json::Map<String, Value>, set: &str) -> Result<(), String> {
-    let (key, raw) = set.split_once('=').ok_or_else(|| {
-        format!("`{set}`: expected KEY=VALUE, e.g. processors::batch::timeout=2s")
-    })?;
-    let value: Value = if raw.is_empty() {
-        Value::Null
-    } else {
-        serde_saphyr::from_str(raw).map_err(|e| format!("`{set}`: the value is not YAML: {e}"))?
-    };
-    let steps: Vec<&str> = key.split("::").collect();
-    if steps.iter().any(|s| s.is_empty()) {
-        return Err(format!(
-            "`{set}`: empty key segment (keys are joined by `::`)"
-        ));
-    }
-    let (last, parents) = steps
-        .split_last()
-        .expect("split gives one segment at least");
-    let mut at = root;
-    for step in parents {
-        let next = at
-            .entry(step.to_string())
-            .or_insert_with(|| Value::Object(Default::default()));
-        if next.is_null() {
-            *next = Value::Object(Default::default());
-        }
-        at = match next {
-            Value::Object(m) => m,
-            other => {
-                return Err(format!(
-                    "`{set}`: `{step}` is {}, not a mapping",
-                    kind_of(other)
-                ));
-            }
-        };
-    }
-    at.insert(last.to_string(), value);
-    Ok(())
 }
 
 fn load_text(
@@ -626,177 +490,4 @@ fn join(base: &str, sub: &str) -> String {
     } else {
         format!("{base}.{sub}")
     }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    #[serde(default)]
-    extensions: Vec<String>,
-    #[serde(default)]
-    pipelines: BTreeMap<String, RawPipeline>,
-    #[serde(default)]
-    telemetry: TelemetryConfig,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPipeline {
-    #[serde(default)]
-    receivers: Vec<String>,
-    #[serde(default)]
-    processors: Vec<String>,
-    #[serde(default)]
-    exporters: Vec<String>,
-}
-
-fn load_service(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
-    let Some(raw) = l.typed::<RawService>("service", value) else {
-        return;
-    };
-    cfg.service.telemetry = raw.telemetry;
-    for (i, ext) in raw.extensions.iter().enumerate() {
-        let path = format!("service.extensions[{i}]");
-        match ComponentId::parse(ext) {
-            Err(msg) => l.error(path, msg),
-            Ok(id) if !cfg.extensions.contains_key(&id) => {
-                let msg = undefined("extension", &id, cfg.extensions.keys());
-                l.error(path, msg);
-            }
-            Ok(id) => cfg.service.extensions.push(id),
-        }
-    }
-    if raw.pipelines.is_empty() {
-        l.error(
-            "service.pipelines",
-            "no pipelines: define `service.pipelines.traces`",
-        );
-    }
-    for (name, p) in raw.pipelines {
-        let base = format!("service.pipelines.{name}");
-        let id = match ComponentId::parse(&name) {
-            Ok(id) if id.kind == "traces" => id,
-            Ok(id) if id.kind == "metrics" || id.kind == "logs" || id.kind == "profiles" => {
-                l.error(
-                    base,
-                    format!(
-                        "{} pipelines are not supported: Tailgate handles traces only",
-                        id.kind
-                    ),
-                );
-                continue;
-            }
-            Ok(_) => {
-                l.error(
-                    base,
-                    "unknown pipeline type; allowed: traces, traces/<name>",
-                );
-                continue;
-            }
-            Err(msg) => {
-                l.error(base, msg);
-                continue;
-            }
-        };
-        let mut pipeline = PipelineConfig {
-            id,
-            receivers: vec![],
-            processors: vec![],
-            exporters: vec![],
-        };
-        if p.receivers.is_empty() {
-            l.error(
-                format!("{base}.receivers"),
-                "a pipeline needs at least one receiver",
-            );
-        }
-        if p.exporters.is_empty() {
-            l.error(
-                format!("{base}.exporters"),
-                "a pipeline needs at least one exporter",
-            );
-        }
-        pipeline.receivers = refs(
-            l,
-            &base,
-            "receivers",
-            "receiver",
-            &p.receivers,
-            &cfg.receivers,
-        );
-        pipeline.processors = refs(
-            l,
-            &base,
-            "processors",
-            "processor",
-            &p.processors,
-            &cfg.processors,
-        );
-        pipeline.exporters = refs(
-            l,
-            &base,
-            "exporters",
-            "exporter",
-            &p.exporters,
-            &cfg.exporters,
-        );
-        let positions: Vec<(usize, &ComponentId)> =
-            pipeline.processors.iter().enumerate().collect();
-        for (i, id) in &positions {
-            let is_memory_limiter = matches!(
-                cfg.processors.get(*id),
-                Some(ProcessorConfig::MemoryLimiter(_))
-            );
-            if is_memory_limiter && *i != 0 {
-                l.error(
-                    format!("{base}.processors[{i}]"),
-                    "memory_limiter must be the first processor of a pipeline",
-                );
-            }
-        }
-        cfg.service.pipelines.push(pipeline);
-    }
-}
-
-fn refs<T>(
-    l: &mut Loader<'_>,
-    base: &str,
-    field: &str,
-    singular: &str,
-    names: &[String],
-    defined: &BTreeMap<ComponentId, T>,
-) -> Vec<ComponentId> {
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (i, name) in names.iter().enumerate() {
-        let path = format!("{base}.{field}[{i}]");
-        match ComponentId::parse(name) {
-            Err(msg) => l.error(path, msg),
-            Ok(id)
-                if !defined.contains_key(&id) && l.declared.contains(&format!("{field}.{id}")) => {}
-            Ok(id) if !defined.contains_key(&id) => {
-                let msg = undefined(singular, &id, defined.keys());
-                l.error(path, msg);
-            }
-            Ok(id) if !seen.insert(id.clone()) => {
-                l.error(path, format!("{singular} `{id}` is listed twice"))
-            }
-            Ok(id) => out.push(id),
-        }
-    }
-    out
-}
-
-fn undefined<'a>(
-    singular: &str,
-    id: &ComponentId,
-    defined: impl Iterator<Item = &'a ComponentId>,
-) -> String {
-    let names: Vec<String> = defined.map(|d| d.to_string()).collect();
-    let list = if names.is_empty() {
-        "none".to_string()
-    } else {
-        names.join(", ")
-    };
-    format!("{singular} `{id}` is not defined; defined {singular}s: {list}")
 }
