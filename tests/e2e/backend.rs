@@ -5,35 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::parity::start;
-use crate::support::{Gateway, free_port, tests_path};
+use crate::support::{Gateway, free_port};
 
-/// The Jaeger binary, built once per test run (`tests/peers/build-jaeger.sh`).
+/// The Jaeger binary (`tests/peers/build-jaeger.sh`).
 fn jaeger() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(tests_path("peers/build-jaeger.sh"))
-            .output()
-            .expect("bash runs the build script");
-        assert!(
-            out.status.success(),
-            "building Jaeger failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("the script prints the binary's path"),
-        )
-    })
-    .clone()
+    crate::support::peer_binary("build-jaeger.sh")
 }
 
 /// Jaeger v2 with in-memory storage, OTLP/gRPC in and the query API on loopback ports.

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -20,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{BIN, TaggedSink, free_port, tests_path};
+use crate::support::{BIN, TaggedSink, free_port};
 
 /// Each policy case: its name (pipeline, processor and exporter suffix) and its policies.
 const CASES: &[(&str, &str)] = &[
@@ -145,28 +144,9 @@ fn parity_config() -> String {
     )
 }
 
-/// The reference collector's binary, built once per test run (`tests/peers/build-collector.sh`).
+/// The reference collector's binary (`tests/peers/build-collector.sh`).
 pub fn reference_collector() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(tests_path("peers/build-collector.sh"))
-            .output()
-            .expect("bash runs the build script");
-        assert!(
-            out.status.success(),
-            "building the reference collector failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("the script prints the binary's path"),
-        )
-    })
-    .clone()
+    crate::support::peer_binary("build-collector.sh")
 }
 
 /// A system under test, killed on drop.

@@ -481,6 +481,35 @@ service:
     )
 }
 
+/// A test peer (the reference collector, Jaeger) built by its script under `tests/peers/`, whose
+/// last line of output is the binary's path; built once per test run, on first use.
+pub fn peer_binary(script: &str) -> PathBuf {
+    static BUILT: Mutex<std::collections::BTreeMap<String, PathBuf>> =
+        Mutex::new(std::collections::BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(script) {
+        return path.clone();
+    }
+    let out = Command::new("bash")
+        .arg(tests_path(&format!("peers/{script}")))
+        .output()
+        .expect("bash runs the build script");
+    assert!(
+        out.status.success(),
+        "tests/peers/{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints the binary's path"),
+    );
+    built.insert(script.to_string(), path.clone());
+    path
+}
+
 /// Path of a file under the repository's `tests/` folder.
 pub fn tests_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
