@@ -221,16 +221,7 @@ async fn a_tailgate_agent_in_front_of_collector_gateways_passes_the_articles_sam
             "grpc",
             &endpoint,
             300,
-            &[
-                "--error-every",
-                "10",
-                "--slow-every",
-                "20",
-                "--flag-every",
-                "25",
-                "--children",
-                "3",
-            ],
+            crate::sampling::ARTICLE_TRAFFIC,
         )
     })
     .await

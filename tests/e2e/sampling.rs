@@ -28,16 +28,7 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
             "--traces",
             "400",
         ])
-        .args([
-            "--error-every",
-            "10",
-            "--slow-every",
-            "20",
-            "--flag-every",
-            "25",
-            "--children",
-            "3",
-        ])
+        .args(ARTICLE_TRAFFIC)
         .output()
         .expect("python3");
     assert!(
@@ -95,6 +86,19 @@ async fn article_gateway_config_keeps_errors_slow_flagged_and_five_percent_of_th
         0.0
     );
 }
+
+/// The Python sender's options for traffic the article's policies tell apart: an error trace
+/// in ten, a slow one in twenty, a flagged one in twenty-five, each a root and three children.
+pub const ARTICLE_TRAFFIC: &[&str] = &[
+    "--error-every",
+    "10",
+    "--slow-every",
+    "20",
+    "--flag-every",
+    "25",
+    "--children",
+    "3",
+];
 
 /// The article's sampling, checked on what a backend received for the traces the Python
 /// sender reports in `sent`: every error, slow and flagged trace whole, the healthy ones kept
