@@ -79,6 +79,26 @@ fn the_reference_agent_config_validates_and_shows_its_pipeline() {
 }
 
 #[test]
+fn the_collectors_feature_gates_flag_is_taken_and_an_unknown_gate_is_named() {
+    let path = tests_path("configs/collector-gateway-config.yaml");
+    let path = path.to_str().unwrap();
+    let gate = "--feature-gates=processor.tailsamplingprocessor.recordpolicy";
+    let (code, _, err) = run(&["validate", "--config", path, gate]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "gateway",
+        "--config",
+        path,
+        "--feature-gates=processor.tailsamplingprocessor.nosuch",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no such feature gate `processor.tailsamplingprocessor.nosuch`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_agent_with_a_broken_config_names_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.yaml");

@@ -340,13 +340,19 @@ impl Sink {
     }
 }
 
+/// Header value → trace ID → what was seen of it.
+pub type ByTag<T> = std::collections::BTreeMap<String, std::collections::BTreeMap<Vec<u8>, T>>;
+
 /// An OTLP/gRPC backend that records, per value of one request header (`x-parity-case`,
-/// `x-agent`), the trace IDs it received: for tests that compare who sent what where.
+/// `x-agent`), the trace IDs it received and their spans' scope attributes: for tests that
+/// compare who sent what where.
 #[derive(Clone)]
 pub struct TaggedSink {
     header: &'static str,
     /// Header value → trace IDs.
     pub traces: Arc<Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<Vec<u8>>>>>,
+    /// Header value → trace ID → `key=value` of every scope attribute its spans came under.
+    pub scope_attributes: Arc<Mutex<ByTag<std::collections::BTreeSet<String>>>>,
     pub spans: Arc<Mutex<u64>>,
 }
 
@@ -363,16 +369,35 @@ impl TraceService for TaggedSink {
             .unwrap_or("(none)")
             .to_string();
         let mut traces = self.traces.lock().unwrap();
-        let set = traces.entry(tag).or_default();
-        for span in request
+        let mut scope_attributes = self.scope_attributes.lock().unwrap();
+        let set = traces.entry(tag.clone()).or_default();
+        let attributes = scope_attributes.entry(tag).or_default();
+        for ss in request
             .get_ref()
             .resource_spans
             .iter()
             .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
         {
-            set.insert(span.trace_id.clone());
-            *self.spans.lock().unwrap() += 1;
+            let scope: Vec<String> = ss
+                .scope
+                .iter()
+                .flat_map(|s| &s.attributes)
+                .map(|kv| {
+                    format!(
+                        "{}={:?}",
+                        kv.key,
+                        kv.value.as_ref().and_then(|v| v.value.as_ref())
+                    )
+                })
+                .collect();
+            for span in &ss.spans {
+                set.insert(span.trace_id.clone());
+                attributes
+                    .entry(span.trace_id.clone())
+                    .or_default()
+                    .extend(scope.iter().cloned());
+                *self.spans.lock().unwrap() += 1;
+            }
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -386,6 +411,7 @@ impl TaggedSink {
         let sink = TaggedSink {
             header,
             traces: Arc::default(),
+            scope_attributes: Arc::default(),
             spans: Arc::default(),
         };
         let port = serve_trace_service(sink.clone()).await.port();

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cluster;
 pub mod components;
 mod env;
+pub mod feature_gates;
 mod field_errors;
 mod load;
 mod locate;
@@ -21,6 +22,7 @@ mod service_section;
 mod types;
 mod validate;
 
+pub use feature_gates::FeatureGates;
 pub use load::{
     ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig,
     PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig, load_file,

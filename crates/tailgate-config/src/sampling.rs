@@ -47,7 +47,8 @@ pub struct TailSamplingConfig {
     /// Tailgate: how long decision-cache entries live. Default 10m.
     #[serde(default = "default_decision_cache_ttl")]
     pub decision_cache_ttl: GoDuration,
-    /// Tailgate: add `tailgate.sampling.policy` (the deciding policy's name) to kept spans.
+    /// Record the deciding policy on kept spans' scopes, as the collector's `recordpolicy` gate
+    /// does (`tailsampling.policy`, `tailsampling.composite_policy`, `tailsampling.cached_decision`).
     #[serde(default)]
     pub record_policy: bool,
     /// Tailgate: shard actors hosting the per-trace state machines. Default: CPU count.
@@ -341,11 +342,15 @@ pub struct DropConfig {
     pub drop_sub_policy: Vec<PolicyConfig>,
 }
 
-/// Sub-policies in `policy_order`, each with a share of `max_total_spans_per_second`.
+/// Sub-policies, each with a share of `max_total_spans_per_second`, tried in the order
+/// `composite_sub_policy` lists them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompositeConfig {
     pub max_total_spans_per_second: u64,
+    /// Accepted and unused, as in the collector v0.161.0: its composite evaluates
+    /// sub-policies in `composite_sub_policy` order.
+    #[serde(default)]
     pub policy_order: Vec<String>,
     pub composite_sub_policy: Vec<PolicyConfig>,
     #[serde(default)]

@@ -368,10 +368,10 @@ fn tail_sampling_mistakes_give_exact_errors() {
         ),
         (
             wrap(
-                "      - name: c\n        type: composite\n        composite:\n          max_total_spans_per_second: 100\n          policy_order: [a, b]\n          composite_sub_policy:\n            - name: a\n              type: always_sample\n          rate_allocation:\n            - {policy: a, percent: 120}\n",
+                "      - name: c\n        type: composite\n        composite:\n          max_total_spans_per_second: 100\n          policy_order: [a, b]\n          composite_sub_policy:\n            - name: a\n              type: always_sample\n          rate_allocation:\n            - {policy: a, percent: 120}\n            - {policy: b, percent: 0}\n",
             ),
             vec![
-                "test.yaml: processors.tail_sampling.policies[0].composite.policy_order[1]: `b` is not a composite_sub_policy; defined: a",
+                "test.yaml: processors.tail_sampling.policies[0].composite.rate_allocation[1].policy: `b` is not a composite_sub_policy",
                 "test.yaml: processors.tail_sampling.policies[0].composite.rate_allocation: percentages add up to 120, more than 100",
             ],
         ),

@@ -481,25 +481,6 @@ fn policy(p: &crate::sampling::PolicyConfig, here: &str, out: &mut Problems) {
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect();
-            for (i, name) in c.policy_order.iter().enumerate() {
-                if !names.contains(&name.as_str()) {
-                    out.push((
-                        format!("{at}.policy_order[{i}]"),
-                        format!(
-                            "`{name}` is not a composite_sub_policy; defined: {}",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-            }
-            for name in &names {
-                if !c.policy_order.iter().any(|o| o == name) {
-                    out.push((
-                        format!("{at}.policy_order"),
-                        format!("sub-policy `{name}` is missing from policy_order"),
-                    ));
-                }
-            }
             let mut total = 0;
             for (i, r) in c.rate_allocation.iter().enumerate() {
                 if !names.contains(&r.policy.as_str()) {

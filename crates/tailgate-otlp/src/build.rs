@@ -20,9 +20,8 @@ struct ResourceGroup<'a> {
     scopes: Vec<ScopeGroup<'a>>,
 }
 
-/// Encodes `spans` as one request. Spans keep their relative order within each scope; groups
-/// appear in order of first appearance, so the output is deterministic.
-pub fn encode_export_request<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan>) -> Bytes {
+/// Spans regrouped under their resources and scopes, in order of first appearance.
+fn group<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan>) -> Vec<ResourceGroup<'a>> {
     let mut groups: Vec<ResourceGroup<'a>> = Vec::new();
     let mut by_context: HashMap<*const ResourceScope, (usize, usize)> = HashMap::new();
     let mut by_resource: HashMap<(&'a [u8], &'a [u8]), usize> = HashMap::new();
@@ -63,42 +62,59 @@ pub fn encode_export_request<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan
         };
         groups[ri].scopes[si].spans.push(&span.bytes);
     }
+    groups
+}
 
-    let scope_len = |s: &ScopeGroup<'_>| -> usize {
-        let mut n = 0;
-        if !s.context.scope.is_empty() {
-            n += len_field_size(1, s.context.scope.len());
-        }
-        n += s
-            .spans
-            .iter()
-            .map(|b| len_field_size(2, b.len()))
-            .sum::<usize>();
-        if !s.context.scope_schema_url.is_empty() {
-            n += len_field_size(3, s.context.scope_schema_url.len());
-        }
-        n
-    };
-    let resource_len = |g: &ResourceGroup<'_>| -> usize {
-        let mut n = 0;
-        if !g.resource.is_empty() {
-            n += len_field_size(1, g.resource.len());
-        }
-        n += g
-            .scopes
-            .iter()
-            .map(|s| len_field_size(2, scope_len(s)))
-            .sum::<usize>();
-        if !g.schema_url.is_empty() {
-            n += len_field_size(3, g.schema_url.len());
-        }
-        n
-    };
-    let total: usize = groups
+fn scope_len(s: &ScopeGroup<'_>) -> usize {
+    let mut n = 0;
+    if !s.context.scope.is_empty() {
+        n += len_field_size(1, s.context.scope.len());
+    }
+    n += s
+        .spans
+        .iter()
+        .map(|b| len_field_size(2, b.len()))
+        .sum::<usize>();
+    if !s.context.scope_schema_url.is_empty() {
+        n += len_field_size(3, s.context.scope_schema_url.len());
+    }
+    n
+}
+
+fn resource_len(g: &ResourceGroup<'_>) -> usize {
+    let mut n = 0;
+    if !g.resource.is_empty() {
+        n += len_field_size(1, g.resource.len());
+    }
+    n += g
+        .scopes
+        .iter()
+        .map(|s| len_field_size(2, scope_len(s)))
+        .sum::<usize>();
+    if !g.schema_url.is_empty() {
+        n += len_field_size(3, g.schema_url.len());
+    }
+    n
+}
+
+fn request_len(groups: &[ResourceGroup<'_>]) -> usize {
+    groups
         .iter()
         .map(|g| len_field_size(1, resource_len(g)))
-        .sum();
+        .sum()
+}
 
+/// The size of the request [`encode_export_request`] would build, without building it: what
+/// the collector's `bytes_limiting` charges for a trace (the protobuf size of its data).
+pub fn export_request_len<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan>) -> usize {
+    request_len(&group(spans))
+}
+
+/// Encodes `spans` as one request. Spans keep their relative order within each scope; groups
+/// appear in order of first appearance, so the output is deterministic.
+pub fn encode_export_request<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan>) -> Bytes {
+    let groups = group(spans);
+    let total = request_len(&groups);
     let mut out = Vec::with_capacity(total);
     for g in &groups {
         put_key(&mut out, 1, WIRE_LEN);

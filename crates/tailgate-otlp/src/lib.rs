@@ -20,7 +20,7 @@ mod scan;
 mod span;
 pub mod wire;
 
-pub use build::encode_export_request;
+pub use build::{encode_export_request, export_request_len};
 pub use scan::{ScanError, ScannedRequest, scan_export_request};
 pub use span::{
     AnyValueRef, EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope,

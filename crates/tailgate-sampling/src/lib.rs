@@ -15,14 +15,14 @@ pub mod budget;
 pub mod buffer;
 pub mod cache;
 pub mod policy;
+pub mod record;
 pub mod shard;
 
 pub use budget::BufferBudget;
 pub use buffer::TraceBuffer;
 pub use cache::DecisionCache;
 pub use shard::{
-    DecisionTransfer, EarlyReason, POLICY_ATTRIBUTE, Released, ShardConfig, ShardCounters,
-    TraceShard, TraceTransfer,
+    DecisionTransfer, EarlyReason, Released, ShardConfig, ShardCounters, TraceShard, TraceTransfer,
 };
 
 #[cfg(test)]

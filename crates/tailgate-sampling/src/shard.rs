@@ -30,19 +30,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tailgate_otlp::wire::put_len_field;
 use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
 
 use crate::budget::BufferBudget;
 use crate::buffer::TraceBuffer;
 use crate::cache::{CachedDecision, DecisionCache};
 use crate::policy::{Decision, PolicySet, TraceView};
-
-/// Attribute naming the deciding policy on kept spans when `record_policy` is on.
-pub const POLICY_ATTRIBUTE: &str = "tailgate.sampling.policy";
-/// `Span.attributes`.
-const SPAN_ATTRIBUTES: u32 = 9;
+use crate::record::DecisionRecord;
 
 /// Settings of one shard, derived from the processor config.
 #[derive(Debug, Clone)]
@@ -357,7 +351,11 @@ impl TraceShard {
         if d.keep {
             self.counters.late_spans_kept += n;
             self.counters.spans_kept += n;
-            out.kept.extend(self.with_policy_attribute(spans, d.policy));
+            let record = DecisionRecord {
+                cached: self.cfg.record_policy,
+                ..self.record(d.policy, None)
+            };
+            out.kept.extend(record.write(spans));
         } else {
             self.counters.late_spans_dropped += n;
             self.counters.spans_dropped_late += n;
@@ -511,7 +509,6 @@ impl TraceShard {
         let view = TraceView {
             trace_id: id,
             spans: &spans,
-            encoded_bytes: entry.buffer.encoded_bytes(),
         };
         let verdict = self.policies.decide(&view, now);
         if verdict.by_override {
@@ -549,38 +546,27 @@ impl TraceShard {
             self.cache
                 .record_released(id, spans.iter().map(|s| s.meta.span_id));
             self.counters.spans_kept += n;
-            out.kept
-                .extend(self.with_policy_attribute(spans, verdict.decided_by));
+            let record = self.record(verdict.decided_by, verdict.composite_policy.as_deref());
+            out.kept.extend(record.write(spans));
         } else {
             self.counters.spans_dropped_policy += n;
         }
     }
 
-    fn with_policy_attribute(
-        &self,
-        spans: Vec<EncodedSpan>,
+    /// What `record_policy` writes on a kept trace (nothing when it is off).
+    fn record<'a>(
+        &'a self,
         policy: Option<usize>,
-    ) -> Vec<EncodedSpan> {
-        let (true, Some(index)) = (self.cfg.record_policy, policy) else {
-            return spans;
-        };
-        let name = &self.policies.names()[index];
-        // Appended on the wire: a repeated field may occur anywhere, so no decode is needed.
-        let mut kv = Vec::new();
-        put_len_field(&mut kv, 1, POLICY_ATTRIBUTE.as_bytes());
-        let mut value = Vec::new();
-        put_len_field(&mut value, 1, name.as_bytes());
-        put_len_field(&mut kv, 2, &value);
-        spans
-            .into_iter()
-            .map(|mut s| {
-                let mut bytes = Vec::with_capacity(s.bytes.len() + kv.len() + 4);
-                bytes.extend_from_slice(&s.bytes);
-                put_len_field(&mut bytes, SPAN_ATTRIBUTES, &kv);
-                s.bytes = Bytes::from(bytes);
-                s
-            })
-            .collect()
+        composite_policy: Option<&'a str>,
+    ) -> DecisionRecord<'a> {
+        if !self.cfg.record_policy {
+            return DecisionRecord::default();
+        }
+        DecisionRecord {
+            policy: policy.map(|i| self.policies.names()[i].as_str()),
+            composite_policy,
+            cached: false,
+        }
     }
 
     /// Shutdown without a peer: decide every buffered trace on the data at hand (or drop them

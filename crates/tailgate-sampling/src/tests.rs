@@ -367,16 +367,45 @@ fn orphan_spans_are_counted_per_service_at_decision_time() {
 }
 
 #[test]
-fn record_policy_names_the_deciding_policy_on_kept_spans() {
+fn record_policy_writes_the_collectors_scope_attributes() {
+    use crate::record::{CACHED_DECISION_ATTRIBUTE, POLICY_ATTRIBUTE};
+    use tailgate_otlp::AnyValueRef;
+    let scope_attribute = |s: &EncodedSpan, key: &str| {
+        tailgate_otlp::find_attribute(&s.context.scope, 3, key).map(|v| format!("{v:?}"))
+    };
     let mut c = cfg();
     c.record_policy = true;
     let mut r = Rig::new(c, 1 << 20);
     r.ingest(vec![span(1, 1, 0, true)], S);
     let kept = r.shard.poll(20 * S).kept;
     assert_eq!(
-        kept[0].attribute(POLICY_ATTRIBUTE),
-        Some(tailgate_otlp::AnyValueRef::String("errors"))
+        scope_attribute(&kept[0], POLICY_ATTRIBUTE),
+        Some(format!("{:?}", AnyValueRef::String("errors")))
     );
+    assert_eq!(scope_attribute(&kept[0], CACHED_DECISION_ATTRIBUTE), None);
+    assert_eq!(
+        kept[0].attribute(POLICY_ATTRIBUTE),
+        None,
+        "on the scope, not the span"
+    );
+
+    // A late span follows the cached decision and says so, as the collector's do.
+    let late = r.ingest(vec![span(1, 2, 1, false)], 21 * S);
+    assert_eq!(late.len(), 1);
+    assert_eq!(
+        scope_attribute(&late[0], CACHED_DECISION_ATTRIBUTE),
+        Some(format!("{:?}", AnyValueRef::Bool(true)))
+    );
+    assert_eq!(
+        scope_attribute(&late[0], POLICY_ATTRIBUTE),
+        Some(format!("{:?}", AnyValueRef::String("errors")))
+    );
+
+    // Off: nothing is written.
+    let mut plain = Rig::new(cfg(), 1 << 20);
+    plain.ingest(vec![span(1, 1, 0, true)], S);
+    let kept = plain.shard.poll(20 * S).kept;
+    assert_eq!(scope_attribute(&kept[0], POLICY_ATTRIBUTE), None);
 }
 
 proptest! {

@@ -16,14 +16,8 @@ use tailgate_routing::LoadBalancer;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Collector-style YAML config (e.g. the reference article's agent config).
-    #[arg(long)]
-    pub config: String,
-    /// Override one setting of the config, as the collector's `--set` does: keys joined by
-    /// `::`, the value read as YAML; repeatable, wins over the file. Example:
-    /// `--set receivers::otlp::protocols::grpc::endpoint=127.0.0.1:14317`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub source: crate::ConfigSource,
     /// How long shutdown may take (flush batches, deliver what is queued).
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -88,7 +82,9 @@ impl ComponentFactory for Components {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut stop = crate::lifecycle::StopSignal::install()?;
-    let cfg = tailgate_config::load_file_with_overrides(&args.config, &args.set)
+    let cfg = args
+        .source
+        .load()
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
     crate::init_logging(

@@ -14,14 +14,8 @@ use crate::lifecycle::{ShutdownReport, StopSignal};
 
 #[derive(Args)]
 pub struct GatewayArgs {
-    /// Collector-style YAML config.
-    #[arg(long)]
-    pub config: String,
-    /// Override one setting of the config, as the collector's `--set` does: keys joined by
-    /// `::`, the value read as YAML; repeatable, wins over the file. Example:
-    /// `--set receivers::otlp::protocols::grpc::endpoint=127.0.0.1:14317`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub source: crate::ConfigSource,
     /// How long shutdown may take (leave the ring, hand traces off, drain, export).
     #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -165,7 +159,9 @@ pub fn log_addresses(g: &RunningGateway) {
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let mut stop = StopSignal::install()?;
-    let cfg = tailgate_config::load_file_with_overrides(&args.config, &args.set)
+    let cfg = args
+        .source
+        .load()
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
     crate::init_logging(

@@ -42,13 +42,7 @@ enum Command {
     /// prints what happened.
     Dev(dev::DevArgs),
     /// Check a config file; print the resolved pipelines or every error.
-    Validate {
-        #[arg(long)]
-        config: String,
-        /// Overrides as for `gateway --set` (keys joined by `::`).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-    },
+    Validate(ConfigSource),
     /// Send synthetic traces over OTLP/gRPC and report what happened.
     Loadgen(loadgen::LoadgenArgs),
     /// Runtime sampling override for the whole cluster ("raise sampling during an incident").
@@ -56,6 +50,44 @@ enum Command {
     Sampling(admin::SamplingCommand),
     /// Members, their states, the epoch, the leader, and what each gateway buffers.
     Status(admin::AdminArgs),
+}
+
+/// Where a command's config comes from: the file, `--set` overrides and `--feature-gates`,
+/// the collector's three flags with the collector's meanings.
+#[derive(clap::Args, Clone)]
+pub struct ConfigSource {
+    /// Collector-style YAML config.
+    #[arg(long)]
+    pub config: String,
+    /// Override one setting of the config, as the collector's `--set` does: keys joined by
+    /// `::`, the value read as YAML; repeatable, wins over the file. Example:
+    /// `--set receivers::otlp::protocols::grpc::endpoint=127.0.0.1:14317`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The collector's feature gates Tailgate implements, comma-separated; `-name` turns one
+    /// off. Known: `processor.tailsamplingprocessor.recordpolicy`.
+    #[arg(long = "feature-gates", value_name = "GATES")]
+    pub feature_gates: Vec<String>,
+}
+
+impl ConfigSource {
+    /// Loads and validates the config with the overrides and gates applied; every problem
+    /// is in the error.
+    pub fn load(&self) -> Result<tailgate_config::Config, tailgate_config::ConfigErrors> {
+        let gates = tailgate_config::FeatureGates::parse(&self.feature_gates);
+        let cfg = tailgate_config::load_file_with_overrides(&self.config, &self.set);
+        match (gates, cfg) {
+            (Ok(gates), Ok(mut cfg)) => {
+                gates.apply(&mut cfg);
+                Ok(cfg)
+            }
+            (Err(mut a), Err(b)) => {
+                a.0.extend(b.0);
+                Err(a)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
 }
 
 /// Parses durations the way configs write them (`30s`, `500ms`).
@@ -91,7 +123,7 @@ fn main() -> ExitCode {
             .expect("tokio runtime")
     };
     let result = match cli.command {
-        Command::Validate { config, set } => return validate::run(&config, &set),
+        Command::Validate(source) => return validate::run(&source),
         Command::Gateway(args) => runtime().block_on(gateway::run(args)),
         Command::Dev(args) => runtime().block_on(dev::run(args)),
         Command::Sampling(cmd) => runtime().block_on(admin::sampling(cmd)),

@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use tailgate_config::{Config, ExporterConfig, ProcessorConfig, load_file_with_overrides};
+use tailgate_config::{Config, ExporterConfig, ProcessorConfig};
 
-pub fn run(path: &str, overrides: &[String]) -> ExitCode {
-    match load_file_with_overrides(path, overrides) {
+pub fn run(source: &crate::ConfigSource) -> ExitCode {
+    let path = &source.config;
+    match source.load() {
         Ok(cfg) => {
             print!("{}", describe(&cfg));
             ExitCode::SUCCESS

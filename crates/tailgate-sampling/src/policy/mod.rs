@@ -11,6 +11,7 @@
 //! and the `now` passed in. Probabilistic sampling hashes only the trace ID (FNV-1a 64 with the
 //! salt, as the collector does), so every node decides alike.
 
+mod composite;
 mod rate;
 
 use std::collections::HashSet;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use regex::Regex;
 use tailgate_config::sampling::{PolicyConfig, PolicyType, StatusCodeName};
-use tailgate_otlp::{AnyValueRef, EncodedSpan, StatusCode, TraceId};
+use tailgate_otlp::{AnyValueRef, EncodedSpan, StatusCode, TraceId, export_request_len};
 use tailgate_ottl::Condition;
 use tailgate_processors::filter::{SpanContext, SpanEventContext};
 
@@ -55,21 +56,12 @@ impl Decision {
 pub struct TraceView<'a> {
     pub trace_id: TraceId,
     pub spans: &'a [EncodedSpan],
-    pub encoded_bytes: u64,
 }
 
 #[derive(Debug)]
 enum StringMatcher {
     Exact(HashSet<String>),
     Regex(Vec<Regex>),
-}
-
-#[derive(Debug)]
-struct CompositeSub {
-    policy: NamedPolicy,
-    /// Spans per second this sub-policy may keep.
-    bucket: TokenBucket,
-    allocated_sps: f64,
 }
 
 #[derive(Debug)]
@@ -128,11 +120,7 @@ enum Policy {
     And(Vec<NamedPolicy>),
     Not(Box<NamedPolicy>),
     Drop(Vec<NamedPolicy>),
-    Composite {
-        subs: Vec<CompositeSub>,
-        total: TokenBucket,
-        total_sps: f64,
-    },
+    Composite(composite::Composite),
 }
 
 /// A policy with its configured name.
@@ -287,10 +275,11 @@ impl NamedPolicy {
             PolicyType::RateLimiting => {
                 let r = cfg.rate_limiting.as_ref().expect("validated");
                 let rate = r.spans_per_second as f64;
+                // The collector's default burst: two seconds of the rate.
                 let burst = if r.burst_capacity > 0 {
                     r.burst_capacity as f64
                 } else {
-                    rate
+                    2.0 * rate
                 };
                 Policy::RateLimiting {
                     bucket: TokenBucket::new(rate * rate_share, burst * rate_share),
@@ -356,48 +345,10 @@ impl NamedPolicy {
                     .map(|p| NamedPolicy::compile(p, rate_share))
                     .collect(),
             ),
-            PolicyType::Composite => {
-                let c = cfg.composite.as_ref().expect("validated");
-                let total = c.max_total_spans_per_second as f64;
-                let allocated: u64 = c.rate_allocation.iter().map(|r| r.percent).sum();
-                let unallocated: Vec<&String> = c
-                    .policy_order
-                    .iter()
-                    .filter(|name| !c.rate_allocation.iter().any(|r| &r.policy == *name))
-                    .collect();
-                // Sub-policies without an allocation share what the others leave.
-                let leftover = total * (100 - allocated.min(100)) as f64 / 100.0;
-                let per_unallocated = if unallocated.is_empty() {
-                    0.0
-                } else {
-                    leftover / unallocated.len() as f64
-                };
-                let subs = c
-                    .policy_order
-                    .iter()
-                    .map(|name| {
-                        let sub_cfg = c
-                            .composite_sub_policy
-                            .iter()
-                            .find(|p| &p.name == name)
-                            .expect("validated order");
-                        let sps = match c.rate_allocation.iter().find(|r| &r.policy == name) {
-                            Some(r) => total * r.percent as f64 / 100.0,
-                            None => per_unallocated,
-                        };
-                        CompositeSub {
-                            policy: NamedPolicy::compile(sub_cfg, rate_share),
-                            bucket: TokenBucket::new(sps * rate_share, sps * rate_share),
-                            allocated_sps: sps,
-                        }
-                    })
-                    .collect();
-                Policy::Composite {
-                    subs,
-                    total: TokenBucket::new(total * rate_share, total * rate_share),
-                    total_sps: total,
-                }
-            }
+            PolicyType::Composite => Policy::Composite(composite::Composite::compile(
+                cfg.composite.as_ref().expect("validated"),
+                rate_share,
+            )),
         };
         NamedPolicy {
             name: cfg.name.clone(),
@@ -427,18 +378,7 @@ impl NamedPolicy {
                 subs.iter_mut().for_each(|s| s.set_rate_share(share))
             }
             Policy::Not(sub) => sub.set_rate_share(share),
-            Policy::Composite {
-                subs,
-                total,
-                total_sps,
-            } => {
-                total.rescale(*total_sps * share, *total_sps * share);
-                for s in subs {
-                    s.bucket
-                        .rescale(s.allocated_sps * share, s.allocated_sps * share);
-                    s.policy.set_rate_share(share);
-                }
-            }
+            Policy::Composite(c) => c.set_rate_share(share),
             _ => {}
         }
     }
@@ -515,7 +455,9 @@ impl NamedPolicy {
             }
             Policy::RateLimiting { bucket, .. } => yes(bucket.try_take(t.spans.len() as f64, now)),
             Policy::BytesLimiting { bucket, .. } => {
-                yes(bucket.try_take(t.encoded_bytes as f64, now))
+                // The collector charges the protobuf size of the trace's data, resource and
+                // scope included.
+                yes(bucket.try_take(export_request_len(t.spans) as f64, now))
             }
             Policy::SpanCount { min, max } => {
                 let n = t.spans.len() as u64;
@@ -558,23 +500,7 @@ impl NamedPolicy {
                 }
                 Decision::Dropped
             }
-            Policy::Composite { subs, total, .. } => {
-                let n = t.spans.len() as f64;
-                for sub in subs.iter_mut() {
-                    if sub.policy.evaluate(t, now).is_sampled() {
-                        // The first sub-policy that samples decides, within its share.
-                        if sub.bucket.try_take(n, now) {
-                            if total.try_take(n, now) {
-                                return Decision::Sampled;
-                            }
-                            // The total cap said no: give the sub-policy its tokens back.
-                            sub.bucket.give_back(n);
-                        }
-                        return Decision::NotSampled;
-                    }
-                }
-                Decision::NotSampled
-            }
+            Policy::Composite(c) => yes(c.evaluate(t, now)),
         }
     }
 }
@@ -589,6 +515,8 @@ pub struct Verdict {
     pub votes: Vec<(usize, Decision)>,
     /// Kept only because a runtime sampling override selected it.
     pub by_override: bool,
+    /// The sub-policy of a `composite` that sampled the trace (the last, if several did).
+    pub composite_policy: Option<String>,
 }
 
 /// The configured policies in evaluation order (drop policies first).
@@ -667,11 +595,21 @@ impl PolicySet {
             && self.override_threshold.is_some_and(|threshold| {
                 threshold > 0 && trace_id_hash(DEFAULT_HASH_SALT, &t.trace_id) <= threshold
             });
+        let composite_policy = votes
+            .iter()
+            .filter(|(_, d)| d.is_sampled())
+            .filter_map(|(i, _)| match &self.policies[*i].policy {
+                Policy::Composite(c) => c.sampled_by(),
+                _ => None,
+            })
+            .next_back()
+            .map(str::to_string);
         Verdict {
             keep: keep || by_override,
             decided_by: if by_override { None } else { decided_by },
             votes,
             by_override,
+            composite_policy,
         }
     }
 

@@ -74,12 +74,10 @@ fn vote(p: &mut NamedPolicy, spans: &[EncodedSpan]) -> Decision {
 }
 
 fn vote_at(p: &mut NamedPolicy, spans: &[EncodedSpan], now: Duration) -> Decision {
-    let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
     p.evaluate(
         &TraceView {
             trace_id: spans[0].meta.trace_id,
             spans,
-            encoded_bytes: bytes,
         },
         now,
     )
@@ -359,7 +357,6 @@ fn probabilistic_is_a_pure_function_of_the_trace_id_near_the_configured_rate() {
         let view = TraceView {
             trace_id: TraceId(id),
             spans: &spans,
-            encoded_bytes: 1,
         };
         let a = p.evaluate(&view, Duration::ZERO);
         assert_eq!(
@@ -391,19 +388,22 @@ fn rate_limiting_and_bytes_limiting_use_token_buckets() {
         json!({"name": "r", "type": "rate_limiting", "rate_limiting": {"spans_per_second": 25}}),
     );
     let t = Duration::from_secs(10);
-    assert_eq!(vote_at(&mut r, &spans, t), Sampled);
-    assert_eq!(vote_at(&mut r, &spans, t), Sampled);
+    for _ in 0..5 {
+        assert_eq!(vote_at(&mut r, &spans, t), Sampled);
+    }
     assert_eq!(
         vote_at(&mut r, &spans, t),
         NotSampled,
-        "25 tokens: two 10-span traces, not three"
+        "the collector's default burst is two seconds of the rate, 50 spans: five 10-span traces, not six"
     );
     assert_eq!(
         vote_at(&mut r, &spans, t + Duration::from_secs(1)),
         Sampled,
         "refilled"
     );
-    let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+    // The collector charges the trace's protobuf size, resource and scope included.
+    let bytes = tailgate_otlp::export_request_len(&spans) as u64;
+    assert!(bytes > spans.iter().map(|s| s.bytes.len() as u64).sum::<u64>());
     let mut b = policy(
         json!({"name": "b", "type": "bytes_limiting", "bytes_limiting": {"bytes_per_second": bytes, "burst_capacity": bytes}}),
     );
@@ -412,19 +412,19 @@ fn rate_limiting_and_bytes_limiting_use_token_buckets() {
 }
 
 #[test]
-fn composite_allocates_rates_in_policy_order() {
+fn composite_tries_sub_policies_in_their_listed_order_within_per_second_shares() {
     let errors = trace(1, vec![(1, 2, vec![]); 10], vec![]);
     let plain = trace(2, vec![(1, 0, vec![]); 10], vec![]);
+    // `policy_order` says rest first; the collector ignores it, and so does Tailgate.
     let mut c = policy(json!({"name": "c", "type": "composite", "composite": {
         "max_total_spans_per_second": 40,
-        "policy_order": ["errors", "rest"],
+        "policy_order": ["rest", "errors"],
         "composite_sub_policy": [
             {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
             {"name": "rest", "type": "always_sample"}],
-        "rate_allocation": [{"policy": "errors", "percent": 50}]}}));
+        "rate_allocation": [{"policy": "errors", "percent": 25}]}}));
     let t = Duration::from_secs(5);
-    // errors: 20 sps → two 10-span traces; rest: the other 50% → two.
-    assert_eq!(vote_at(&mut c, &errors, t), Sampled);
+    // errors: 25% of 40 = 10 sps → one 10-span trace; rest: an equal share (40 / 2 = 20) → two.
     assert_eq!(vote_at(&mut c, &errors, t), Sampled);
     assert_eq!(
         vote_at(&mut c, &errors, t),
@@ -434,6 +434,35 @@ fn composite_allocates_rates_in_policy_order() {
     assert_eq!(vote_at(&mut c, &plain, t), Sampled);
     assert_eq!(vote_at(&mut c, &plain, t), Sampled);
     assert_eq!(vote_at(&mut c, &plain, t), NotSampled);
+    let Policy::Composite(inner) = &c.policy else {
+        unreachable!()
+    };
+    assert_eq!(
+        inner.sampled_by(),
+        None,
+        "the last evaluation did not sample"
+    );
+    // A new second starts every budget from zero.
+    let next = t + Duration::from_secs(1);
+    assert_eq!(vote_at(&mut c, &errors, next), Sampled);
+    let Policy::Composite(inner) = &c.policy else {
+        unreachable!()
+    };
+    assert_eq!(inner.sampled_by(), Some("errors"));
+}
+
+#[test]
+fn composite_caps_the_sum_of_its_sub_policies_at_the_total() {
+    let plain = trace(2, vec![(1, 0, vec![]); 10], vec![]);
+    let mut c = policy(json!({"name": "c", "type": "composite", "composite": {
+        "max_total_spans_per_second": 20,
+        "composite_sub_policy": [
+            {"name": "a", "type": "span_count", "span_count": {"min_spans": 10}},
+            {"name": "b", "type": "always_sample"}],
+        "rate_allocation": [{"policy": "a", "percent": 50}, {"policy": "b", "percent": 50}]}}));
+    let t = Duration::from_secs(5);
+    assert_eq!(vote_at(&mut c, &plain, t), Sampled, "a: 10 of 10");
+    assert_eq!(vote_at(&mut c, &plain, t), NotSampled, "a is spent");
 }
 
 /// Combination table: the votes of several policies and the collector's final decision.
@@ -498,12 +527,10 @@ fn combination_semantics_table() {
             .map(|c| serde_json::from_value((*c).clone()).unwrap())
             .collect();
         let mut set = PolicySet::compile(&configs, false, 1.0);
-        let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
         let v = set.decide(
             &TraceView {
                 trace_id: spans[0].meta.trace_id,
                 spans,
-                encoded_bytes: bytes,
             },
             Duration::ZERO,
         );
@@ -527,7 +554,6 @@ fn sample_on_first_match_stops_at_the_first_sampled_vote() {
     let view = TraceView {
         trace_id: spans[0].meta.trace_id,
         spans: &spans,
-        encoded_bytes: 1,
     };
     let mut first = PolicySet::compile(&configs, true, 1.0);
     assert_eq!(first.decide(&view, Duration::ZERO).votes.len(), 1);
