@@ -199,7 +199,7 @@ async fn cluster_with_g0_on(g0_port: u16) -> Cluster {
         sink_addr,
         join,
         nodes,
-        policies: KEEP_EVERYTHING,
+        member_config: crate::cluster::with_policies(KEEP_EVERYTHING),
     };
     c.wait_owners(3).await;
     c

@@ -24,7 +24,16 @@ pub(crate) struct Cluster {
     /// Cluster ports of the initial members: every gateway's `--join` list.
     pub(crate) join: String,
     pub(crate) nodes: BTreeMap<String, (Gateway, u16)>,
-    pub(crate) policies: &'static str,
+    /// Each member's config from the sink's address and its name.
+    pub(crate) member_config: MemberConfig,
+}
+
+/// A member's config text from the sink's address and the member's name.
+pub(crate) type MemberConfig = std::sync::Arc<dyn Fn(std::net::SocketAddr, &str) -> String + Send + Sync>;
+
+/// Members on [`config`] with `policies`.
+pub(crate) fn with_policies(policies: &'static str) -> MemberConfig {
+    std::sync::Arc::new(move |sink, name| config(sink, name, policies))
 }
 
 pub(crate) const KEEP_EVERYTHING: &str = r#"
@@ -60,10 +69,14 @@ pub(crate) fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> 
 
 impl Cluster {
     pub(crate) async fn start(n: usize, member_timeout: &str) -> Cluster {
-        Self::start_with(n, member_timeout, KEEP_EVERYTHING).await
+        Self::start_with(n, member_timeout, with_policies(KEEP_EVERYTHING)).await
     }
 
-    async fn start_with(n: usize, member_timeout: &str, policies: &'static str) -> Cluster {
+    pub(crate) async fn start_with(
+        n: usize,
+        member_timeout: &str,
+        member_config: MemberConfig,
+    ) -> Cluster {
         let (sink, sink_addr) = Sink::start().await;
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let join = cluster_ports
@@ -76,12 +89,12 @@ impl Cluster {
             sink_addr,
             join,
             nodes: BTreeMap::new(),
-            policies,
+            member_config,
         };
         // Started together, as a StatefulSet with parallel pod management does.
         let starts = cluster_ports.iter().enumerate().map(|(i, port)| {
             let name = format!("g{i}");
-            let cfg = config(sink_addr, &name, policies);
+            let cfg = (c.member_config)(sink_addr, &name);
             let join = c.join.clone();
             let port = *port;
             let timeout = member_timeout.to_string();
@@ -98,9 +111,38 @@ impl Cluster {
     }
 
     pub(crate) async fn add(&mut self, name: &str, ports: Ports, cluster_port: u16) {
-        let cfg = config(self.sink_addr, name, self.policies);
+        let cfg = (self.member_config)(self.sink_addr, name);
         let gw = start_member(&cfg, ports, name, cluster_port, &self.join, "3s").await;
         self.nodes.insert(name.to_string(), (gw, cluster_port));
+    }
+
+    /// A rolling-restart step, as a StatefulSet does it: SIGTERM (the member leaves the ring
+    /// and hands its traces off), a clean exit, the same member back on the same addresses,
+    /// and every member routing by the full ring again. Returns the traces the survivors
+    /// received by handoff up to the moment the old process was gone.
+    pub(crate) async fn restart(&mut self, name: &str) -> f64 {
+        let (mut gw, port) = self.nodes.remove(name).unwrap();
+        let ports = gw.ports;
+        let status = gw.terminate().await;
+        assert!(
+            status.success(),
+            "{name} exited with {status}; log:\n{}",
+            gw.log()
+        );
+        let log = gw.log();
+        assert!(
+            log.contains("left the ring"),
+            "{name} did not leave gracefully:\n{log}"
+        );
+        // Its metrics went with it; the survivors counted what they received.
+        let handed_off = self
+            .sum_metric("tailgate_cluster_handoff_received_traces_total")
+            .await;
+        drop(gw);
+        let members = self.nodes.len() + 1;
+        self.add(name, ports, port).await;
+        self.wait_owners(members).await;
+        handed_off
     }
 
     /// Waits until every running gateway routes by a ring of `n` owners at one epoch.
@@ -317,26 +359,7 @@ async fn rolling_restart_under_load_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut handed_off = 0.0;
     for name in ["g0", "g1", "g2"] {
-        let (mut gw, port) = c.nodes.remove(name).unwrap();
-        let ports = gw.ports;
-        let status = gw.terminate().await;
-        assert!(
-            status.success(),
-            "{name} exited with {status}; log:\n{}",
-            gw.log()
-        );
-        let log = gw.log();
-        assert!(
-            log.contains("left the ring"),
-            "{name} did not leave gracefully:\n{log}"
-        );
-        // Its metrics went with it; the survivors counted what they received.
-        handed_off += c
-            .sum_metric("tailgate_cluster_handoff_received_traces_total")
-            .await;
-        drop(gw);
-        c.add(name, ports, port).await;
-        c.wait_owners(3).await;
+        handed_off += c.restart(name).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (sent, failed) = load.finish().await;
@@ -446,7 +469,7 @@ fn admin(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_override_reaches_every_gateway_and_expires_and_status_shows_the_cluster() {
-    let c = Cluster::start_with(3, "3s", KEEP_ERRORS).await;
+    let c = Cluster::start_with(3, "3s", with_policies(KEEP_ERRORS)).await;
     let some = format!("127.0.0.1:{}", c.nodes["g2"].1);
     let status = admin(&["status", "--admin", &some]);
     for name in ["g0", "g1", "g2"] {

@@ -240,3 +240,94 @@ async fn a_tailgate_agent_in_front_of_collector_gateways_passes_the_articles_sam
     }
     crate::sampling::check_article_sampling(&sent, sink.spans());
 }
+
+/// Traces the Python SDK sends through the collector agent while the gateways roll, one
+/// every [`ROLLING_PACE_MS`]: about 24 s of traffic, longer than three restarts take (~3 s
+/// each on loopback, starting 3 s in).
+const ROLLING_TRACES: u32 = 600;
+const ROLLING_PACE_MS: &str = "40";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Go to build the reference collector (tests/peers/build-collector.sh); .ci/run runs it where Go exists"]
+async fn a_collector_agent_on_the_articles_config_feeds_rolling_tailgate_gateways_whole_and_once() {
+    let collector = tokio::task::spawn_blocking(reference_collector)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Three Tailgate gateways on the article's gateway config, one Raft-agreed ring.
+    let mut cluster = crate::cluster::Cluster::start_with(
+        3,
+        "3s",
+        std::sync::Arc::new(|sink, _name| crate::support::article_gateway_config(sink.port())),
+    )
+    .await;
+    let hostnames: Vec<String> = cluster
+        .nodes
+        .values()
+        .map(|(g, _)| format!("127.0.0.1:{}", g.ports.grpc))
+        .collect();
+    // The article's agent config, unchanged but for what an operator outside Kubernetes
+    // moves with `--set`: addresses, a static resolver over the gateways' stable addresses
+    // (a StatefulSet's pod names), k8sattributes in passthrough (no API server here).
+    let config = crate::support::tests_path("configs/collector-agent-config.yaml");
+    let otlp = free_port();
+    let sets = [
+        format!("--set=receivers::otlp::protocols::grpc::endpoint=127.0.0.1:{otlp}"),
+        format!(
+            "--set=receivers::otlp::protocols::http::endpoint=127.0.0.1:{}",
+            free_port()
+        ),
+        "--set=exporters::loadbalancing::resolver::k8s=null".to_string(),
+        format!(
+            "--set=exporters::loadbalancing::resolver::static::hostnames=[{}]",
+            hostnames.join(",")
+        ),
+        "--set=processors::k8sattributes::passthrough=true".to_string(),
+        "--set=service::telemetry::metrics::level=none".to_string(),
+    ];
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend(sets.iter().map(String::as_str));
+    let agent = start(&collector, &args, otlp, 0, &[], dir.path(), "agent").await;
+
+    let endpoint = format!("http://127.0.0.1:{otlp}");
+    let sender = tokio::task::spawn_blocking(move || {
+        let mut extra = crate::sampling::ARTICLE_TRAFFIC.to_vec();
+        extra.extend(["--pace-ms", ROLLING_PACE_MS]);
+        crate::python_sdk::python_send_args("grpc", &endpoint, ROLLING_TRACES, &extra)
+    });
+    // Roll every gateway while the SDK sends; each comes back on its address.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut handed_off = 0.0;
+    for name in ["g0", "g1", "g2"] {
+        handed_off += cluster.restart(name).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        !sender.is_finished(),
+        "the SDK traffic must span the restarts; make it longer"
+    );
+    let sent = sender.await.unwrap();
+    assert_eq!(sent["export_failures"], 0, "{}", agent.log());
+    // The agent batches for up to 5 s, the gateways decide 10 s after a trace's first span
+    // (the article's decision_wait); then the sink goes quiet.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let mut last = cluster.sink.spans().len();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = cluster.sink.spans().len();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    eprintln!(
+        "{} traces sent, {} spans at the backend, {handed_off} traces handed off",
+        sent["traces"].as_array().unwrap().len(),
+        last
+    );
+    assert!(
+        handed_off > 0.0,
+        "no trace was handed off: the restarts did not meet buffered traces"
+    );
+    crate::sampling::check_article_sampling(&sent, cluster.sink.spans());
+}

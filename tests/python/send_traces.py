@@ -62,6 +62,10 @@ def main():
         "--health-checks", type=int, default=0,
         help="also send this many single-span probe traces (/healthz, /readyz, /metrics)",
     )
+    p.add_argument(
+        "--pace-ms", type=int, default=0,
+        help="pause this long after each trace, to spread the traffic over time",
+    )
     args = p.parse_args()
 
     attrs = {"service.name": args.service}
@@ -106,6 +110,8 @@ def main():
                     "slow": bool(slow),
                 }
             )
+        if args.pace_ms:
+            time.sleep(args.pace_ms / 1000)
     probes = []
     for i in range(args.health_checks):
         route = ["/healthz", "/readyz", "/metrics"][i % 3]
