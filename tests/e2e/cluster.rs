@@ -29,7 +29,8 @@ pub(crate) struct Cluster {
 }
 
 /// A member's config text from the sink's address and the member's name.
-pub(crate) type MemberConfig = std::sync::Arc<dyn Fn(std::net::SocketAddr, &str) -> String + Send + Sync>;
+pub(crate) type MemberConfig =
+    std::sync::Arc<dyn Fn(std::net::SocketAddr, &str) -> String + Send + Sync>;
 
 /// Members on [`config`] with `policies`.
 pub(crate) fn with_policies(policies: &'static str) -> MemberConfig {

@@ -9,6 +9,7 @@ mod cluster;
 mod containers;
 mod exporters;
 mod extensions;
+mod hosts;
 mod mixed_fleet;
 mod otlp;
 mod overload;
