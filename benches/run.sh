@@ -2,7 +2,8 @@
 # One command for the figures in docs/performance.md: builds release binaries and the reference
 # collector (tests/peers/), installs rotel if it is missing, then runs P1 (Tailgate beside the
 # collector's tail_sampling on the same YAML, and rotel), P2, P4, P3 (handoff) and the agent's
-# cost. Extra arguments go to the P1 run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
+# cost (the Tailgate agent beside the collector on the same agent YAML, a forward-only agent and
+# rotel). Extra arguments go to the P1 run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,4 @@ fi
 ./target/release/tailgate-bench memory
 ./target/release/tailgate-bench latency
 ./target/release/tailgate-bench handoff
-./target/release/tailgate-bench agent "${rotel_flag[@]}"
+./target/release/tailgate-bench agent "${rotel_flag[@]}" "${collector_flag[@]}"

@@ -4,8 +4,13 @@
 //!   (pods from an in-process fake API server, found by the connection's address, 5 metadata
 //!   attributes + 2 labels added to every resource), `filter/drop_health_checks` (3 OTTL
 //!   conditions on every span), `batch`, `loadbalancing` by trace ID over 3 sinks;
+//! - `collector`: the reference OpenTelemetry Collector (`tests/peers/`) on the same YAML — its
+//!   `k8sattributes` watching the same fake API server, its `loadbalancing` over the same sinks;
 //! - `forward`: the cheapest agent — `memory_limiter`, `batch`, one `otlp` exporter;
 //! - `rotel`: rotel-agent forwarding to one sink (when installed).
+//!
+//! The sinks count the spans whose resource carries `k8s.pod.name`, printed as "enriched": an
+//! agent that skipped the enrichment would look cheap for the wrong reason.
 //!
 //! The agent routes by hashing over the three endpoints (the sinks serve no `WatchRing`):
 //! the per-span work is the same ring lookup as routing by the gateways' ring.
@@ -20,7 +25,7 @@ use serde_json::json;
 use tailgate_k8s::fake_api::FakeApiServer;
 
 use crate::measure::{
-    Proc, cpu_seconds, find_rotel, free_port, loadgen, median, pinned, sink_count, start_sink,
+    Proc, cpu_seconds, find_rotel, free_port, loadgen, median, pinned, sink_counts, start_sink,
     status_kib, wait_drained, wait_port,
 };
 use crate::sibling_binary;
@@ -39,6 +44,10 @@ pub struct AgentArgs {
     pub rotel: Option<PathBuf>,
     #[arg(long)]
     pub no_rotel: bool,
+    /// The reference OpenTelemetry Collector (`tests/peers/build-collector.sh` prints its
+    /// path), run on the same agent YAML.
+    #[arg(long)]
+    pub collector: Option<PathBuf>,
 }
 
 const AGENT_CONFIG: &str = r#"
@@ -167,6 +176,31 @@ struct Run {
     cpu_s: f64,
     peak_rss_mib: f64,
     delivered: u64,
+    enriched: u64,
+}
+
+/// Starts `program ARGS` on core 0 with the fake API server's kubeconfig.
+fn pinned_with_kubeconfig(
+    program: &std::path::Path,
+    args: &[&str],
+    kubeconfig: &std::path::Path,
+    name: &str,
+    log: &std::path::Path,
+) -> anyhow::Result<Proc> {
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(program)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+    Ok(Proc {
+        child,
+        name: name.into(),
+    })
 }
 
 fn run_once(
@@ -183,6 +217,17 @@ fn run_once(
         std::process::id()
     ));
     std::fs::create_dir_all(&dir)?;
+    let config = |template: &str| -> anyhow::Result<String> {
+        let text = template
+            .replace("{grpc}", &port.to_string())
+            .replace("{sink0}", &sinks[0].1.to_string())
+            .replace("{sink1}", &sinks[1].1.to_string())
+            .replace("{sink2}", &sinks[2].1.to_string());
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let log = dir.join(format!("{system}.log"));
     let target = match system {
         "rotel" => pinned(
             "0",
@@ -206,37 +251,38 @@ fn run_once(
             ],
             "rotel",
         )?,
-        _ => {
-            let text = if system == "agent" {
-                AGENT_CONFIG
-            } else {
-                FORWARD_CONFIG
-            }
-            .replace("{grpc}", &port.to_string())
-            .replace("{sink0}", &sinks[0].1.to_string())
-            .replace("{sink1}", &sinks[1].1.to_string())
-            .replace("{sink2}", &sinks[2].1.to_string());
-            let path = dir.join("agent.yaml");
-            std::fs::write(&path, text)?;
-            let child = Command::new("taskset")
-                .args(["-c", "0"])
-                .arg(sibling_binary("tailgate"))
-                .args(["agent", "--config", &path.display().to_string()])
-                .env("KUBECONFIG", kubeconfig)
-                .env_remove("KUBERNETES_SERVICE_HOST")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start tailgate agent")?;
-            Proc {
-                child,
-                name: "tailgate agent".into(),
-            }
-        }
+        "collector" => pinned_with_kubeconfig(
+            args.collector.as_ref().expect("collector path"),
+            &["--config", &config(AGENT_CONFIG)?],
+            kubeconfig,
+            "collector",
+            &log,
+        )?,
+        "agent" | "forward" => pinned_with_kubeconfig(
+            &sibling_binary("tailgate"),
+            &[
+                "agent",
+                "--config",
+                &config(if system == "agent" {
+                    AGENT_CONFIG
+                } else {
+                    FORWARD_CONFIG
+                })?,
+            ],
+            kubeconfig,
+            "tailgate agent",
+            &log,
+        )?,
+        other => unreachable!("no system {other}"),
     };
     wait_port(port, &target.name)?;
     let pid = target.child.id();
-    let delivered = || sinks.iter().map(|(_, p)| sink_count(*p)).sum::<u64>();
+    let delivered = || {
+        sinks
+            .iter()
+            .map(|(_, p)| sink_counts(*p))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
     loadgen(
         &[port],
         args.warmup_seconds,
@@ -257,13 +303,29 @@ fn run_once(
     }
     let cpu1 = cpu_seconds(pid)?;
     let peak = status_kib(pid, "VmHWM:")? as f64 / 1024.0;
+    let after = delivered();
+    let enriching = matches!(system, "agent" | "collector");
+    if enriching && after.1 - before.1 < after.0 - before.0 {
+        let tail: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(15)
+            .map(str::to_string)
+            .collect();
+        eprintln!(
+            "{system}: some spans arrived without Kubernetes metadata; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Run {
         system,
         spans_in,
         cpu_s: cpu1 - cpu0,
         peak_rss_mib: peak,
-        delivered: delivered() - before,
+        delivered: after.0 - before.0,
+        enriched: after.1 - before.1,
     })
 }
 
@@ -289,12 +351,16 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "{:<4} {:<8} {:>12} {:>9} {:>12} {:>13} {:>12}",
-        "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "delivered"
+        "{:<4} {:<9} {:>12} {:>9} {:>12} {:>13} {:>12} {:>12}",
+        "run", "system", "spans in", "cpu s", "cpu s / 1M", "peak RSS MiB", "delivered", "enriched"
     );
     let mut results: Vec<Run> = Vec::new();
     for round in 0..args.rounds {
-        let mut systems = vec!["agent", "forward"];
+        let mut systems = vec!["agent"];
+        if args.collector.is_some() {
+            systems.push("collector");
+        }
+        systems.push("forward");
         if rotel.is_some() {
             systems.push("rotel");
         }
@@ -307,14 +373,15 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
                 42 + round as u64,
             )?;
             println!(
-                "{:<4} {:<8} {:>12} {:>9.2} {:>12.3} {:>13.0} {:>12}",
+                "{:<4} {:<9} {:>12} {:>9.2} {:>12.3} {:>13.0} {:>12} {:>12}",
                 format!("{}{}", (b'A' + i as u8) as char, round + 1),
                 r.system,
                 r.spans_in,
                 r.cpu_s,
                 r.cpu_s / r.spans_in.max(1) as f64 * 1e6,
                 r.peak_rss_mib,
-                r.delivered
+                r.delivered,
+                r.enriched
             );
             results.push(r);
         }
@@ -335,6 +402,13 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         "median forward-only agent: {f:.3} CPU-s per 1M spans; enrichment, filter and routing cost {:.2}x",
         a / f
     );
+    if args.collector.is_some() {
+        let c = med("collector");
+        println!(
+            "median collector (the same agent YAML): {c:.3} CPU-s per 1M spans; ratio collector / agent {:.2}x",
+            c / a
+        );
+    }
     if rotel.is_some() {
         let r = med("rotel");
         println!(

@@ -228,10 +228,14 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
 }
 
 pub(crate) fn sink_count(sink_port: u16) -> u64 {
-    http_get(sink_port + 1, "/count")
-        .ok()
-        .and_then(|b| b.trim().parse().ok())
-        .unwrap_or(0)
+    sink_counts(sink_port).0
+}
+
+/// (spans received, spans whose resource carries `k8s.pod.name`) by the counting sink.
+pub(crate) fn sink_counts(sink_port: u16) -> (u64, u64) {
+    let body = http_get(sink_port + 1, "/count").unwrap_or_default();
+    let mut fields = body.split_whitespace().map(|f| f.parse().unwrap_or(0));
+    (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
 }
 
 pub(crate) fn metric(port: u16, name: &str) -> f64 {

@@ -1,5 +1,6 @@
 //! A minimal OTLP/gRPC sink: takes raw request bytes, counts spans by scanning, keeps nothing.
-//! Serves the count at `GET /count` on port+1 for the benchmark driver.
+//! Serves `GET /count` on port+1 for the benchmark driver: the spans received, then those whose
+//! resource carries `k8s.pod.name` (an agent's enrichment happened), space-separated.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,16 +12,25 @@ use tailgate_otlp::codec::{RawCodec, TRACE_SERVICE_NAME};
 use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::server::{NamedService, UnaryService};
 
+/// The resource attribute an enriching agent adds.
+const ENRICHED_ATTRIBUTE: &str = "k8s.pod.name";
+
+#[derive(Clone, Default)]
+struct Counts {
+    spans: Arc<AtomicU64>,
+    enriched: Arc<AtomicU64>,
+}
+
 #[derive(Clone)]
 struct CountingSink {
-    spans: Arc<AtomicU64>,
+    counts: Counts,
 }
 
 impl NamedService for CountingSink {
     const NAME: &'static str = TRACE_SERVICE_NAME;
 }
 
-struct Export(Arc<AtomicU64>);
+struct Export(Counts);
 
 impl UnaryService<Bytes> for Export {
     type Response = Bytes;
@@ -28,12 +38,21 @@ impl UnaryService<Bytes> for Export {
         Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>,
     >;
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let counter = Arc::clone(&self.0);
+        let counts = self.0.clone();
         Box::pin(async move {
-            let n = tailgate_otlp::scan_export_request(request.get_ref())
-                .map(|s| s.spans.len())
-                .unwrap_or(0);
-            counter.fetch_add(n as u64, Ordering::Relaxed);
+            if let Ok(scanned) = tailgate_otlp::scan_export_request(request.get_ref()) {
+                let enriched = scanned
+                    .spans
+                    .iter()
+                    .filter(|s| s.resource_attribute(ENRICHED_ATTRIBUTE).is_some())
+                    .count();
+                counts
+                    .spans
+                    .fetch_add(scanned.spans.len() as u64, Ordering::Relaxed);
+                counts
+                    .enriched
+                    .fetch_add(enriched as u64, Ordering::Relaxed);
+            }
             Ok(tonic::Response::new(Bytes::new()))
         })
     }
@@ -53,21 +72,21 @@ where
         Poll::Ready(Ok(()))
     }
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let spans = Arc::clone(&self.spans);
+        let counts = self.counts.clone();
         Box::pin(async move {
             let mut enc = EnabledCompressionEncodings::default();
             enc.enable(CompressionEncoding::Gzip);
             let mut grpc = tonic::server::Grpc::new(RawCodec::default())
                 .apply_compression_config(enc, enc)
                 .apply_max_message_size_config(Some(64 << 20), None);
-            Ok(grpc.unary(Export(spans), req).await)
+            Ok(grpc.unary(Export(counts), req).await)
         })
     }
 }
 
 pub async fn serve(port: u16) -> anyhow::Result<()> {
-    let spans = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&spans);
+    let counts = Counts::default();
+    let served = counts.clone();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port + 1)).await?;
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,8 +103,11 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let n = counter.load(Ordering::Relaxed);
-            let body = n.to_string();
+            let body = format!(
+                "{} {}",
+                served.spans.load(Ordering::Relaxed),
+                served.enriched.load(Ordering::Relaxed)
+            );
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -95,7 +117,7 @@ pub async fn serve(port: u16) -> anyhow::Result<()> {
     });
     let grpc = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tonic::transport::Server::builder()
-        .add_service(CountingSink { spans })
+        .add_service(CountingSink { counts })
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
         .await?;
     Ok(())

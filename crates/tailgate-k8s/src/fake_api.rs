@@ -5,6 +5,9 @@
 //!   (`a.b=v`, `a.b!=v`) and `labelSelector` (`k=v`, `k!=v`, `k`, `!k`);
 //! - `GET <collection>?watch=1&resourceVersion=N` streams `ADDED` / `MODIFIED` / `DELETED`
 //!   events after `N` as JSON lines, then live ones;
+//! - `...&watch=1&sendInitialEvents=true` is a streaming list (what client-go's informers ask
+//!   for since Kubernetes 1.32): an `ADDED` event per object, then a `BOOKMARK` annotated
+//!   `k8s.io/initial-events-end: "true"`, then live events;
 //! - [`FakeApiServer::expire_watches`] ends every watch with an `ERROR` event carrying a
 //!   `410 Gone` Status and makes older resource versions expired, which forces a relist — as
 //!   etcd compaction does.
@@ -182,6 +185,41 @@ fn line(kind: &str, obj: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// Kinds whose collections may be watched before any object of theirs was applied: the
+/// end-of-initial-events bookmark names its kind.
+const KNOWN_KINDS: &[(&str, &str)] = &[
+    ("v1", "Pod"),
+    ("v1", "Namespace"),
+    ("v1", "Node"),
+    ("v1", "Service"),
+    ("apps/v1", "ReplicaSet"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+];
+
+/// The bookmark that ends a streaming list's initial events at resource version `rv`.
+fn initial_events_end(collection: &str, rv: u64) -> Bytes {
+    let (api_version, kind) = KNOWN_KINDS
+        .iter()
+        .find(|(v, k)| collection_of(v, k) == collection)
+        .copied()
+        .unwrap_or(("v1", ""));
+    line(
+        "BOOKMARK",
+        &json!({
+            "apiVersion": api_version, "kind": kind,
+            "metadata": {
+                "resourceVersion": rv.to_string(),
+                "annotations": {"k8s.io/initial-events-end": "true"}
+            }
+        }),
+    )
+}
+
 fn gone() -> Bytes {
     line(
         "ERROR",
@@ -352,7 +390,17 @@ async fn handle(
         .and_then(|v| v.parse().ok())
         .unwrap_or(current);
     let (tx, rx) = mpsc::unbounded_channel();
-    if c.expired_through.is_some_and(|e| from <= e) {
+    if q.get("sendInitialEvents").is_some_and(|v| v == "true") {
+        for obj in c.objects.values().filter(|o| in_scope(o)) {
+            let _ = tx.send(line("ADDED", obj));
+        }
+        let _ = tx.send(initial_events_end(&path, current));
+        c.watchers.push(Watcher {
+            namespace,
+            selector,
+            tx,
+        });
+    } else if c.expired_through.is_some_and(|e| from <= e) {
         let _ = tx.send(gone());
         drop(tx);
     } else {

@@ -514,3 +514,54 @@ async fn the_service_resolver_follows_ready_endpoints_across_slices() {
     .expect("slice deleted")
     .unwrap();
 }
+
+/// Reads from a raw HTTP/1.1 response until `needle` has appeared; returns everything read.
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 5 s; got:\n{seen}"))
+            .unwrap();
+        assert!(n > 0, "stream ended before {needle:?}; got:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_list_sends_every_object_then_the_end_bookmark_then_live_events() {
+    use tokio::io::AsyncWriteExt;
+    // What client-go's informers ask for since Kubernetes 1.32 (the collector's k8sattributes
+    // among them): the list as watch events, ended by an annotated bookmark.
+    let api = FakeApiServer::start().await.unwrap();
+    seed(&api);
+    let addr = api.url().trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /api/v1/pods?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan HTTP/1.1\r\nHost: api\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "k8s.io/initial-events-end").await;
+    let bookmark = seen.find("\"BOOKMARK\"").unwrap();
+    let added = seen
+        .find("\"ADDED\"")
+        .expect("the existing pods come first");
+    assert!(added < bookmark, "{seen}");
+    assert!(
+        seen.contains("\"kind\":\"Pod\""),
+        "the bookmark names its kind: {seen}"
+    );
+    api.apply(pod(
+        "late",
+        "uid-late",
+        "10.1.9.9",
+        "node-a",
+        owner("ReplicaSet", "shop-5d8f", "rs-1"),
+        json!({}),
+    ));
+    read_until(&mut stream, &mut seen, "uid-late").await;
+}
