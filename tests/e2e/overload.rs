@@ -314,8 +314,11 @@ async fn a_limiter_that_refused_lets_go_once_memory_is_free_and_sdk_retries_deli
     sink.behaviour.lock().unwrap().stalled = true;
     sink.behaviour.lock().unwrap().keep_service = Some("py-shop".into());
     let limiter = "  memory_limiter:\n    check_interval: 200ms\n    limit_mib: 96\n    spike_limit_mib: 32\n";
+    // Full batches whatever the pace: on a busy machine a 100 ms timeout would flush small
+    // batches, and the queue would fill by its count of batches before memory filled.
     let config = gateway_config(addr, limiter, "memory_limiter, batch", "")
-        .replace("send_batch_size: 100\n", "send_batch_size: 1024\n");
+        .replace("send_batch_size: 100\n", "send_batch_size: 1024\n")
+        .replace("timeout: 100ms\n", "timeout: 2s\n");
     let gw = Gateway::start(&config).await;
 
     let endpoint = gw.grpc_url();

@@ -4,8 +4,9 @@
 //!
 //! - [`raft`]: type config, in-memory log and state machine over `tailgate_ring::ClusterState`.
 //! - [`network`]: channels per peer over the pipeline's `Network` seam, openraft's RPCs over gRPC.
-//! - [`node`]: [`ClusterNode`] — bootstrap/join, leader duties, leaving, and the
+//! - [`node`]: [`ClusterNode`] — bootstrap/join, leader duties, admin, leaving, and the
 //!   `ClusterLink` the tail-sampling engine routes through.
+//! - [`delivery`]: [`Delivery`], what the node delivers forwarded spans and handoffs to.
 //! - [`server`]: the `Cluster` and `RingWatch` gRPC services.
 //! - [`transfer`]: forward and handoff messages (spans stay encoded).
 
@@ -14,6 +15,8 @@ pub mod proto {
     tonic::include_proto!("tailgate.cluster.v1");
 }
 
+pub mod delivery;
+mod error;
 pub mod gateway;
 pub mod network;
 pub mod node;
@@ -21,6 +24,8 @@ pub mod raft;
 pub mod server;
 pub mod transfer;
 
+pub use delivery::Delivery;
+pub use error::ClusterError;
 pub use node::{ClusterNode, ClusterSettings, WallClock, system_wall_clock};
 
 /// The epoch this node routes by.

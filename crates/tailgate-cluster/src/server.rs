@@ -52,9 +52,9 @@ fn engine_error(e: ConsumeError) -> Status {
 }
 
 impl ClusterService {
-    fn engine(&self) -> Result<Arc<tailgate_pipeline::sampling::TailSamplingStage>, Status> {
+    fn delivery(&self) -> Result<Arc<dyn crate::Delivery>, Status> {
         self.node
-            .engine()
+            .delivery()
             .ok_or_else(|| Status::unavailable("this gateway's sampling engine is not running"))
     }
 }
@@ -146,12 +146,12 @@ impl Cluster for ClusterService {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
         let req = request.into_inner();
-        let engine = self.engine()?;
+        let delivery = self.delivery()?;
         self.node.catch_up(req.epoch).await;
         let hops = req.hops;
         let spans = transfer::forwarded_spans(req).map_err(bad)?;
-        engine
-            .ingest_forwarded(spans, hops)
+        delivery
+            .forwarded(spans, hops)
             .await
             .map_err(engine_error)?;
         Ok(Response::new(ForwardReply {
@@ -164,12 +164,12 @@ impl Cluster for ClusterService {
         request: Request<HandoffRequest>,
     ) -> Result<Response<HandoffReply>, Status> {
         let req = request.into_inner();
-        let engine = self.engine()?;
+        let delivery = self.delivery()?;
         self.node.catch_up(req.epoch).await;
         let (traces, decisions) = transfer::handoff_contents(req).map_err(bad)?;
         let n = traces.len() as u32;
-        engine
-            .accept_handoff(traces, decisions)
+        delivery
+            .handed_off(traces, decisions)
             .await
             .map_err(engine_error)?;
         metrics::counter!(crate::CLUSTER_HANDOFF_RECEIVED_TRACES).increment(u64::from(n));

@@ -69,6 +69,19 @@ pub enum EarlyReason {
 }
 
 impl EarlyReason {
+    /// Every reason, in the order of [`EarlyReason::index`].
+    pub const ALL: [EarlyReason; 4] = [
+        EarlyReason::BufferFull,
+        EarlyReason::NumTraces,
+        EarlyReason::TraceTooLarge,
+        EarlyReason::Shutdown,
+    ];
+
+    /// Position in [`EarlyReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             EarlyReason::BufferFull => "buffer_full",
@@ -95,10 +108,11 @@ pub struct ShardCounters {
     /// Spans of a trace whose decision was already forgotten (they start a new trace).
     pub late_spans_after_forget: u64,
     pub traces_new: u64,
-    /// `(policy index, decision)` votes.
-    pub votes: BTreeMap<(usize, &'static str), u64>,
-    /// Final decisions: `sampled`, `not_sampled`, `dropped`.
-    pub decisions: BTreeMap<&'static str, u64>,
+    /// `(policy index, vote)` counts.
+    pub votes: BTreeMap<(usize, Decision), u64>,
+    /// Final decisions of traces: kept (`Sampled`), dropped by a drop policy (`Dropped`),
+    /// or by no policy keeping them (`NotSampled`).
+    pub decisions: BTreeMap<Decision, u64>,
     pub early_decisions: BTreeMap<EarlyReason, u64>,
     /// Orphan spans per `service.name` ("" when unknown).
     pub orphan_spans: BTreeMap<String, u64>,
@@ -515,17 +529,17 @@ impl TraceShard {
             self.counters.traces_kept_by_override += 1;
         }
         for (i, d) in &verdict.votes {
-            *self.counters.votes.entry((*i, d.label())).or_default() += 1;
+            *self.counters.votes.entry((*i, *d)).or_default() += 1;
         }
-        let label = match (
+        let decision = match (
             verdict.keep,
             verdict.votes.iter().any(|(_, d)| *d == Decision::Dropped),
         ) {
-            (true, _) => "sampled",
-            (false, true) => "dropped",
-            (false, false) => "not_sampled",
+            (true, _) => Decision::Sampled,
+            (false, true) => Decision::Dropped,
+            (false, false) => Decision::NotSampled,
         };
-        *self.counters.decisions.entry(label).or_default() += 1;
+        *self.counters.decisions.entry(decision).or_default() += 1;
         for service in entry.buffer.orphans() {
             *self
                 .counters

@@ -28,8 +28,8 @@ pub use rate::TokenBucket;
 /// The collector's default salt for probabilistic sampling, so decisions match it.
 pub const DEFAULT_HASH_SALT: &str = "default-hash-seed";
 
-/// One policy's vote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One policy's vote, and a trace's final decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Decision {
     Sampled,
     NotSampled,
@@ -38,6 +38,14 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Every decision, in the order of [`Decision::index`].
+    pub const ALL: [Decision; 3] = [Decision::Sampled, Decision::NotSampled, Decision::Dropped];
+
+    /// Position in [`Decision::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The collector's `decision` metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -1,0 +1,118 @@
+//! The data plane the engine calls through [`ClusterLink`]: forward spans to their owner,
+//! hand buffered traces and decisions to their new owner. Both wait for the receiver's
+//! acknowledgement, within [`TRANSFER_TIMEOUT_MS`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tailgate_otlp::EncodedSpan;
+use tailgate_pipeline::cluster::{ClusterLink, HandoffFailed, LinkError};
+use tailgate_pipeline::consumer::BoxFuture;
+use tailgate_ring::Ring;
+use tailgate_sampling::{DecisionTransfer, TraceTransfer};
+use tokio::sync::watch;
+
+use super::{ClusterNode, TRANSFER_TIMEOUT_MS};
+use crate::transfer;
+
+impl ClusterNode {
+    /// A member's cluster address, by name, at this node's state.
+    fn cluster_addr_of(&self, member: &str) -> Result<String, LinkError> {
+        self.state()
+            .member_by_name(member)
+            .map(|m| m.cluster_addr.clone())
+            .ok_or_else(|| LinkError::UnknownMember(member.to_string()))
+    }
+}
+
+fn failed(member: &str, message: impl ToString) -> LinkError {
+    LinkError::Failed {
+        member: member.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn transfer_timeout() -> Duration {
+    Duration::from_millis(TRANSFER_TIMEOUT_MS)
+}
+
+impl ClusterLink for ClusterNode {
+    fn local_name(&self) -> &str {
+        &self.inner.settings.name
+    }
+
+    fn ring(&self) -> watch::Receiver<Arc<Ring>> {
+        self.inner.ring.subscribe()
+    }
+
+    fn sampling_override(&self) -> watch::Receiver<Option<f64>> {
+        self.inner.sampling.subscribe()
+    }
+
+    fn fenced(&self) -> watch::Receiver<bool> {
+        self.inner.fenced.subscribe()
+    }
+
+    fn forward(
+        &self,
+        owner: &str,
+        epoch: u64,
+        hops: u32,
+        spans: &[EncodedSpan],
+    ) -> BoxFuture<'static, Result<(), LinkError>> {
+        let node = self.clone();
+        let owner = owner.to_string();
+        let req = transfer::forward_request(&node.inner.settings.name, epoch, hops, spans);
+        Box::pin(async move {
+            let addr = node.cluster_addr_of(&owner)?;
+            let mut client = node
+                .inner
+                .peers
+                .client(&addr)
+                .map_err(|e| failed(&owner, e))?;
+            match tokio::time::timeout(transfer_timeout(), client.forward(req)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(failed(&owner, e.message())),
+                Err(_) => Err(failed(&owner, "timed out")),
+            }
+        })
+    }
+
+    fn hand_off(
+        &self,
+        owner: &str,
+        epoch: u64,
+        traces: Vec<TraceTransfer>,
+        decisions: Vec<DecisionTransfer>,
+    ) -> BoxFuture<'static, Result<(), HandoffFailed>> {
+        let node = self.clone();
+        let owner = owner.to_string();
+        Box::pin(async move {
+            let fail =
+                |traces: Vec<TraceTransfer>, error: LinkError| HandoffFailed { error, traces };
+            let addr = match node.cluster_addr_of(&owner) {
+                Ok(a) => a,
+                Err(e) => return Err(fail(traces, e)),
+            };
+            let mut client = match node.inner.peers.client(&addr) {
+                Ok(c) => c,
+                Err(e) => return Err(fail(traces, failed(&owner, e))),
+            };
+            let req =
+                transfer::handoff_request(&node.inner.settings.name, epoch, &traces, &decisions);
+            let spans: u64 = traces.iter().map(|t| t.spans.len() as u64).sum();
+            match tokio::time::timeout(transfer_timeout(), client.handoff(req)).await {
+                Ok(Ok(_)) => {
+                    metrics::counter!(crate::CLUSTER_HANDOFF_SENT_TRACES)
+                        .increment(traces.len() as u64);
+                    metrics::counter!(crate::CLUSTER_HANDOFF_SENT_SPANS).increment(spans);
+                    metrics::counter!(crate::CLUSTER_HANDOFF_SENT_DECISIONS)
+                        .increment(decisions.len() as u64);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(fail(traces, failed(&owner, e.message()))),
+                Err(_) => Err(fail(traces, failed(&owner, "timed out"))),
+            }
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! Where a batch goes: split by owner on the newest ring (forwarded to other owners, held
+//! when they cannot take it), then by shard, each group's bytes reserved in the budget first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::metrics::{counter, gauge};
+use tailgate_otlp::EncodedSpan;
+use tailgate_ring::Placement;
+
+use super::shard::ShardMsg;
+use super::{TailSamplingStage, shard_of};
+use crate::cluster::FORWARD_HOPS_MAX;
+use crate::consumer::{ConsumeError, RefuseReason};
+use crate::telemetry::*;
+
+/// What a refused sender is told to wait before retrying.
+const REFUSAL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl TailSamplingStage {
+    /// Reserves budget for spans and sends them to their shards (`stray`: not owned here).
+    pub(super) fn enqueue(&self, spans: Vec<EncodedSpan>, stray: bool) -> Result<(), ConsumeError> {
+        let n = spans.len() as u64;
+        let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        if stray {
+            // Spans are never lost for want of a reachable owner: over budget, early
+            // decisions bring memory back down.
+            self.budget.force_reserve(bytes);
+        } else if !self.budget.try_reserve(bytes) {
+            self.update_gauges();
+            return Err(self.refuse(n, "buffer_full"));
+        }
+        let shards = self.shards.len();
+        let mut per_shard: Vec<Vec<EncodedSpan>> = (0..shards).map(|_| Vec::new()).collect();
+        for s in spans {
+            per_shard[shard_of(&s.meta.trace_id, shards)].push(s);
+        }
+        for (i, group) in per_shard.into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let msg = if stray {
+                ShardMsg::IngestStray(group)
+            } else {
+                ShardMsg::Ingest(group)
+            };
+            if let Err(e) = self.shards[i].cast(msg) {
+                // Only after shutdown stopped the actor; give the reservation back.
+                if let ractor::MessagingErr::SendErr(
+                    ShardMsg::Ingest(lost) | ShardMsg::IngestStray(lost),
+                ) = e
+                {
+                    self.budget
+                        .release(lost.iter().map(|s| s.bytes.len() as u64).sum());
+                }
+                return Err(ConsumeError::ShuttingDown);
+            }
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Buffers what this node owns, forwards the rest to its owners.
+    pub(super) async fn route(
+        &self,
+        spans: Vec<EncodedSpan>,
+        hops: u32,
+    ) -> Result<(), ConsumeError> {
+        let Some(c) = &self.cluster else {
+            return self.enqueue(spans, false);
+        };
+        let ring = Arc::clone(&c.ring.borrow());
+        if ring.is_empty() {
+            // Not in the cluster yet (no ring learned): another gateway may own these traces
+            // and hold their other spans. Deciding here would split them (a slow-joining
+            // gateway decided children without their root, found by the simulator under
+            // latency). Hold them undecided, like spans whose owner is unreachable; the first
+            // ring hands them to their owners.
+            return self.enqueue(spans, true);
+        }
+        let local = c.link.local_name();
+        let placement = Placement::split(&ring, local, spans, |s| s.meta.trace_id);
+        if placement.is_all_local() {
+            return self.enqueue(placement.local, false);
+        }
+        if !placement.local.is_empty() {
+            self.enqueue(placement.local, false)?;
+        }
+        let mut strays = Vec::new();
+        for (owner, spans) in placement.remote {
+            let n = spans.len() as u64;
+            if hops >= FORWARD_HOPS_MAX {
+                counter!(CLUSTER_FORWARD_HOP_LIMIT_SPANS).increment(n);
+                strays.extend(spans);
+                continue;
+            }
+            match c.link.forward(&owner, ring.epoch(), hops + 1, &spans).await {
+                Ok(()) => counter!(CLUSTER_FORWARDED_OUT_SPANS).increment(n),
+                Err(e) => {
+                    tracing::debug!(%owner, error = %e, "forward failed; keeping the spans here until the owner is back or replaced");
+                    counter!(CLUSTER_FORWARD_FAILED_SPANS).increment(n);
+                    strays.extend(spans);
+                }
+            }
+        }
+        if strays.is_empty() {
+            Ok(())
+        } else {
+            self.enqueue(strays, true)
+        }
+    }
+
+    pub(super) fn refuse(&self, n: u64, reason: &'static str) -> ConsumeError {
+        counter!(SAMPLING_SPANS_REFUSED, "processor" => self.name.clone(), "reason" => reason)
+            .increment(n);
+        counter!(PROCESSOR_REFUSED_SPANS, "processor" => self.name.clone()).increment(n);
+        ConsumeError::Refused {
+            reason: RefuseReason::SamplingBufferFull,
+            retry_after: REFUSAL_RETRY_AFTER,
+        }
+    }
+
+    pub(super) fn update_gauges(&self) {
+        gauge!(TAIL_SAMPLING_TRACES_ON_MEMORY, "processor" => self.name.clone())
+            .set(self.budget.traces_live() as f64);
+        gauge!(SAMPLING_BUFFERED_BYTES, "processor" => self.name.clone())
+            .set(self.budget.bytes_used() as f64);
+    }
+}
