@@ -10,10 +10,8 @@
 //! - [`server`]: the `Cluster` and `RingWatch` gRPC services.
 //! - [`transfer`]: forward and handoff messages (spans stay encoded).
 
-pub mod proto {
-    #![allow(clippy::all)]
-    tonic::include_proto!("tailgate.cluster.v1");
-}
+/// The cluster's wire protocol (generated in `tailgate-proto`).
+pub use tailgate_proto::cluster as proto;
 
 pub mod delivery;
 mod error;

@@ -1,13 +1,9 @@
 //! The agent's components: `processors.k8sattributes` and `exporters.loadbalancing`, with the
 //! collector's names, meanings and defaults.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
-use crate::components::{
-    ClientTlsConfig, Compression, OtlpExporterConfig, QueueConfig, RetryConfig,
-};
+use crate::components::OtlpExporterConfig;
 use crate::types::{ConfigRegex, GoDuration};
 
 // ---------------------------------------------------------------- k8sattributes
@@ -266,45 +262,9 @@ fn default_queue_limit_mib() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancingProtocol {
-    pub otlp: LoadBalancingOtlp,
-}
-
-/// `protocol.otlp`: an `otlp` exporter's settings, without `endpoint` (the resolver gives it).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct LoadBalancingOtlp {
-    #[serde(default)]
-    pub tls: ClientTlsConfig,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub compression: Compression,
-    /// Per-attempt deadline. Default 5s.
-    #[serde(default = "default_attempt_timeout")]
-    pub timeout: GoDuration,
-    #[serde(default)]
-    pub retry_on_failure: RetryConfig,
-    #[serde(default)]
-    pub sending_queue: QueueConfig,
-}
-
-fn default_attempt_timeout() -> GoDuration {
-    GoDuration::from_secs(5)
-}
-
-impl LoadBalancingOtlp {
-    /// The `otlp` exporter settings for one resolved endpoint.
-    pub fn exporter_for(&self, endpoint: &str) -> OtlpExporterConfig {
-        OtlpExporterConfig {
-            endpoint: endpoint.to_string(),
-            tls: self.tls.clone(),
-            headers: self.headers.clone(),
-            compression: self.compression,
-            timeout: self.timeout,
-            retry_on_failure: self.retry_on_failure.clone(),
-            sending_queue: self.sending_queue.clone(),
-        }
-    }
+    /// The `otlp` exporter's settings, used for every resolved endpoint (see
+    /// [`OtlpExporterConfig::for_endpoint`]).
+    pub otlp: OtlpExporterConfig,
 }
 
 /// Exactly one of `static`, `dns`, `k8s`.

@@ -348,7 +348,10 @@ fn default_queue_size() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpExporterConfig {
-    /// `host:port`, or a URL (`http://` implies insecure, `https://` TLS).
+    /// `host:port`, or a URL (`http://` implies insecure, `https://` TLS). Required for
+    /// `exporters.otlp`; under `loadbalancing`'s `protocol.otlp` the resolver gives each
+    /// endpoint and a configured one is ignored, as in the collector.
+    #[serde(default)]
     pub endpoint: String,
     #[serde(default)]
     pub tls: ClientTlsConfig,
@@ -364,6 +367,16 @@ pub struct OtlpExporterConfig {
     pub retry_on_failure: RetryConfig,
     #[serde(default)]
     pub sending_queue: QueueConfig,
+}
+
+impl OtlpExporterConfig {
+    /// The same settings for another endpoint (one the `loadbalancing` resolver found).
+    pub fn for_endpoint(&self, endpoint: &str) -> OtlpExporterConfig {
+        OtlpExporterConfig {
+            endpoint: endpoint.to_string(),
+            ..self.clone()
+        }
+    }
 }
 
 fn default_grpc_timeout() -> GoDuration {

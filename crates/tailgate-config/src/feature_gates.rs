@@ -4,7 +4,7 @@
 //! turns it off. A gate Tailgate does not know is an error, as it is in the collector: a
 //! flag that silently does nothing would hide that a behaviour the user asked for is absent.
 
-use crate::load::{Config, ConfigError, ConfigErrors, ProcessorConfig};
+use crate::model::{Config, ConfigError, ConfigErrors, ProcessorConfig};
 
 /// `tail_sampling` records the deciding policy on kept spans' scopes (`tailsampling.policy`,
 /// `tailsampling.composite_policy`, `tailsampling.cached_decision`), as `record_policy: true`.

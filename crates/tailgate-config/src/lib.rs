@@ -16,17 +16,19 @@ pub mod feature_gates;
 mod field_errors;
 mod load;
 mod locate;
+mod model;
 mod overrides;
+mod reader;
 pub mod sampling;
 mod service_section;
 mod types;
 mod validate;
 
 pub use feature_gates::FeatureGates;
-pub use load::{
+pub use load::{load_file, load_file_with_overrides, load_str};
+pub use model::{
     ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig,
-    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig, load_file,
-    load_file_with_overrides, load_str,
+    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig,
 };
 pub use types::{
     AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, parse_go_duration,

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::load::kind_of;
+use crate::reader::kind_of;
 
 /// Sets `value` at the `::`-joined `key` of `root`, creating mappings on the way.
 pub(crate) fn apply_override(

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::components::TelemetryConfig;
 use crate::field_errors::closest;
-use crate::load::{ComponentId, Config, Loader, PipelineConfig, ProcessorConfig};
+use crate::model::{ComponentId, Config, PipelineConfig, ProcessorConfig};
+use crate::reader::Loader;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

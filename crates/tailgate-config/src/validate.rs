@@ -2,7 +2,8 @@
 //! returns `(path below the component, message)`.
 
 use crate::components::*;
-use crate::load::{ExporterConfig, ProcessorConfig};
+use crate::model::{ExporterConfig, ProcessorConfig};
+use crate::sampling::{CompositeConfig, Policy, PolicyKind, TailSamplingConfig};
 
 type Problems = Vec<(String, String)>;
 
@@ -137,11 +138,12 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
     match e {
         ExporterConfig::Otlp(c) => {
             if c.endpoint.trim().is_empty() {
-                out.push(("endpoint".into(), "must not be empty".into()));
+                out.push((
+                    "endpoint".into(),
+                    "required: `host:port` or a URL of the receiving OTLP/gRPC server".into(),
+                ));
             }
-            tls(&c.tls, &mut out);
-            retry(&c.retry_on_failure, &mut out);
-            queue(&c.sending_queue, &mut out);
+            otlp_client(c, &mut out);
         }
         ExporterConfig::OtlpHttp(c) => {
             match (&c.endpoint, &c.traces_endpoint) {
@@ -173,11 +175,8 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
         ExporterConfig::Debug(_) => {}
         ExporterConfig::LoadBalancing(c) => {
             out.extend(crate::agent::validate_loadbalancing(c));
-            let otlp = &c.protocol.otlp;
             let mut inner = Problems::new();
-            tls(&otlp.tls, &mut inner);
-            retry(&otlp.retry_on_failure, &mut inner);
-            queue(&otlp.sending_queue, &mut inner);
+            otlp_client(&c.protocol.otlp, &mut inner);
             out.extend(
                 inner
                     .into_iter()
@@ -186,6 +185,13 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
         }
     }
     out
+}
+
+/// The client settings `otlp` shares with `loadbalancing`'s `protocol.otlp`.
+fn otlp_client(c: &OtlpExporterConfig, out: &mut Problems) {
+    tls(&c.tls, out);
+    retry(&c.retry_on_failure, out);
+    queue(&c.sending_queue, out);
 }
 
 fn tls(t: &ClientTlsConfig, out: &mut Problems) {
@@ -248,7 +254,7 @@ fn queue(q: &QueueConfig, out: &mut Problems) {
     }
 }
 
-fn sampling(t: &crate::sampling::TailSamplingConfig, out: &mut Problems) {
+fn sampling(t: &TailSamplingConfig, out: &mut Problems) {
     if t.decision_wait.is_zero() {
         out.push(("decision_wait".into(), "must be greater than 0".into()));
     }
@@ -267,7 +273,7 @@ fn sampling(t: &crate::sampling::TailSamplingConfig, out: &mut Problems) {
     policies(&t.policies, "policies", out);
 }
 
-fn policies(list: &[crate::sampling::PolicyConfig], at: &str, out: &mut Problems) {
+fn policies(list: &[Policy], at: &str, out: &mut Problems) {
     let mut names = std::collections::BTreeSet::new();
     for (i, p) in list.iter().enumerate() {
         let here = format!("{at}[{i}]");
@@ -279,225 +285,132 @@ fn policies(list: &[crate::sampling::PolicyConfig], at: &str, out: &mut Problems
                 format!("duplicate policy name `{}`", p.name),
             ));
         }
-        policy(p, &here, out);
+        policy(&p.kind, &here, out);
     }
 }
 
-fn policy(p: &crate::sampling::PolicyConfig, here: &str, out: &mut Problems) {
-    use crate::sampling::PolicyType as T;
-    let expected = p.policy_type.settings_key();
-    for key in p.present_settings() {
-        if Some(key) != expected {
-            let msg = match expected {
-                Some(e) => format!(
-                    "`{key}` does not apply to a policy of type `{e}`; its settings go under `{e}`"
-                ),
-                None => {
-                    format!("`{key}` does not apply to this policy type, which takes no settings")
-                }
-            };
-            out.push((format!("{here}.{key}"), msg));
-        }
-    }
-    if let Some(key) = expected
-        && !p.present_settings().contains(&key)
-    {
-        out.push((
-            format!("{here}.{key}"),
-            format!("missing: a policy of type `{key}` needs its settings under `{key}`"),
-        ));
-        return;
-    }
-    match p.policy_type {
-        T::Latency => {
-            let l = p.latency.as_ref().expect("checked above");
+/// Checks between the fields of one policy's settings (its shape was checked at load).
+fn policy(kind: &PolicyKind, here: &str, out: &mut Problems) {
+    let mut problem =
+        |sub: &str, message: &str| out.push((format!("{here}.{sub}"), message.into()));
+    match kind {
+        PolicyKind::Latency(l) => {
             if l.upper_threshold_ms != 0 && l.upper_threshold_ms < l.threshold_ms {
-                out.push((
-                    format!("{here}.latency.upper_threshold_ms"),
-                    "must be 0 (none) or at least threshold_ms".into(),
-                ));
+                problem(
+                    "latency.upper_threshold_ms",
+                    "must be 0 (none) or at least threshold_ms",
+                );
             }
         }
-        T::NumericAttribute => {
-            let n = p.numeric_attribute.as_ref().expect("checked above");
+        PolicyKind::NumericAttribute(n) => {
             if n.min_value == 0 && n.max_value == 0 {
-                out.push((
-                    format!("{here}.numeric_attribute"),
-                    "set min_value, max_value or both".into(),
-                ));
+                problem("numeric_attribute", "set min_value, max_value or both");
             }
             if n.max_value != 0 && n.min_value > n.max_value {
-                out.push((
-                    format!("{here}.numeric_attribute.max_value"),
-                    "must be at least min_value".into(),
-                ));
+                problem("numeric_attribute.max_value", "must be at least min_value");
             }
         }
-        T::Probabilistic => {
-            let pr = p.probabilistic.as_ref().expect("checked above");
-            if !(0.0..=100.0).contains(&pr.sampling_percentage) {
-                out.push((
-                    format!("{here}.probabilistic.sampling_percentage"),
-                    "must be between 0 and 100".into(),
-                ));
+        PolicyKind::Probabilistic(p) => {
+            if !(0.0..=100.0).contains(&p.sampling_percentage) {
+                problem(
+                    "probabilistic.sampling_percentage",
+                    "must be between 0 and 100",
+                );
             }
         }
-        T::StatusCode => {
-            if p.status_code
-                .as_ref()
-                .expect("checked above")
-                .status_codes
-                .is_empty()
-            {
-                out.push((
-                    format!("{here}.status_code.status_codes"),
-                    "at least one of OK, ERROR, UNSET".into(),
-                ));
+        PolicyKind::StatusCode(s) => {
+            if s.status_codes.is_empty() {
+                problem(
+                    "status_code.status_codes",
+                    "at least one of OK, ERROR, UNSET",
+                );
             }
         }
-        T::StringAttribute => {
-            let s = p.string_attribute.as_ref().expect("checked above");
+        PolicyKind::StringAttribute(s) => {
             if s.values.is_empty() {
-                out.push((
-                    format!("{here}.string_attribute.values"),
-                    "at least one value is required".into(),
-                ));
-            }
-            if s.enabled_regex_matching
-                && let Err(e) = crate::sampling::compile_values(s)
-            {
-                out.push((format!("{here}.string_attribute.values"), e));
+                problem("string_attribute.values", "at least one value is required");
             }
         }
-        T::RateLimiting => {
-            if p.rate_limiting
-                .as_ref()
-                .expect("checked above")
-                .spans_per_second
-                == 0
-            {
-                out.push((
-                    format!("{here}.rate_limiting.spans_per_second"),
-                    "must be greater than 0".into(),
-                ));
+        PolicyKind::RateLimiting(r) => {
+            if r.spans_per_second == 0 {
+                problem("rate_limiting.spans_per_second", "must be greater than 0");
             }
         }
-        T::BytesLimiting => {
-            if p.bytes_limiting
-                .as_ref()
-                .expect("checked above")
-                .bytes_per_second
-                == 0
-            {
-                out.push((
-                    format!("{here}.bytes_limiting.bytes_per_second"),
-                    "must be greater than 0".into(),
-                ));
+        PolicyKind::BytesLimiting(b) => {
+            if b.bytes_per_second == 0 {
+                problem("bytes_limiting.bytes_per_second", "must be greater than 0");
             }
         }
-        T::SpanCount => {
-            let c = p.span_count.as_ref().expect("checked above");
+        PolicyKind::SpanCount(c) => {
             if c.max_spans != 0 && c.max_spans < c.min_spans {
-                out.push((
-                    format!("{here}.span_count.max_spans"),
-                    "must be 0 (none) or at least min_spans".into(),
-                ));
+                problem(
+                    "span_count.max_spans",
+                    "must be 0 (none) or at least min_spans",
+                );
             }
         }
-        T::TraceState => {
-            if p.trace_state
-                .as_ref()
-                .expect("checked above")
-                .values
-                .is_empty()
-            {
-                out.push((
-                    format!("{here}.trace_state.values"),
-                    "at least one value is required".into(),
-                ));
+        PolicyKind::TraceState(t) => {
+            if t.values.is_empty() {
+                problem("trace_state.values", "at least one value is required");
             }
         }
-        T::OttlCondition => {
-            let o = p.ottl_condition.as_ref().expect("checked above");
+        PolicyKind::OttlCondition(o) => {
             if o.span.is_empty() && o.spanevent.is_empty() {
-                out.push((
-                    format!("{here}.ottl_condition"),
-                    "set span or spanevent conditions".into(),
-                ));
+                problem("ottl_condition", "set span or spanevent conditions");
             }
         }
-        T::And => {
-            let a = p.and.as_ref().expect("checked above");
-            if a.and_sub_policy.is_empty() {
-                out.push((
-                    format!("{here}.and.and_sub_policy"),
-                    "at least one sub-policy is required".into(),
-                ));
+        PolicyKind::And(subs) => {
+            if subs.is_empty() {
+                problem("and.and_sub_policy", "at least one sub-policy is required");
             }
-            policies(
-                &a.and_sub_policy,
-                &format!("{here}.and.and_sub_policy"),
-                out,
-            );
+            policies(subs, &format!("{here}.and.and_sub_policy"), out);
         }
-        T::Not => {
-            let n = p.not.as_ref().expect("checked above");
-            policy(
-                &n.not_sub_policy,
-                &format!("{here}.not.not_sub_policy"),
-                out,
-            );
+        PolicyKind::Not(sub) => policy(&sub.kind, &format!("{here}.not.not_sub_policy"), out),
+        PolicyKind::Drop(subs) => {
+            if subs.is_empty() {
+                problem(
+                    "drop.drop_sub_policy",
+                    "at least one sub-policy is required",
+                );
+            }
+            policies(subs, &format!("{here}.drop.drop_sub_policy"), out);
         }
-        T::Drop => {
-            let d = p.drop.as_ref().expect("checked above");
-            if d.drop_sub_policy.is_empty() {
-                out.push((
-                    format!("{here}.drop.drop_sub_policy"),
-                    "at least one sub-policy is required".into(),
-                ));
-            }
-            policies(
-                &d.drop_sub_policy,
-                &format!("{here}.drop.drop_sub_policy"),
-                out,
-            );
+        PolicyKind::Composite(c) => composite(c, &format!("{here}.composite"), out),
+        PolicyKind::AlwaysSample | PolicyKind::TraceFlags | PolicyKind::BooleanAttribute(_) => {}
+    }
+}
+
+fn composite(c: &CompositeConfig<Policy>, at: &str, out: &mut Problems) {
+    if c.max_total_spans_per_second == 0 {
+        out.push((
+            format!("{at}.max_total_spans_per_second"),
+            "must be greater than 0".into(),
+        ));
+    }
+    policies(
+        &c.composite_sub_policy,
+        &format!("{at}.composite_sub_policy"),
+        out,
+    );
+    let names: Vec<&str> = c
+        .composite_sub_policy
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut total = 0;
+    for (i, r) in c.rate_allocation.iter().enumerate() {
+        if !names.contains(&r.policy.as_str()) {
+            out.push((
+                format!("{at}.rate_allocation[{i}].policy"),
+                format!("`{}` is not a composite_sub_policy", r.policy),
+            ));
         }
-        T::Composite => {
-            let c = p.composite.as_ref().expect("checked above");
-            let at = format!("{here}.composite");
-            if c.max_total_spans_per_second == 0 {
-                out.push((
-                    format!("{at}.max_total_spans_per_second"),
-                    "must be greater than 0".into(),
-                ));
-            }
-            policies(
-                &c.composite_sub_policy,
-                &format!("{at}.composite_sub_policy"),
-                out,
-            );
-            let names: Vec<&str> = c
-                .composite_sub_policy
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect();
-            let mut total = 0;
-            for (i, r) in c.rate_allocation.iter().enumerate() {
-                if !names.contains(&r.policy.as_str()) {
-                    out.push((
-                        format!("{at}.rate_allocation[{i}].policy"),
-                        format!("`{}` is not a composite_sub_policy", r.policy),
-                    ));
-                }
-                total += r.percent;
-            }
-            if total > 100 {
-                out.push((
-                    format!("{at}.rate_allocation"),
-                    format!("percentages add up to {total}, more than 100"),
-                ));
-            }
-        }
-        T::AlwaysSample | T::TraceFlags | T::BooleanAttribute => {}
+        total += r.percent;
+    }
+    if total > 100 {
+        out.push((
+            format!("{at}.rate_allocation"),
+            format!("percentages add up to {total}, more than 100"),
+        ));
     }
 }

@@ -5,6 +5,10 @@
 //! alerts keep working. Tailgate's own metrics start with `tailgate_`. `docs/metrics.md` lists
 //! them all; keep it in step with this file.
 
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
 // Receivers. Labels: receiver, transport (grpc | http).
 pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans_total";
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans_total";
@@ -112,7 +116,7 @@ pub const MEMORY_LIMITER_REFUSING: &str = "tailgate_memory_limiter_refusing";
 
 /// The current metrics in Prometheus text format.
 pub fn render() -> String {
-    crate::service::recorder().render()
+    recorder().render()
 }
 
 /// Sum of the series of `name` whose labels contain every one of `label_filters` (e.g.
@@ -127,6 +131,41 @@ pub fn sum_metric(text: &str, name: &str, label_filters: &[&str]) -> f64 {
         .filter(|l| label_filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The process-wide metrics recorder (installed on first use).
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        use metrics_exporter_prometheus::Matcher;
+        // Batch sizes in spans by default; seconds and milliseconds where the unit says so.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+            ])
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(TAIL_SAMPLING_LATE_SPAN_AGE.into()),
+                    &[
+                        0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    ],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(TAIL_SAMPLING_DECISION_TIMER_LATENCY.into()),
+                    &[
+                        1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+                    ],
+                )
+            })
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program); then we only render ours.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
 }
 
 #[cfg(test)]

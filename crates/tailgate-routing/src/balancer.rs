@@ -177,7 +177,7 @@ impl Shared {
             return Ok(Arc::clone(t));
         }
         let address = crate::resolver::with_default_port(endpoint, crate::OTLP_GRPC_PORT);
-        let ecfg = ExporterConfig::Otlp(self.cfg.protocol.otlp.exporter_for(&address));
+        let ecfg = ExporterConfig::Otlp(self.cfg.protocol.otlp.for_endpoint(&address));
         let id = tailgate_config::ComponentId::parse(&self.name).map_err(|e| anyhow::anyhow!(e))?;
         let exporter = build_exporter(&id, &ecfg, self.network.as_ref())?;
         let permits = self.cfg.protocol.otlp.sending_queue.num_consumers.max(1);

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use tailgate_cluster::proto::ring_watch_client::RingWatchClient;
-use tailgate_cluster::proto::{RingUpdate, WatchRingRequest};
 use tailgate_pipeline::net::Network;
+use tailgate_proto::cluster::ring_watch_client::RingWatchClient;
+use tailgate_proto::cluster::{RingUpdate, WatchRingRequest};
 use tailgate_ring::Ring;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

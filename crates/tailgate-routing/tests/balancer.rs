@@ -51,7 +51,7 @@ fn config(hostnames: &str) -> tailgate_config::agent::LoadBalancingConfig {
 
 #[tokio::test]
 async fn an_unreachable_backend_fills_the_byte_budget_then_batches_are_refused_retryably() {
-    let metrics = tailgate_pipeline::service::recorder();
+    let metrics = tailgate_pipeline::telemetry::recorder();
     // Nothing listens on port 9 (discard) on loopback: every attempt fails retryably.
     let lb = LoadBalancer::start(
         "loadbalancing".into(),

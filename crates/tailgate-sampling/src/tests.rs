@@ -9,7 +9,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use prost::Message;
 use serde_json::json;
-use tailgate_config::sampling::PolicyConfig;
+use tailgate_config::sampling::Policy as PolicyConfig;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value::Value};
 use tailgate_otlp::proto::resource::v1::Resource;

@@ -27,7 +27,7 @@ pub enum SamplingCommand {
         #[arg(long)]
         probabilistic: f64,
         /// How long the override lasts.
-        #[arg(long = "for", value_parser = crate::parse_duration)]
+        #[arg(long = "for", value_parser = crate::cli::parse_duration)]
         duration: Duration,
         #[command(flatten)]
         admin: AdminArgs,

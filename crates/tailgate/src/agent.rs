@@ -17,9 +17,9 @@ use tailgate_routing::LoadBalancer;
 #[derive(Args)]
 pub struct AgentArgs {
     #[command(flatten)]
-    pub source: crate::ConfigSource,
+    pub source: crate::cli::ConfigSource,
     /// How long shutdown may take (flush batches, deliver what is queued).
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Seed for every random choice (retry jitter, the first ring endpoint).
     #[arg(long, default_value_t = 0x7a11_9a7e)]
@@ -87,7 +87,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .load()
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
-    crate::init_logging(
+    crate::cli::init_logging(
         &format!("{:?}", logs.level).to_lowercase(),
         logs.encoding == tailgate_config::components::LogEncoding::Json,
     );

@@ -34,7 +34,7 @@ pub struct DevArgs {
     #[arg(long)]
     pub demo: bool,
     /// How long `--demo` sends traffic.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub demo_duration: Duration,
     /// Halfway through `--demo`, restart one gateway (leave, hand off, rejoin).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -133,7 +133,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         print!("# agent\n{DEV_AGENT_CONFIG}\n# gateways\n{DEV_CONFIG}");
         return Ok(());
     }
-    crate::init_logging(if args.demo { "error" } else { "warn" }, false);
+    crate::cli::init_logging(if args.demo { "error" } else { "warn" }, false);
     tailgate_pipeline::install_crypto_provider();
     let data = args.data_dir.trim_end_matches('/').to_string();
     let data_dir = DataDir::prepare(&data)?;

@@ -15,9 +15,9 @@ use crate::lifecycle::{ShutdownReport, StopSignal};
 #[derive(Args)]
 pub struct GatewayArgs {
     #[command(flatten)]
-    pub source: crate::ConfigSource,
+    pub source: crate::cli::ConfigSource,
     /// How long shutdown may take (leave the ring, hand traces off, drain, export).
-    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::cli::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Seeds the pipeline's random choices (retry jitter). With a `cluster` section the Raft
     /// seed also mixes in the start time and the process ID, so every incarnation draws a
@@ -49,7 +49,7 @@ pub struct ClusterArgs {
     #[arg(long, value_delimiter = ',')]
     pub join: Option<Vec<String>>,
     /// A member silent for this long is removed by the leader.
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = crate::cli::parse_duration)]
     pub member_timeout: Option<Duration>,
 }
 
@@ -164,7 +164,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .load()
         .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     let logs = &cfg.service.telemetry.logs;
-    crate::init_logging(
+    crate::cli::init_logging(
         &format!("{:?}", logs.level).to_lowercase(),
         logs.encoding == tailgate_config::components::LogEncoding::Json,
     );

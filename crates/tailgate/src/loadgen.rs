@@ -37,7 +37,7 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 0)]
     pub traces: u64,
     /// Stop after this long.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub duration: Duration,
     /// Traces per second over all workers; 0 = as fast as the target accepts.
     #[arg(long, default_value_t = 0)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use tailgate_config::{Config, ExporterConfig, ProcessorConfig};
 
-pub fn run(source: &crate::ConfigSource) -> ExitCode {
+pub fn run(source: &crate::cli::ConfigSource) -> ExitCode {
     let path = &source.config;
     match source.load() {
         Ok(cfg) => {
@@ -67,17 +67,7 @@ pub fn describe(cfg: &Config) -> String {
                     let policies: Vec<String> = t
                         .policies
                         .iter()
-                        .map(|p| {
-                            format!(
-                                "{} ({})",
-                                p.name,
-                                p.policy_type.settings_key().unwrap_or(match p.policy_type {
-                                    tailgate_config::sampling::PolicyType::TraceFlags =>
-                                        "trace_flags",
-                                    _ => "always_sample",
-                                })
-                            )
-                        })
+                        .map(|p| format!("{} ({})", p.name, p.kind.policy_type().name()))
                         .collect();
                     format!(
                         "decision_wait {}, policies: {}",

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use tailgate_config::sampling::CompositeConfig;
+use tailgate_config::sampling::{CompositeConfig, Policy as PolicyConfig};
 
 use super::{NamedPolicy, TraceView};
 
@@ -41,7 +41,7 @@ pub(super) struct Composite {
 }
 
 impl Composite {
-    pub(super) fn compile(c: &CompositeConfig, rate_share: f64) -> Composite {
+    pub(super) fn compile(c: &CompositeConfig<PolicyConfig>, rate_share: f64) -> Composite {
         let total = c.max_total_spans_per_second as f64;
         let equal_share = total / c.composite_sub_policy.len().max(1) as f64;
         let subs = c

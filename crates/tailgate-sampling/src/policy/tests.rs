@@ -6,13 +6,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use serde_json::json;
-use tailgate_config::sampling::PolicyConfig;
+use tailgate_config::sampling::Policy as PolicyConfig;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value::Value};
 use tailgate_otlp::proto::resource::v1::Resource;
 use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
 use tailgate_otlp::{EncodedSpan, TraceId, scan_export_request};
 
+use super::compiled::CompiledPolicy;
 use super::*;
 
 fn kv(key: &str, v: Value) -> KeyValue {
@@ -434,7 +435,7 @@ fn composite_tries_sub_policies_in_their_listed_order_within_per_second_shares()
     assert_eq!(vote_at(&mut c, &plain, t), Sampled);
     assert_eq!(vote_at(&mut c, &plain, t), Sampled);
     assert_eq!(vote_at(&mut c, &plain, t), NotSampled);
-    let Policy::Composite(inner) = &c.policy else {
+    let CompiledPolicy::Composite(inner) = &c.policy else {
         unreachable!()
     };
     assert_eq!(
@@ -445,7 +446,7 @@ fn composite_tries_sub_policies_in_their_listed_order_within_per_second_shares()
     // A new second starts every budget from zero.
     let next = t + Duration::from_secs(1);
     assert_eq!(vote_at(&mut c, &errors, next), Sampled);
-    let Policy::Composite(inner) = &c.policy else {
+    let CompiledPolicy::Composite(inner) = &c.policy else {
         unreachable!()
     };
     assert_eq!(inner.sampled_by(), Some("errors"));
