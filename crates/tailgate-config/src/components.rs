@@ -350,7 +350,7 @@ fn default_queue_size() -> usize {
 pub struct OtlpExporterConfig {
     /// `host:port`, or a URL (`http://` implies insecure, `https://` TLS). Required for
     /// `exporters.otlp`; under `loadbalancing`'s `protocol.otlp` the resolver gives each
-    /// endpoint and a configured one is ignored, as in the collector.
+    /// endpoint, so setting one there is an error.
     #[serde(default)]
     pub endpoint: String,
     #[serde(default)]

@@ -55,89 +55,97 @@ pub(crate) fn load_service(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
         );
     }
     for (name, p) in raw.pipelines {
-        let base = format!("service.pipelines.{name}");
-        let id = match ComponentId::parse(&name) {
-            Ok(id) if id.kind == "traces" => id,
-            Ok(id) if id.kind == "metrics" || id.kind == "logs" || id.kind == "profiles" => {
-                l.error(
-                    base,
-                    format!(
-                        "{} pipelines are not supported: Tailgate handles traces only",
-                        id.kind
-                    ),
-                );
-                continue;
-            }
-            Ok(_) => {
-                l.error(
-                    base,
-                    "unknown pipeline type; allowed: traces, traces/<name>",
-                );
-                continue;
-            }
-            Err(msg) => {
-                l.error(base, msg);
-                continue;
-            }
-        };
-        let mut pipeline = PipelineConfig {
-            id,
-            receivers: vec![],
-            processors: vec![],
-            exporters: vec![],
-        };
-        if p.receivers.is_empty() {
-            l.error(
-                format!("{base}.receivers"),
-                "a pipeline needs at least one receiver",
-            );
+        if let Some(pipeline) = load_pipeline(l, &name, p, cfg) {
+            cfg.service.pipelines.push(pipeline);
         }
-        if p.exporters.is_empty() {
+    }
+}
+
+/// One `service.pipelines` entry with its references resolved; `None` when its name is not a
+/// traces pipeline.
+fn load_pipeline(
+    l: &mut Loader<'_>,
+    name: &str,
+    p: RawPipeline,
+    cfg: &Config,
+) -> Option<PipelineConfig> {
+    let base = format!("service.pipelines.{name}");
+    let id = match ComponentId::parse(name) {
+        Ok(id) if id.kind == "traces" => id,
+        Ok(id) if id.kind == "metrics" || id.kind == "logs" || id.kind == "profiles" => {
             l.error(
-                format!("{base}.exporters"),
-                "a pipeline needs at least one exporter",
+                base,
+                format!(
+                    "{} pipelines are not supported: Tailgate handles traces only",
+                    id.kind
+                ),
             );
+            return None;
         }
-        pipeline.receivers = refs(
+        Ok(_) => {
+            l.error(
+                base,
+                "unknown pipeline type; allowed: traces, traces/<name>",
+            );
+            return None;
+        }
+        Err(msg) => {
+            l.error(base, msg);
+            return None;
+        }
+    };
+    if p.receivers.is_empty() {
+        l.error(
+            format!("{base}.receivers"),
+            "a pipeline needs at least one receiver",
+        );
+    }
+    if p.exporters.is_empty() {
+        l.error(
+            format!("{base}.exporters"),
+            "a pipeline needs at least one exporter",
+        );
+    }
+    let pipeline = PipelineConfig {
+        id,
+        receivers: refs(
             l,
             &base,
             "receivers",
             "receiver",
             &p.receivers,
             &cfg.receivers,
-        );
-        pipeline.processors = refs(
+        ),
+        processors: refs(
             l,
             &base,
             "processors",
             "processor",
             &p.processors,
             &cfg.processors,
-        );
-        pipeline.exporters = refs(
+        ),
+        exporters: refs(
             l,
             &base,
             "exporters",
             "exporter",
             &p.exporters,
             &cfg.exporters,
+        ),
+    };
+    for (i, id) in pipeline.processors.iter().enumerate() {
+        let is_memory_limiter = matches!(
+            cfg.processors.get(id),
+            Some(ProcessorConfig::MemoryLimiter(_))
         );
-        let positions: Vec<(usize, &ComponentId)> =
-            pipeline.processors.iter().enumerate().collect();
-        for (i, id) in &positions {
-            let is_memory_limiter = matches!(
-                cfg.processors.get(*id),
-                Some(ProcessorConfig::MemoryLimiter(_))
+        if is_memory_limiter && i != 0 {
+            l.error(
+                format!("{base}.processors[{i}]"),
+                "memory_limiter must be the first processor of a pipeline",
             );
-            if is_memory_limiter && *i != 0 {
-                l.error(
-                    format!("{base}.processors[{i}]"),
-                    "memory_limiter must be the first processor of a pipeline",
-                );
-            }
         }
-        cfg.service.pipelines.push(pipeline);
     }
+    Some(pipeline)
 }
 
 fn refs<T>(

@@ -308,7 +308,7 @@ fn agent_component_mistakes_give_exact_errors() {
             lb(
                 "    protocol:\n      otlp:\n        endpoint: x:4317\n    resolver:\n      static:\n        hostnames: [a:4317]\n",
             ),
-            "test.yaml: exporters.loadbalancing.protocol.otlp.endpoint: unknown field `endpoint`, expected one of `tls`, `headers`, `compression`, `timeout`, `retry_on_failure`, `sending_queue`",
+            "test.yaml: exporters.loadbalancing.protocol.otlp.endpoint: does not apply here: the resolver gives each gateway's endpoint",
         ),
         (
             format!(

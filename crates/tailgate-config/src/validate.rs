@@ -176,6 +176,12 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
         ExporterConfig::LoadBalancing(c) => {
             out.extend(crate::agent::validate_loadbalancing(c));
             let mut inner = Problems::new();
+            if !c.protocol.otlp.endpoint.is_empty() {
+                inner.push((
+                    "endpoint".into(),
+                    "does not apply here: the resolver gives each gateway's endpoint".into(),
+                ));
+            }
             otlp_client(&c.protocol.otlp, &mut inner);
             out.extend(
                 inner

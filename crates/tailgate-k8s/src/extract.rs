@@ -140,6 +140,17 @@ impl Extractor {
                 out.push((name.clone(), v));
             }
         }
+        self.labels_and_annotations(store, pod, &mut out);
+        out
+    }
+
+    /// `extract.labels` and `extract.annotations` of the pod, its namespace and its node.
+    fn labels_and_annotations(
+        &self,
+        store: &MetadataStore,
+        pod: &PodRecord,
+        out: &mut Vec<(String, String)>,
+    ) {
         let ns = store.namespace(&pod.namespace);
         let node = pod.node.as_deref().and_then(|n| store.node(n));
         for (rules, what) in [(&self.labels, "labels"), (&self.annotations, "annotations")] {
@@ -198,7 +209,6 @@ impl Extractor {
                 }
             }
         }
-        out
     }
 }
 

@@ -125,8 +125,58 @@ impl KubeMetadata {
         cfg: &K8sAttributesConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<KubeMetadata, String> {
-        let store = Arc::new(RwLock::new(MetadataStore::new()));
         let needs = Extractor::new(cfg).needs();
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<()>(8);
+        let mut w = Watchers {
+            store: Arc::new(RwLock::new(MetadataStore::new())),
+            client,
+            done: done_tx,
+            started: Instant::now(),
+            tasks: Vec::new(),
+        };
+        w.spawn_pods(cfg, env)?;
+        for (needed, kind) in [
+            (needs.replica_sets, Kind::ReplicaSet),
+            (needs.jobs, Kind::Job),
+        ] {
+            if needed {
+                w.spawn_owners(kind, cfg);
+            }
+        }
+        for (needed, kind) in [
+            (needs.namespaces, Kind::Namespace),
+            (needs.nodes, Kind::Node),
+        ] {
+            if needed {
+                w.spawn_objects(kind, cfg, env);
+            }
+        }
+        let synced = w.spawn_sync_flag(done_rx);
+        w.spawn_expiry();
+        Ok(KubeMetadata {
+            store: w.store,
+            synced,
+            tasks: w.tasks,
+        })
+    }
+}
+
+/// The watchers being started: each reports its first full listing on `done`.
+struct Watchers {
+    store: Arc<RwLock<MetadataStore>>,
+    client: kube::Client,
+    done: tokio::sync::mpsc::Sender<()>,
+    started: Instant,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Pods, narrowed by the config's node, namespace and label filters.
+    fn spawn_pods(
+        &mut self,
+        cfg: &K8sAttributesConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
         let (fields, labels) = pod_selectors(cfg, env)?;
         let mut pod_config = watcher::Config::default();
         if let Some(f) = &fields {
@@ -136,8 +186,8 @@ impl KubeMetadata {
             pod_config = pod_config.labels(l);
         }
         let pods: Api<Pod> = match &cfg.filter.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
         };
         let from = |f: K8sExtractFrom, list: &[tailgate_config::agent::K8sFieldExtract]| {
             list.iter().any(|r| r.from == f)
@@ -147,157 +197,133 @@ impl KubeMetadata {
             annotations: from(K8sExtractFrom::Pod, &cfg.extract.annotations),
             exclude: cfg.exclude.pods.iter().map(|p| p.name.0.clone()).collect(),
         };
-
-        let mut watchers = 1;
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(8);
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        {
-            let store = Arc::clone(&store);
-            let done = done_tx.clone();
-            let stream = watcher::watcher(pods, pod_config).default_backoff();
-            tasks.push(tokio::spawn(async move {
-                run(stream, "pod", done, |ev| {
-                    let mut s = store.write().unwrap_or_else(|e| e.into_inner());
-                    let now = started.elapsed();
-                    match ev {
-                        Applied::One(pod) => match pod_record(&pod, &shape) {
-                            Some(rec) => s.upsert_pod(rec),
-                            None => {
-                                if let Some(uid) = &pod.metadata.uid {
-                                    s.delete_pod(uid, now)
-                                }
-                            }
-                        },
-                        Applied::Deleted(pod) => {
-                            if let Some(uid) = &pod.metadata.uid {
-                                s.delete_pod(uid, now);
-                            }
-                        }
-                        Applied::All(pods) => {
-                            let recs = pods.iter().filter_map(|p| pod_record(p, &shape)).collect();
-                            s.replace_pods(recs, now);
-                        }
-                    }
-                    gauge!(K8S_PODS).set(s.pod_count() as f64);
-                    gauge!(K8S_PODS_OVER_LIMIT).set(s.pods_over_limit as f64);
-                })
-                .await
-            }));
-        }
-        let owners = [
-            (needs.replica_sets, Kind::ReplicaSet),
-            (needs.jobs, Kind::Job),
-        ];
-        for (needed, kind) in owners {
-            if !needed {
-                continue;
-            }
-            watchers += 1;
-            let store = Arc::clone(&store);
-            let done = done_tx.clone();
-            let handle = move |ev: Applied<PartialObjectMeta<()>>| {
+        let store = Arc::clone(&self.store);
+        let done = self.done.clone();
+        let started = self.started;
+        let stream = watcher::watcher(pods, pod_config).default_backoff();
+        self.tasks.push(tokio::spawn(async move {
+            run(stream, "pod", done, |ev| {
                 let mut s = store.write().unwrap_or_else(|e| e.into_inner());
-                match ev {
-                    Applied::One(o) => {
+                apply_pod_event(&mut s, ev, &shape, started.elapsed());
+                gauge!(K8S_PODS).set(s.pod_count() as f64);
+                gauge!(K8S_PODS_OVER_LIMIT).set(s.pods_over_limit as f64);
+            })
+            .await
+        }));
+        Ok(())
+    }
+
+    /// Owners a pod's workload name is read through (ReplicaSet → Deployment, Job → CronJob),
+    /// as metadata only.
+    fn spawn_owners(&mut self, kind: Kind, cfg: &K8sAttributesConfig) {
+        let store = Arc::clone(&self.store);
+        let done = self.done.clone();
+        let handle = move |ev: Applied<PartialObjectMeta<()>>| {
+            let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                Applied::One(o) => {
+                    if let Some(rec) = owner_record(&o.metadata) {
+                        s.upsert_owner(kind, rec)
+                    }
+                }
+                Applied::Deleted(o) => {
+                    if let Some(uid) = &o.metadata.uid {
+                        s.delete_owner(kind, uid)
+                    }
+                }
+                Applied::All(all) => {
+                    s.clear(kind);
+                    for o in all {
                         if let Some(rec) = owner_record(&o.metadata) {
                             s.upsert_owner(kind, rec)
                         }
                     }
-                    Applied::Deleted(o) => {
-                        if let Some(uid) = &o.metadata.uid {
-                            s.delete_owner(kind, uid)
-                        }
-                    }
-                    Applied::All(all) => {
-                        s.clear(kind);
-                        for o in all {
-                            if let Some(rec) = owner_record(&o.metadata) {
-                                s.upsert_owner(kind, rec)
-                            }
-                        }
-                    }
                 }
-            };
-            let task = match kind {
-                Kind::ReplicaSet => {
-                    let api: Api<PartialObjectMeta<ReplicaSet>> = namespaced_or_all(&client, cfg);
-                    let stream = watcher::watcher(api, watcher::Config::default())
-                        .default_backoff()
-                        .map(|r| r.map(erase));
-                    tokio::spawn(async move { run(stream, "replicaset", done, handle).await })
-                }
-                _ => {
-                    let api: Api<PartialObjectMeta<Job>> = namespaced_or_all(&client, cfg);
-                    let stream = watcher::watcher(api, watcher::Config::default())
-                        .default_backoff()
-                        .map(|r| r.map(erase));
-                    tokio::spawn(async move { run(stream, "job", done, handle).await })
-                }
-            };
-            tasks.push(task);
-        }
-        let objects = [
-            (needs.namespaces, Kind::Namespace),
-            (needs.nodes, Kind::Node),
-        ];
-        for (needed, kind) in objects {
-            if !needed {
-                continue;
             }
-            watchers += 1;
-            let store = Arc::clone(&store);
-            let done = done_tx.clone();
-            let handle = move |ev: Applied<PartialObjectMeta<()>>| {
-                let mut s = store.write().unwrap_or_else(|e| e.into_inner());
-                match ev {
-                    Applied::One(o) => {
+        };
+        let task = match kind {
+            Kind::ReplicaSet => {
+                let api: Api<PartialObjectMeta<ReplicaSet>> = namespaced_or_all(&self.client, cfg);
+                let stream = watcher::watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .map(|r| r.map(erase));
+                tokio::spawn(async move { run(stream, "replicaset", done, handle).await })
+            }
+            _ => {
+                let api: Api<PartialObjectMeta<Job>> = namespaced_or_all(&self.client, cfg);
+                let stream = watcher::watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .map(|r| r.map(erase));
+                tokio::spawn(async move { run(stream, "job", done, handle).await })
+            }
+        };
+        self.tasks.push(task);
+    }
+
+    /// Namespaces and nodes, by name, for their labels and annotations.
+    fn spawn_objects(
+        &mut self,
+        kind: Kind,
+        cfg: &K8sAttributesConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) {
+        let store = Arc::clone(&self.store);
+        let done = self.done.clone();
+        let handle = move |ev: Applied<PartialObjectMeta<()>>| {
+            let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                Applied::One(o) => {
+                    if let Some((name, rec)) = object_record(&o.metadata) {
+                        s.upsert_object(kind, name, rec)
+                    }
+                }
+                Applied::Deleted(o) => {
+                    if let Some(name) = &o.metadata.name {
+                        s.delete_object(kind, name)
+                    }
+                }
+                Applied::All(all) => {
+                    s.clear(kind);
+                    for o in all {
                         if let Some((name, rec)) = object_record(&o.metadata) {
                             s.upsert_object(kind, name, rec)
                         }
                     }
-                    Applied::Deleted(o) => {
-                        if let Some(name) = &o.metadata.name {
-                            s.delete_object(kind, name)
-                        }
-                    }
-                    Applied::All(all) => {
-                        s.clear(kind);
-                        for o in all {
-                            if let Some((name, rec)) = object_record(&o.metadata) {
-                                s.upsert_object(kind, name, rec)
-                            }
-                        }
-                    }
                 }
-            };
-            let task = if kind == Kind::Namespace {
-                let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-                let mut wc = watcher::Config::default();
-                if let Some(ns) = &cfg.filter.namespace {
-                    wc = wc.fields(&format!("metadata.name={ns}"));
-                }
-                let stream = watcher::watcher(api, wc)
-                    .default_backoff()
-                    .map(|r| r.map(erase));
-                tokio::spawn(async move { run(stream, "namespace", done, handle).await })
-            } else {
-                let api: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
-                let mut wc = watcher::Config::default();
-                if let Some(node) = filtered_node(cfg, env) {
-                    wc = wc.fields(&format!("metadata.name={node}"));
-                }
-                let stream = watcher::watcher(api, wc)
-                    .default_backoff()
-                    .map(|r| r.map(erase));
-                tokio::spawn(async move { run(stream, "node", done, handle).await })
-            };
-            tasks.push(task);
-        }
-        drop(done_tx);
+            }
+        };
+        let task = if kind == Kind::Namespace {
+            let api: Api<PartialObjectMeta<Namespace>> = Api::all(self.client.clone());
+            let mut wc = watcher::Config::default();
+            if let Some(ns) = &cfg.filter.namespace {
+                wc = wc.fields(&format!("metadata.name={ns}"));
+            }
+            let stream = watcher::watcher(api, wc)
+                .default_backoff()
+                .map(|r| r.map(erase));
+            tokio::spawn(async move { run(stream, "namespace", done, handle).await })
+        } else {
+            let api: Api<PartialObjectMeta<Node>> = Api::all(self.client.clone());
+            let mut wc = watcher::Config::default();
+            if let Some(node) = filtered_node(cfg, env) {
+                wc = wc.fields(&format!("metadata.name={node}"));
+            }
+            let stream = watcher::watcher(api, wc)
+                .default_backoff()
+                .map(|r| r.map(erase));
+            tokio::spawn(async move { run(stream, "node", done, handle).await })
+        };
+        self.tasks.push(task);
+    }
 
+    /// A flag that turns true once every watcher started so far reported its first listing.
+    fn spawn_sync_flag(
+        &mut self,
+        mut done_rx: tokio::sync::mpsc::Receiver<()>,
+    ) -> watch::Receiver<bool> {
+        let watchers = self.tasks.len();
         let (synced_tx, synced) = watch::channel(false);
-        tasks.push(tokio::spawn(async move {
+        self.tasks.push(tokio::spawn(async move {
             let mut pending = watchers;
             while pending > 0 && done_rx.recv().await.is_some() {
                 pending -= 1;
@@ -308,23 +334,45 @@ impl KubeMetadata {
                 std::future::pending::<()>().await;
             }
         }));
-        {
-            let store = Arc::clone(&store);
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    let mut s = store.write().unwrap_or_else(|e| e.into_inner());
-                    s.expire(started.elapsed());
-                    gauge!(K8S_PODS).set(s.pod_count() as f64);
+        synced
+    }
+
+    /// Forgets deleted pods after their grace period.
+    fn spawn_expiry(&mut self) {
+        let store = Arc::clone(&self.store);
+        let started = self.started;
+        self.tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
+            loop {
+                tick.tick().await;
+                let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                s.expire(started.elapsed());
+                gauge!(K8S_PODS).set(s.pod_count() as f64);
+            }
+        }));
+    }
+}
+
+/// One pod watch event applied to the store (`now`: since the watchers started).
+fn apply_pod_event(s: &mut MetadataStore, ev: Applied<Pod>, shape: &PodShape, now: Duration) {
+    match ev {
+        Applied::One(pod) => match pod_record(&pod, shape) {
+            Some(rec) => s.upsert_pod(rec),
+            None => {
+                if let Some(uid) = &pod.metadata.uid {
+                    s.delete_pod(uid, now)
                 }
-            }));
+            }
+        },
+        Applied::Deleted(pod) => {
+            if let Some(uid) = &pod.metadata.uid {
+                s.delete_pod(uid, now);
+            }
         }
-        Ok(KubeMetadata {
-            store,
-            synced,
-            tasks,
-        })
+        Applied::All(pods) => {
+            let recs = pods.iter().filter_map(|p| pod_record(p, shape)).collect();
+            s.replace_pods(recs, now);
+        }
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::span::{EncodedSpan, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId, read_meta};
+use crate::span::{
+    EncodedSpan, RawMeta, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId, read_meta,
+};
 use crate::wire::{FieldReader, WireError};
 
 const REQUEST_RESOURCE_SPANS: u32 = 1;
@@ -103,28 +105,12 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 let (num, value) = f.map_err(at(&span_path))?;
                 let span = value.as_len(num).map_err(at(&span_path))?;
                 let raw = read_meta(span).map_err(at(&span_path))?;
-                match validate_ids(raw.trace_id, raw.span_id) {
-                    Ok((trace_id, span_id)) => {
-                        let parent_span_id = raw
-                            .parent_span_id
-                            .and_then(|p| <[u8; 8]>::try_from(p).ok())
-                            .filter(|p| p != &[0u8; 8])
-                            .map(SpanId);
-                        out.spans.push(EncodedSpan {
-                            context: Arc::clone(&context),
-                            bytes: body.slice_ref(span),
-                            meta: SpanMeta {
-                                trace_id,
-                                span_id,
-                                parent_span_id,
-                                start_time_unix_nano: raw.start,
-                                end_time_unix_nano: raw.end,
-                                status_code: StatusCode(raw.status),
-                                kind: raw.kind,
-                                flags: raw.flags,
-                            },
-                        });
-                    }
+                match span_meta(&raw) {
+                    Ok(meta) => out.spans.push(EncodedSpan {
+                        context: Arc::clone(&context),
+                        bytes: body.slice_ref(span),
+                        meta,
+                    }),
                     Err(reason) => {
                         out.rejected_spans += 1;
                         if reasons.len() < REJECTION_REASONS_MAX {
@@ -147,6 +133,26 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
         out.rejection_message = Some(msg);
     }
     Ok(out)
+}
+
+/// The span's indexed fields, or why its IDs make it unusable.
+fn span_meta(raw: &RawMeta<'_>) -> Result<SpanMeta, String> {
+    let (trace_id, span_id) = validate_ids(raw.trace_id, raw.span_id)?;
+    let parent_span_id = raw
+        .parent_span_id
+        .and_then(|p| <[u8; 8]>::try_from(p).ok())
+        .filter(|p| p != &[0u8; 8])
+        .map(SpanId);
+    Ok(SpanMeta {
+        trace_id,
+        span_id,
+        parent_span_id,
+        start_time_unix_nano: raw.start,
+        end_time_unix_nano: raw.end,
+        status_code: StatusCode(raw.status),
+        kind: raw.kind,
+        flags: raw.flags,
+    })
 }
 
 /// Builds the error's path only when an error happens: formatting a path per span would

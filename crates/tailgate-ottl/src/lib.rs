@@ -17,10 +17,12 @@
 //! false. **Invariant:** evaluation is pure; data comes in through [`Context`].
 
 mod eval;
+mod lex;
 mod parse;
 
 pub use eval::{Context, Value};
-pub use parse::{Condition, ParseError, Path, Scope};
+pub use lex::ParseError;
+pub use parse::{Condition, Path, Scope};
 
 #[cfg(test)]
 mod tests;

@@ -326,15 +326,9 @@ async fn shutdown(agent: RunningService, gateways: &mut [DevGateway]) {
     }
 }
 
-async fn demo(
-    args: &DevArgs,
-    agent: RunningService,
-    gateways: &mut [DevGateway],
-    data: &str,
-    agent_port: u16,
-    stop: &mut StopSignal,
-) -> anyhow::Result<()> {
-    let load = LoadgenArgs {
+/// The demo's synthetic traffic: a few interesting traces among many ordinary ones.
+fn demo_load(args: &DevArgs, agent_port: u16) -> LoadgenArgs {
+    LoadgenArgs {
         endpoint: vec![format!("http://127.0.0.1:{agent_port}")],
         traces: 0,
         duration: args.demo_duration,
@@ -350,7 +344,17 @@ async fn demo(
         gzip: true,
         seed: 42,
         service_name: "checkout".into(),
-    };
+    }
+}
+
+async fn demo(
+    args: &DevArgs,
+    agent: RunningService,
+    gateways: &mut [DevGateway],
+    data: &str,
+    agent_port: u16,
+    stop: &mut StopSignal,
+) -> anyhow::Result<()> {
     println!(
         "demo: sending 200 traces/s (10 spans each; 2% with an error, 2% slow, 1% flagged) for {:?}",
         args.demo_duration
@@ -360,7 +364,7 @@ async fn demo(
     );
     let stats = Arc::new(LoadStats::default());
     let started = Instant::now();
-    let sender = tokio::spawn(run_load(load, Arc::clone(&stats)));
+    let sender = tokio::spawn(run_load(demo_load(args, agent_port), Arc::clone(&stats)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
@@ -384,54 +388,10 @@ async fn demo(
                 return Ok(());
             }
         }
-        let m = telemetry::render();
-        let mut epochs = Vec::new();
-        let mut buffered = Vec::new();
-        for g in gateways.iter() {
-            match g.status().await {
-                Some((e, b)) => {
-                    epochs.push(e);
-                    buffered.push(b.to_string());
-                }
-                None => buffered.push("-".into()),
-            }
-        }
-        println!(
-            "  {:>4.0}s {:>11} {:>6}  {:>28} {:>12} {:>14} {:>9} {:>11}",
-            started.elapsed().as_secs_f64(),
-            stats.spans.load(Ordering::Relaxed),
-            epochs.iter().max().copied().unwrap_or(0),
-            buffered.join(" / "),
-            sum_metric(&m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
-            sum_metric(&m, telemetry::SAMPLING_SPANS_DROPPED, &[]) as u64,
-            sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
-            sum_metric(&m, tailgate_cluster::CLUSTER_HANDOFF_SENT_TRACES, &[]) as u64,
-        );
+        print_progress_row(gateways, &stats, started).await;
         if !rolled && Instant::now() >= roll_at {
             rolled = true;
-            let last = gateways.len() - 1;
-            let join = vec![gateways[0].cluster_addr.clone()];
-            let g = &mut gateways[last];
-            let at = started.elapsed().as_secs_f64();
-            let buffered = g.status().await.map_or(0, |(_, b)| b);
-            println!(
-                "  -- {at:.0}s: rolling {}: it leaves the ring and hands its {buffered} buffered traces to the others --",
-                g.name
-            );
-            g.stop().await;
-            println!(
-                "  -- {:.1}s: {} has left; starting it again --",
-                started.elapsed().as_secs_f64(),
-                g.name
-            );
-            g.start(&join, 4242).await?;
-            wait_for_ring(gateways).await;
-            let epoch = gateways[last].status().await.map_or(0, |(e, _)| e);
-            println!(
-                "  -- {:.1}s: {} is back and owns traces again (epoch {epoch}) --",
-                started.elapsed().as_secs_f64(),
-                gateways[last].name
-            );
+            roll_last_gateway(gateways, started).await?;
         }
         if sender.is_finished() {
             // Let the last traces reach their decision (root + 2s) and the batch flush.
@@ -443,11 +403,79 @@ async fn demo(
     }
     sender.await.context("load generator")??;
     shutdown(agent, gateways).await;
+    print_summary(args, &stats, gateways, data)
+}
+
+/// One line a second: what was sent, the ring's epoch, what each gateway buffers, what was
+/// kept, dropped, exported and handed off so far.
+async fn print_progress_row(gateways: &[DevGateway], stats: &LoadStats, started: Instant) {
+    let m = telemetry::render();
+    let mut epochs = Vec::new();
+    let mut buffered = Vec::new();
+    for g in gateways {
+        match g.status().await {
+            Some((e, b)) => {
+                epochs.push(e);
+                buffered.push(b.to_string());
+            }
+            None => buffered.push("-".into()),
+        }
+    }
+    println!(
+        "  {:>4.0}s {:>11} {:>6}  {:>28} {:>12} {:>14} {:>9} {:>11}",
+        started.elapsed().as_secs_f64(),
+        stats.spans.load(Ordering::Relaxed),
+        epochs.iter().max().copied().unwrap_or(0),
+        buffered.join(" / "),
+        sum_metric(&m, telemetry::SAMPLING_SPANS_KEPT, &[]) as u64,
+        sum_metric(&m, telemetry::SAMPLING_SPANS_DROPPED, &[]) as u64,
+        sum_metric(&m, telemetry::EXPORTER_SENT_SPANS, &["exporter=\"file\""]) as u64,
+        sum_metric(&m, tailgate_cluster::CLUSTER_HANDOFF_SENT_TRACES, &[]) as u64,
+    );
+}
+
+/// A rolling restart of the last gateway: it leaves (handing off what it buffers), starts
+/// again and rejoins the ring.
+async fn roll_last_gateway(gateways: &mut [DevGateway], started: Instant) -> anyhow::Result<()> {
+    let last = gateways.len() - 1;
+    let join = vec![gateways[0].cluster_addr.clone()];
+    let g = &mut gateways[last];
+    let at = started.elapsed().as_secs_f64();
+    let buffered = g.status().await.map_or(0, |(_, b)| b);
+    println!(
+        "  -- {at:.0}s: rolling {}: it leaves the ring and hands its {buffered} buffered traces to the others --",
+        g.name
+    );
+    g.stop().await;
+    println!(
+        "  -- {:.1}s: {} has left; starting it again --",
+        started.elapsed().as_secs_f64(),
+        g.name
+    );
+    g.start(&join, 4242).await?;
+    wait_for_ring(gateways).await;
+    let epoch = gateways[last].status().await.map_or(0, |(e, _)| e);
+    println!(
+        "  -- {:.1}s: {} is back and owns traces again (epoch {epoch}) --",
+        started.elapsed().as_secs_f64(),
+        gateways[last].name
+    );
+    Ok(())
+}
+
+/// What the demo did, from the metrics and the output files; fails if a secret the gateways
+/// should have redacted reached a file.
+fn print_summary(
+    args: &DevArgs,
+    stats: &LoadStats,
+    gateways: &[DevGateway],
+    data: &str,
+) -> anyhow::Result<()> {
     let m = telemetry::render();
     let mut lines = 0;
     let mut spans = 0;
     let mut leaked = 0;
-    for g in gateways.iter() {
+    for g in gateways {
         let file = format!("{data}/traces-{}.jsonl", g.name);
         let (l, s, k) = inspect_output(&file)?;
         lines += l;

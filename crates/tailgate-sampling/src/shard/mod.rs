@@ -30,13 +30,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
+use tailgate_otlp::{EncodedSpan, TraceId};
 
 use crate::budget::BufferBudget;
 use crate::buffer::TraceBuffer;
 use crate::cache::{CachedDecision, DecisionCache};
 use crate::policy::{Decision, PolicySet, TraceView};
 use crate::record::DecisionRecord;
+
+mod counters;
+mod handoff;
+
+pub use counters::{EarlyReason, ShardCounters};
+pub use handoff::{DecisionTransfer, TraceTransfer};
 
 /// Settings of one shard, derived from the processor config.
 #[derive(Debug, Clone)]
@@ -55,109 +61,10 @@ pub struct ShardConfig {
     pub drop_pending_on_shutdown: bool,
 }
 
-/// Why a trace was decided before its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum EarlyReason {
-    /// The byte budget passed its high watermark.
-    BufferFull,
-    /// The shard held more than its share of `num_traces`.
-    NumTraces,
-    /// The trace exceeded `maximum_trace_size_bytes`.
-    TraceTooLarge,
-    /// Shutdown with no peer to hand the trace to.
-    Shutdown,
-}
-
-impl EarlyReason {
-    /// Every reason, in the order of [`EarlyReason::index`].
-    pub const ALL: [EarlyReason; 4] = [
-        EarlyReason::BufferFull,
-        EarlyReason::NumTraces,
-        EarlyReason::TraceTooLarge,
-        EarlyReason::Shutdown,
-    ];
-
-    /// Position in [`EarlyReason::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            EarlyReason::BufferFull => "buffer_full",
-            EarlyReason::NumTraces => "num_traces",
-            EarlyReason::TraceTooLarge => "trace_too_large",
-            EarlyReason::Shutdown => "shutdown",
-        }
-    }
-}
-
-/// Counts since the last [`TraceShard::take_counters`]; the actor turns them into metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ShardCounters {
-    pub spans_received: u64,
-    pub spans_kept: u64,
-    pub spans_dropped_policy: u64,
-    pub spans_dropped_late: u64,
-    pub spans_dropped_shutdown: u64,
-    pub spans_duplicate: u64,
-    pub late_spans_kept: u64,
-    pub late_spans_dropped: u64,
-    /// Age of each late span's decision when the span arrived.
-    pub late_span_ages: Vec<Duration>,
-    /// Spans of a trace whose decision was already forgotten (they start a new trace).
-    pub late_spans_after_forget: u64,
-    pub traces_new: u64,
-    /// `(policy index, vote)` counts.
-    pub votes: BTreeMap<(usize, Decision), u64>,
-    /// Final decisions of traces: kept (`Sampled`), dropped by a drop policy (`Dropped`),
-    /// or by no policy keeping them (`NotSampled`).
-    pub decisions: BTreeMap<Decision, u64>,
-    pub early_decisions: BTreeMap<EarlyReason, u64>,
-    /// Orphan spans per `service.name` ("" when unknown).
-    pub orphan_spans: BTreeMap<String, u64>,
-    /// How late each deadline decision ran after its `decide_at`.
-    pub decision_lateness: Vec<Duration>,
-    pub traces_handed_off: u64,
-    pub spans_handed_off: u64,
-    pub traces_received_by_handoff: u64,
-    pub spans_received_by_handoff: u64,
-    /// Traces kept only by the runtime sampling override.
-    pub traces_kept_by_override: u64,
-    /// Buffered traces decided by a decision that arrived from their previous owner.
-    pub traces_decided_by_handoff: u64,
-    /// Traces taken for a handoff that failed and came back (`restore_trace`).
-    pub traces_handoff_returned: u64,
-}
-
 /// Spans a shard operation released downstream (kept traces, late spans of kept traces).
 #[derive(Debug, Default)]
 pub struct Released {
     pub kept: Vec<EncodedSpan>,
-}
-
-/// A buffered trace on its way to its new owner (cluster handoff).
-#[derive(Debug, Clone)]
-pub struct TraceTransfer {
-    pub trace_id: TraceId,
-    pub spans: Vec<EncodedSpan>,
-    /// Time left until the decision; no clock sync between nodes is assumed.
-    pub remaining: Duration,
-    /// Time since the first span arrived.
-    pub age: Duration,
-    pub root_seen: bool,
-    pub encoded_bytes: u64,
-}
-
-/// A decision on its way to a trace's new owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecisionTransfer {
-    pub trace_id: TraceId,
-    pub keep: bool,
-    /// Time since the decision.
-    pub age: Duration,
-    /// Spans of a kept trace the previous owner already released: never released again.
-    pub released: Vec<SpanId>,
 }
 
 #[derive(Debug)]
@@ -593,125 +500,6 @@ impl TraceShard {
                 self.counters.spans_dropped_shutdown += entry.buffer.span_count() as u64;
             } else {
                 self.decide(id, Some(EarlyReason::Shutdown), now, &mut out);
-            }
-        }
-        out
-    }
-
-    /// Removes and returns every buffered trace `moves` selects (its owner changed), oldest
-    /// first. The caller hands them to the new owner.
-    pub fn take_traces(
-        &mut self,
-        now: Duration,
-        moves: &dyn Fn(&TraceId) -> bool,
-    ) -> Vec<TraceTransfer> {
-        let ids: Vec<TraceId> = self
-            .by_arrival
-            .values()
-            .filter(|id| moves(id))
-            .copied()
-            .collect();
-        ids.into_iter()
-            .map(|id| {
-                let e = self.remove(&id).expect("listed in by_arrival");
-                self.counters.traces_handed_off += 1;
-                self.counters.spans_handed_off += e.buffer.span_count() as u64;
-                TraceTransfer {
-                    trace_id: id,
-                    spans: e.buffer.spans(),
-                    remaining: e.decide_at.saturating_sub(now),
-                    age: now.saturating_sub(e.first_seen),
-                    root_seen: e.root_seen,
-                    encoded_bytes: e.buffer.encoded_bytes(),
-                }
-            })
-            .collect()
-    }
-
-    /// Takes in a trace from its previous owner, merging with any spans already here. Its
-    /// deadline resumes where it stood (no second full `decision_wait`).
-    pub fn accept_trace(&mut self, t: TraceTransfer, now: Duration) -> Released {
-        let mut out = Released::default();
-        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
-        // A handoff is never refused: early decisions bring the budget back down.
-        self.budget.force_reserve(bytes);
-        self.counters.traces_received_by_handoff += 1;
-        self.counters.spans_received_by_handoff += t.spans.len() as u64;
-        self.ingest_trace(
-            t.trace_id,
-            t.spans,
-            Some((t.remaining, t.age, t.root_seen)),
-            now,
-            &mut out,
-        );
-        self.enforce_limits(now, &mut out);
-        out
-    }
-
-    /// Takes back a trace whose handoff failed: it is buffered again as it was (its deadline
-    /// kept running while it was away), and the next ring change re-plans it.
-    pub fn restore_trace(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
-        let mut out = Released::default();
-        let id = t.trace_id;
-        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
-        self.budget.force_reserve(bytes);
-        self.counters.traces_handoff_returned += 1;
-        self.ingest_trace(
-            t.trace_id,
-            t.spans,
-            Some((t.remaining, t.age, t.root_seen)),
-            now,
-            &mut out,
-        );
-        // The receiver may have taken it without this node seeing the ack: hold it.
-        self.hold_until(&id, now + hold);
-        self.enforce_limits(now, &mut out);
-        out
-    }
-
-    /// Remembered decisions of the traces `moves` selects, for their new owner.
-    pub fn decisions_for(
-        &self,
-        now: Duration,
-        moves: &dyn Fn(&TraceId) -> bool,
-    ) -> Vec<DecisionTransfer> {
-        self.cache
-            .matching(moves)
-            .into_iter()
-            .map(|(id, d)| DecisionTransfer {
-                trace_id: id,
-                keep: d.keep,
-                age: now.saturating_sub(d.decided_at),
-                released: self.cache.released_of(&id),
-            })
-            .collect()
-    }
-
-    /// Remembers a decision made by a trace's previous owner.
-    ///
-    /// If this node already buffers spans of that trace (they reached it under the new ring
-    /// before the handoff did), the decision settles them too: one decision per trace.
-    pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) -> Released {
-        let mut out = Released::default();
-        self.cache.insert(
-            d.trace_id,
-            CachedDecision {
-                keep: d.keep,
-                decided_at: now.saturating_sub(d.age),
-                policy: None,
-            },
-        );
-        self.cache
-            .record_released(d.trace_id, d.released.iter().copied());
-        if let Some(entry) = self.remove(&d.trace_id) {
-            self.counters.traces_decided_by_handoff += 1;
-            let spans = entry.buffer.spans();
-            if d.keep {
-                let fresh = self.release_once(d.trace_id, spans);
-                self.counters.spans_kept += fresh.len() as u64;
-                out.kept.extend(fresh);
-            } else {
-                self.counters.spans_dropped_policy += spans.len() as u64;
             }
         }
         out
