@@ -24,9 +24,9 @@ use clap::Args;
 use serde_json::json;
 use tailgate_k8s::fake_api::FakeApiServer;
 
-use crate::measure::{
-    Proc, cpu_seconds, find_rotel, free_port, loadgen, median, pinned, sink_counts, start_sink,
-    status_kib, wait_drained, wait_port,
+use crate::harness::{
+    Proc, cpu_seconds, find_rotel, free_port, loadgen, median, sink_counts, start_rotel,
+    start_sink, status_kib, wait_drained, wait_port,
 };
 use crate::sibling_binary;
 
@@ -229,28 +229,7 @@ fn run_once(
     };
     let log = dir.join(format!("{system}.log"));
     let target = match system {
-        "rotel" => pinned(
-            "0",
-            rotel.expect("rotel path"),
-            &[
-                "start".into(),
-                "--otlp-grpc-endpoint".into(),
-                format!("127.0.0.1:{port}"),
-                "--otlp-http-endpoint".into(),
-                format!("127.0.0.1:{}", free_port()),
-                "--exporter".into(),
-                "otlp".into(),
-                "--otlp-exporter-endpoint".into(),
-                format!("http://127.0.0.1:{}", sinks[0].1),
-                "--otlp-exporter-protocol".into(),
-                "grpc".into(),
-                "--otlp-exporter-compression".into(),
-                "none".into(),
-                "--pid-file".into(),
-                dir.join("rotel.pid").display().to_string(),
-            ],
-            "rotel",
-        )?,
+        "rotel" => start_rotel(rotel.expect("rotel path"), port, sinks[0].1, &dir, "none")?,
         "collector" => pinned_with_kubeconfig(
             args.collector.as_ref().expect("collector path"),
             &["--config", &config(AGENT_CONFIG)?],
@@ -306,17 +285,7 @@ fn run_once(
     let after = delivered();
     let enriching = matches!(system, "agent" | "collector");
     if enriching && after.1 - before.1 < after.0 - before.0 {
-        let tail: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(15)
-            .map(str::to_string)
-            .collect();
-        eprintln!(
-            "{system}: some spans arrived without Kubernetes metadata; its log ends:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
+        warn_unenriched(system, &log);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Run {
@@ -327,6 +296,21 @@ fn run_once(
         delivered: after.0 - before.0,
         enriched: after.1 - before.1,
     })
+}
+
+/// Says that some spans arrived without Kubernetes metadata, with the end of the system's log.
+fn warn_unenriched(system: &str, log: &std::path::Path) {
+    let tail: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(15)
+        .map(str::to_string)
+        .collect();
+    eprintln!(
+        "{system}: some spans arrived without Kubernetes metadata; its log ends:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
 }
 
 pub fn agent(args: AgentArgs) -> anyhow::Result<()> {

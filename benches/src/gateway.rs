@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::measure::{
+use crate::harness::{
     GatewayParams, cpu_seconds, find_rotel, free_port, loadgen, median, metric, pinned,
-    render_config, sink_count, start_gateway_binary, start_sink, status_kib, wait_drained,
-    wait_port,
+    render_config, sink_count, start_gateway_binary, start_rotel, start_sink, status_kib,
+    wait_drained, wait_port,
 };
 use crate::sibling_binary;
 
@@ -200,28 +200,7 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
             (p, wait)
         }
         System::Rotel(rotel) => {
-            let p = pinned(
-                "0",
-                rotel,
-                &[
-                    "start".into(),
-                    "--otlp-grpc-endpoint".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--otlp-http-endpoint".into(),
-                    format!("127.0.0.1:{}", free_port()),
-                    "--exporter".into(),
-                    "otlp".into(),
-                    "--otlp-exporter-endpoint".into(),
-                    format!("http://127.0.0.1:{sink_port}"),
-                    "--otlp-exporter-protocol".into(),
-                    "grpc".into(),
-                    "--otlp-exporter-compression".into(),
-                    args.compression.clone(),
-                    "--pid-file".into(),
-                    dir.join("rotel.pid").display().to_string(),
-                ],
-                "rotel",
-            )?;
+            let p = start_rotel(rotel, port, sink_port, &dir, &args.compression)?;
             (p, Duration::from_secs(3))
         }
     };
@@ -286,33 +265,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if !args.no_rotel {
         systems.push(System::Rotel(rotel_path(&args)?));
     }
-    println!(
-        "P1: gateway on core 0, loadgen on core 1; 20 spans/trace, 10 attributes, ~512 spans/request, compression {}, rate {}, {}s per run",
-        args.compression,
-        if args.rate == 0 {
-            "max".to_string()
-        } else {
-            format!("{} traces/s", args.rate)
-        },
-        args.seconds
-    );
-    println!(
-        "{:<4} {:<14} {:>12} {:>9} {:>11} {:>9} {:>12} {:>13} {:>13} {:>12}",
-        "run",
-        "system",
-        "spans in",
-        "cpu s",
-        "cpu s / 1M",
-        "peak RSS",
-        "peak live",
-        "peak held",
-        "RSS / held",
-        "exported"
-    );
-    println!(
-        "{:<4} {:<14} {:>12} {:>9} {:>11} {:>9} {:>12} {:>13} {:>13} {:>12}",
-        "", "", "", "", "", "MiB", "MiB", "MiB", "", ""
-    );
+    print_header(&args);
     let mut results = Vec::new();
     for round in 0..args.rounds {
         for (i, system) in systems.iter().enumerate() {
@@ -345,6 +298,42 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     println!(
         "peak held = buffered encoded spans + exporter queues and sends in flight + request bodies in flight, at their largest; RSS / held = peak RSS sampled with it (target <= 1.5)"
     );
+    print_medians(&systems, &results);
+    Ok(())
+}
+
+fn print_header(args: &GatewayArgs) {
+    println!(
+        "P1: gateway on core 0, loadgen on core 1; 20 spans/trace, 10 attributes, ~512 spans/request, compression {}, rate {}, {}s per run",
+        args.compression,
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            format!("{} traces/s", args.rate)
+        },
+        args.seconds
+    );
+    println!(
+        "{:<4} {:<14} {:>12} {:>9} {:>11} {:>9} {:>12} {:>13} {:>13} {:>12}",
+        "run",
+        "system",
+        "spans in",
+        "cpu s",
+        "cpu s / 1M",
+        "peak RSS",
+        "peak live",
+        "peak held",
+        "RSS / held",
+        "exported"
+    );
+    println!(
+        "{:<4} {:<14} {:>12} {:>9} {:>11} {:>9} {:>12} {:>13} {:>13} {:>12}",
+        "", "", "", "", "", "MiB", "MiB", "MiB", "", ""
+    );
+}
+
+/// Each system's median CPU-seconds per million spans, and its ratio to the first system.
+fn print_medians(systems: &[System], results: &[RunResult]) {
     let med = |sys: &str| {
         median(
             results
@@ -356,7 +345,7 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let first = systems[0].label().to_string();
     let t = med(&first);
-    for system in &systems {
+    for system in systems {
         let label = system.label();
         let m = med(label);
         match system {
@@ -376,5 +365,4 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }

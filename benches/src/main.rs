@@ -19,6 +19,7 @@
 
 mod agent;
 mod gateway;
+mod harness;
 mod measure;
 mod sink;
 

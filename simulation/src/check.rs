@@ -24,7 +24,7 @@ use std::time::Duration;
 use tailgate_otlp::TraceId;
 
 use crate::scenario::Scenario;
-use crate::world::{BUFFER_LIMIT_MIB, Shared};
+use crate::world::{BUFFER_LIMIT_MIB, Exported, SentSpan, Shared, TraceKind};
 use crate::{CrashRecord, Outcome};
 
 /// Spans sent this close to a partition window may be decided on partial data.
@@ -32,6 +32,49 @@ const WINDOW_MARGIN: Duration = Duration::from_secs(6);
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+type Trace = [u8; 16];
+type SpanKey = (Trace, [u8; 8]);
+
+/// What the run produced, read once from the shared state.
+struct Run<'a> {
+    sent: Vec<SentSpan>,
+    kinds: BTreeMap<Trace, TraceKind>,
+    exported: Vec<Exported>,
+    /// Times each span was exported.
+    copies: BTreeMap<SpanKey, usize>,
+    /// Spans the driver resent after an ambiguous failure (a second copy is expected).
+    ambiguous: BTreeSet<SpanKey>,
+    faulty: bool,
+    crashes: &'a [CrashRecord],
+    windows: &'a [(Duration, Duration)],
+}
+
+impl Run<'_> {
+    /// A loss the faults explain: a crashed gateway owned the trace, or it was sent near a
+    /// partition window.
+    fn attributable(&self, trace: &Trace, at: Duration) -> bool {
+        let id = TraceId(*trace);
+        self.faulty
+            && (self.crashes.iter().any(|c| {
+                c.rings
+                    .iter()
+                    .any(|r| r.owner(&id) == Some(c.name.as_str()))
+            }) || self
+                .windows
+                .iter()
+                .any(|(from, to)| at + WINDOW_MARGIN >= *from && at <= *to + WINDOW_MARGIN))
+    }
+
+    /// Where a trace's spans were exported, for diagnoses.
+    fn exports_of(&self, trace: &Trace, span: Option<&[u8; 8]>) -> Vec<String> {
+        self.exported
+            .iter()
+            .filter(|e| e.trace == *trace && span.is_none_or(|s| e.span == *s))
+            .map(|e| format!("{}@{:.3}s", e.by, e.at.as_secs_f64()))
+            .collect()
+    }
 }
 
 pub fn check(
@@ -43,58 +86,88 @@ pub fn check(
     epoch_changes: &[Duration],
 ) -> Outcome {
     let sent = shared.sent.lock().unwrap().clone();
-    let kinds = shared.kinds.lock().unwrap().clone();
     let exported = shared.exported.lock().unwrap().clone();
-    let mut v = Vec::new();
-
-    let mut copies: BTreeMap<([u8; 16], [u8; 8]), usize> = BTreeMap::new();
-    let mut by: BTreeMap<[u8; 16], BTreeSet<String>> = BTreeMap::new();
+    let mut copies: BTreeMap<SpanKey, usize> = BTreeMap::new();
     for e in &exported {
         *copies.entry((e.trace, e.span)).or_default() += 1;
-        by.entry(e.trace).or_default().insert(e.by.clone());
     }
-    let ambiguous: BTreeSet<([u8; 16], [u8; 8])> = sent
-        .iter()
-        .filter(|s| s.ambiguous)
-        .map(|s| (s.trace, s.span))
-        .collect();
-    let attributable = |trace: &[u8; 16], at: Duration| {
-        let id = TraceId(*trace);
-        crashes.iter().any(|c| {
-            c.rings
-                .iter()
-                .any(|r| r.owner(&id) == Some(c.name.as_str()))
-        }) || windows
+    let run = Run {
+        ambiguous: sent
             .iter()
-            .any(|(from, to)| at + WINDOW_MARGIN >= *from && at <= *to + WINDOW_MARGIN)
+            .filter(|s| s.ambiguous)
+            .map(|s| (s.trace, s.span))
+            .collect(),
+        kinds: shared.kinds.lock().unwrap().clone(),
+        copies,
+        sent,
+        exported,
+        faulty: !scenario.graceful(),
+        crashes,
+        windows,
     };
-    let faulty = !scenario.graceful();
+    let mut v = Vec::new();
+    no_span_twice(&run, &mut v);
+    no_trace_in_pieces_within_an_epoch(&run, epoch_changes, &mut v);
+    nothing_of_a_dropped_trace(&run, &mut v);
+    every_kept_span_exported_or_attributed(&run, &mut v);
+    converged(shared, &mut v);
+    if scenario.via_agents() {
+        enriched_by_the_agents(&run, &mut v);
+    }
+    buffers_under_budget(shared, &mut v);
+    shared.log_at(
+        now,
+        format!(
+            "checked: {} spans sent ({} accepted), {} exported, {} violations",
+            run.sent.len(),
+            run.sent.iter().filter(|s| s.accepted).count(),
+            run.exported.len(),
+            v.len()
+        ),
+    );
+    // The event log records what the sink received, in order (part of the replay check).
+    shared.log_at(
+        now,
+        format!("sink digest {:016x}", sink_digest(&run.exported)),
+    );
+    Outcome {
+        events: Vec::new(),
+        violations: v,
+        spans_sent: run.sent.len(),
+        spans_exported: run.exported.len(),
+    }
+}
 
-    // I2: no span twice.
-    for ((t, s), n) in &copies {
-        if *n > 1 && !ambiguous.contains(&(*t, *s)) {
-            let how: Vec<String> = exported
-                .iter()
-                .filter(|e| e.trace == *t && e.span == *s)
-                .map(|e| format!("{}@{:.3}s", e.by, e.at.as_secs_f64()))
-                .collect();
+/// I2: no span twice.
+fn no_span_twice(run: &Run<'_>, v: &mut Vec<String>) {
+    for ((t, s), n) in &run.copies {
+        if *n > 1 && !run.ambiguous.contains(&(*t, *s)) {
             v.push(format!(
                 "I2: span {}/{} exported {n} times ({})",
                 hex(t),
                 hex(s),
-                how.join(", ")
+                run.exports_of(t, Some(s)).join(", ")
             ));
         }
     }
-    // I2: no trace in pieces by two owners of one epoch.
-    let mut first_sent: BTreeMap<[u8; 16], Duration> = BTreeMap::new();
-    for s in &sent {
-        first_sent.entry(s.trace).or_insert(s.at);
-    }
-    let mut last_export: BTreeMap<[u8; 16], Duration> = BTreeMap::new();
-    for e in &exported {
+}
+
+/// I2: no trace in pieces by two owners of one epoch.
+fn no_trace_in_pieces_within_an_epoch(
+    run: &Run<'_>,
+    epoch_changes: &[Duration],
+    v: &mut Vec<String>,
+) {
+    let mut by: BTreeMap<Trace, BTreeSet<String>> = BTreeMap::new();
+    let mut last_export: BTreeMap<Trace, Duration> = BTreeMap::new();
+    for e in &run.exported {
+        by.entry(e.trace).or_default().insert(e.by.clone());
         let t = last_export.entry(e.trace).or_insert(e.at);
         *t = (*t).max(e.at);
+    }
+    let mut first_sent: BTreeMap<Trace, Duration> = BTreeMap::new();
+    for s in &run.sent {
+        first_sent.entry(s.trace).or_insert(s.at);
     }
     for (t, gateways) in &by {
         if gateways.len() < 2 {
@@ -113,9 +186,12 @@ pub fn check(
             ));
         }
     }
-    // I4: nothing of a dropped trace.
-    for e in &exported {
-        match kinds.get(&e.trace) {
+}
+
+/// I4: nothing of a dropped trace.
+fn nothing_of_a_dropped_trace(run: &Run<'_>, v: &mut Vec<String>) {
+    for e in &run.exported {
+        match run.kinds.get(&e.trace) {
             Some(k) if k.keep() => {}
             Some(_) => v.push(format!(
                 "I4: span {} of dropped trace {} exported",
@@ -125,27 +201,23 @@ pub fn check(
             None => v.push(format!("I4: unknown trace {} exported", hex(&e.trace))),
         }
     }
-    // I1 / I3 / I5: every accepted span of a kept trace exported, or its loss attributed.
-    let mut traces: BTreeMap<[u8; 16], (usize, usize)> = BTreeMap::new();
-    for s in sent.iter().filter(|s| s.accepted) {
-        let Some(kind) = kinds.get(&s.trace) else {
-            continue;
-        };
-        if !kind.keep() {
+}
+
+/// I1 / I3 / I5: every accepted span of a kept trace exported, or its loss attributed.
+fn every_kept_span_exported_or_attributed(run: &Run<'_>, v: &mut Vec<String>) {
+    let mut traces: BTreeMap<Trace, (usize, usize)> = BTreeMap::new();
+    for s in run.sent.iter().filter(|s| s.accepted) {
+        if !run.kinds.get(&s.trace).is_some_and(|k| k.keep()) {
             continue;
         }
         let t = traces.entry(s.trace).or_default();
         t.0 += 1;
-        if copies.contains_key(&(s.trace, s.span)) {
+        if run.copies.contains_key(&(s.trace, s.span)) {
             t.1 += 1;
-        } else if !(faulty && attributable(&s.trace, s.at)) {
-            let rule = if faulty { "I5" } else { "I1" };
+        } else if !run.attributable(&s.trace, s.at) {
+            let rule = if run.faulty { "I5" } else { "I1" };
             // Where the rest of the trace went, to start the diagnosis from.
-            let rest: Vec<String> = exported
-                .iter()
-                .filter(|e| e.trace == s.trace)
-                .map(|e| format!("{}@{:.3}s", e.by, e.at.as_secs_f64()))
-                .collect();
+            let rest = run.exports_of(&s.trace, None);
             v.push(format!(
                 "{rule}: span {}/{} of kept trace accepted at {:.3}s never exported (the trace's other exports: {})",
                 hex(&s.trace),
@@ -156,16 +228,19 @@ pub fn check(
         }
     }
     for (t, (accepted, got)) in &traces {
-        let kind = kinds[t];
-        if kind.error && *accepted == 4 && *got == 0 && !(faulty && attributable(t, Duration::ZERO))
-        {
+        let kind = run.kinds[t];
+        if kind.error && *accepted == 4 && *got == 0 && !run.attributable(t, Duration::ZERO) {
             v.push(format!(
                 "I3: ERROR trace {} fully accepted but not kept",
                 hex(t)
             ));
         }
     }
-    // I6: converged.
+}
+
+/// I6: after the faults, one epoch, one leader, the running gateways own the ring, and every
+/// agent routes by the gateways' final ring.
+fn converged(shared: &Shared, v: &mut Vec<String>) {
     let nodes = shared.nodes.lock().unwrap();
     let epochs: BTreeSet<u64> = nodes.values().map(|h| h.node.ring_now().epoch()).collect();
     let leaders: BTreeSet<Option<u64>> = nodes.values().map(|h| h.node.leader_now()).collect();
@@ -184,7 +259,6 @@ pub fn check(
             ));
         }
     }
-    // I6 for agents: each routes by the gateways' final ring.
     if let Some(&epoch) = epochs.iter().next() {
         for (agent, routes) in shared.agent_routes.lock().unwrap().iter() {
             let routes = routes.borrow();
@@ -197,23 +271,25 @@ pub fn check(
             }
         }
     }
-    // Enrichment through agents: every exported span carries the driver's pod.
-    if scenario.via_agents() {
-        let bare = shared
-            .exported
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.pod.as_deref() != Some(crate::world::DRIVER_POD))
-            .count();
-        if bare > 0 {
-            v.push(format!(
-                "agents: {bare} exported spans lack the driver's pod metadata"
-            ));
-        }
+}
+
+/// Enrichment through agents: every exported span carries the driver's pod.
+fn enriched_by_the_agents(run: &Run<'_>, v: &mut Vec<String>) {
+    let bare = run
+        .exported
+        .iter()
+        .filter(|e| e.pod.as_deref() != Some(crate::world::DRIVER_POD))
+        .count();
+    if bare > 0 {
+        v.push(format!(
+            "agents: {bare} exported spans lack the driver's pod metadata"
+        ));
     }
-    // I7: memory under budget (what the engine accounts, which P2 ties to real memory).
-    for (name, h) in nodes.iter() {
+}
+
+/// I7: memory under budget (what the engine accounts, which P2 ties to real memory).
+fn buffers_under_budget(shared: &Shared, v: &mut Vec<String>) {
+    for (name, h) in shared.nodes.lock().unwrap().iter() {
         let budget = h.stage.budget_bytes();
         if budget.0 > budget.1 || budget.1 > BUFFER_LIMIT_MIB << 20 {
             v.push(format!(
@@ -222,30 +298,16 @@ pub fn check(
             ));
         }
     }
-    drop(nodes);
-    shared.log_at(
-        now,
-        format!(
-            "checked: {} spans sent ({} accepted), {} exported, {} violations",
-            sent.len(),
-            sent.iter().filter(|s| s.accepted).count(),
-            exported.len(),
-            v.len()
-        ),
-    );
-    // The event log records what the sink received, in order (part of the replay check).
+}
+
+/// FNV-1a over what the sink received, in order.
+fn sink_digest(exported: &[Exported]) -> u64 {
     let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
-    for e in &exported {
+    for e in exported {
         for b in e.trace.iter().chain(e.span.iter()).chain(e.by.as_bytes()) {
             digest = (digest ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
         digest ^= e.at.as_micros() as u64;
     }
-    shared.log_at(now, format!("sink digest {digest:016x}"));
-    Outcome {
-        events: Vec::new(),
-        violations: v,
-        spans_sent: sent.len(),
-        spans_exported: exported.len(),
-    }
+    digest
 }

@@ -8,6 +8,7 @@
 //! the gateways' state. Same seed, same event log, byte for byte.
 
 pub mod check;
+mod director;
 pub mod net;
 pub mod scenario;
 pub mod world;
@@ -16,9 +17,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use scenario::{Fault, Scenario};
+use director::Director;
+use scenario::Scenario;
 use tailgate_ring::Ring;
-use world::{SEEDS, Shared, SinkMode};
+use world::{SEEDS, Shared};
 
 /// How long the driver sends traffic.
 pub const TRAFFIC: Duration = Duration::from_secs(14);
@@ -58,14 +60,6 @@ pub fn replay_command(seed: u64, scenario: Scenario) -> String {
     )
 }
 
-fn leader_name(shared: &Shared) -> Option<String> {
-    let nodes = shared.nodes.lock().unwrap();
-    let (_, any) = nodes.iter().next()?;
-    let id = any.node.leader_now()?;
-    let state = any.node.state();
-    state.members.get(&id).map(|m| m.name.clone())
-}
-
 pub fn run(seed: u64, scenario: Scenario) -> Outcome {
     let shared = Arc::new(Shared::default());
     for (name, skew) in scenario.skews(seed) {
@@ -81,169 +75,32 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
         );
         *shared.duplicates.lock().unwrap() = Some(d);
     }
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .epoch(UNIX_EPOCH + Duration::from_secs(1_750_000_000))
-        .simulation_duration(TRAFFIC + SETTLE + Duration::from_secs(60))
-        .tick_duration(Duration::from_millis(1))
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(3))
-        .build();
-
-    let s = Arc::clone(&shared);
-    sim.host("sink", move || world::sink_host(Arc::clone(&s), seed));
-    let add_gateway = |sim: &mut turmoil::Sim<'_>, name: &str| {
-        let s = Arc::clone(&shared);
-        let n = name.to_string();
-        sim.host(name, move || {
-            world::gateway_host(Arc::clone(&s), n.clone(), seed)
-        });
-    };
-    for g in SEEDS {
-        add_gateway(&mut sim, g);
-    }
-    if scenario.via_agents() {
-        *shared.via_agents.lock().unwrap() = true;
-        for (agent, source) in world::AGENTS {
-            let s = Arc::clone(&shared);
-            sim.host(agent, move || {
-                world::agent_host(Arc::clone(&s), agent.to_string(), source.to_string(), seed)
-            });
-        }
-    }
-    let s = Arc::clone(&shared);
-    sim.client("driver", world::driver(s, seed, TRAFFIC, TRACES_PER_TICK));
-
+    let mut sim = build_world(&shared, seed, scenario);
     let mut plan = scenario.plan(seed).into_iter().peekable();
-    let mut crashes: Vec<CrashRecord> = Vec::new();
-    let mut fault_windows: Vec<(Duration, Duration)> = Vec::new();
-    let mut open_window: Option<Duration> = None;
-    let mut known: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
+    let mut director = Director::new(Arc::clone(&shared), seed);
     let mut violations = Vec::new();
     let mut done_at: Option<Duration> = None;
-    // Starts asked for while the gateway was still shutting down: done once it stopped.
-    let mut pending_starts: Vec<String> = Vec::new();
-    // When the ring changed anywhere (two exporters of one trace are two owners of one
-    // epoch only if no change happened in between).
-    let mut epoch_changes: Vec<Duration> = Vec::new();
-    let mut epochs_seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
-        match sim.step() {
-            Ok(_) => {}
-            Err(e) => {
-                violations.push(format!(
-                    "I7: the simulation failed (panic or host error): {e}"
-                ));
-                break;
-            }
+        if let Err(e) = sim.step() {
+            violations.push(format!(
+                "I7: the simulation failed (panic or host error): {e}"
+            ));
+            break;
         }
         let now = sim.elapsed();
-        for (name, h) in shared.nodes.lock().unwrap().iter() {
-            let e = h.node.ring_now().epoch();
-            if epochs_seen.insert(name.clone(), e) != Some(e) {
-                epoch_changes.push(now);
-            }
-        }
-        pending_starts.retain(|g| {
-            if sim.is_host_running(g.as_str()) {
-                return true;
-            }
-            sim.bounce(g.as_str());
-            false
-        });
+        director.note_epochs(now);
+        director.start_pending(&mut sim);
         while plan.peek().is_some_and(|(t, _)| *t <= now) {
             let (_, fault) = plan.next().expect("peeked");
             shared.log_at(now, format!("fault {fault:?}"));
-            match fault {
-                Fault::Stop(g) => stop(&shared, &g),
-                Fault::Start(g) => {
-                    if known.contains(&g) {
-                        if sim.is_host_running(g.as_str()) {
-                            pending_starts.push(g);
-                        } else {
-                            sim.bounce(g.as_str());
-                        }
-                    } else {
-                        known.push(g.clone());
-                        add_gateway(&mut sim, &g);
-                    }
-                }
-                Fault::Crash(g) => crash(&mut sim, &shared, &g, now, &mut crashes),
-                Fault::StopNonLeader => {
-                    let leader = leader_name(&shared);
-                    let target = shared
-                        .nodes
-                        .lock()
-                        .unwrap()
-                        .keys()
-                        .find(|n| Some(*n) != leader.as_ref())
-                        .cloned();
-                    if let Some(g) = target {
-                        stop(&shared, &g);
-                    }
-                }
-                Fault::CrashLeader => {
-                    if let Some(g) = leader_name(&shared) {
-                        crash(&mut sim, &shared, &g, now, &mut crashes);
-                    }
-                }
-                Fault::RestartAllStopped => {
-                    for g in known.clone() {
-                        if !sim.is_host_running(g.as_str()) {
-                            sim.bounce(g.as_str());
-                        }
-                    }
-                }
-                Fault::Isolate(g, oneway) => {
-                    open_window = Some(now);
-                    for other in known.iter().filter(|o| **o != g) {
-                        if oneway {
-                            sim.partition_oneway(g.as_str(), other.as_str());
-                        } else {
-                            sim.partition(g.as_str(), other.as_str());
-                        }
-                    }
-                }
-                Fault::IsolateLeader => {
-                    open_window = Some(now);
-                    if let Some(g) = leader_name(&shared) {
-                        for other in known.iter().filter(|o| **o != g) {
-                            sim.partition(g.as_str(), other.as_str());
-                        }
-                    }
-                }
-                Fault::Heal => {
-                    for a in &known {
-                        for b in &known {
-                            if a != b {
-                                sim.repair(a.as_str(), b.as_str());
-                            }
-                        }
-                    }
-                    if let Some(from) = open_window.take() {
-                        fault_windows.push((from, now));
-                    }
-                }
-                Fault::MaxLatency(d) => sim.set_max_message_latency(d),
-                Fault::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
-                Fault::Release(a, b) => sim.release(a.as_str(), b.as_str()),
-                Fault::Sink {
-                    fail_percent,
-                    delay,
-                } => {
-                    *shared.sink_mode.lock().unwrap() = SinkMode {
-                        fail_percent,
-                        delay,
-                    }
-                }
-            }
+            director.apply(&mut sim, fault, now);
         }
         if done_at.is_none() && *shared.driver_done.lock().unwrap() {
             done_at = Some(now);
         }
         if done_at.is_some_and(|d| now >= d + SETTLE)
             && plan.peek().is_none()
-            && pending_starts.is_empty()
+            && director.pending_starts.is_empty()
         {
             break;
         }
@@ -256,43 +113,43 @@ pub fn run(seed: u64, scenario: Scenario) -> Outcome {
         sim.elapsed(),
         &shared,
         scenario,
-        &crashes,
-        &fault_windows,
-        &epoch_changes,
+        &director.crashes,
+        &director.fault_windows,
+        &director.epoch_changes,
     );
     outcome.violations.splice(0..0, violations);
     outcome.events = std::mem::take(&mut *shared.events.lock().unwrap());
     outcome
 }
 
-fn stop(shared: &Shared, g: &str) {
-    if shared.nodes.lock().unwrap().contains_key(g) {
-        shared.stop_signal(g).notify_one();
+/// The sink, the seed gateways, the agents when the scenario routes through them, and the
+/// traffic driver, on one seeded turmoil simulation.
+fn build_world<'a>(shared: &Arc<Shared>, seed: u64, scenario: Scenario) -> turmoil::Sim<'a> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_750_000_000))
+        .simulation_duration(TRAFFIC + SETTLE + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(3))
+        .build();
+    let s = Arc::clone(shared);
+    sim.host("sink", move || world::sink_host(Arc::clone(&s), seed));
+    for g in SEEDS {
+        director::add_gateway(&mut sim, shared, g, seed);
     }
-}
-
-fn crash(
-    sim: &mut turmoil::Sim<'_>,
-    shared: &Shared,
-    g: &str,
-    now: Duration,
-    crashes: &mut Vec<CrashRecord>,
-) {
-    let rings: Vec<Arc<Ring>> = shared
-        .nodes
-        .lock()
-        .unwrap()
-        .values()
-        .map(|h| h.node.ring_now())
-        .collect();
-    sim.crash(g);
-    shared.nodes.lock().unwrap().remove(g);
-    shared.endpoints.lock().unwrap().remove(g);
-    crashes.push(CrashRecord {
-        name: g.to_string(),
-        at: now,
-        rings,
-    });
+    if scenario.via_agents() {
+        *shared.via_agents.lock().unwrap() = true;
+        for (agent, source) in world::AGENTS {
+            let s = Arc::clone(shared);
+            sim.host(agent, move || {
+                world::agent_host(Arc::clone(&s), agent.to_string(), source.to_string(), seed)
+            });
+        }
+    }
+    let s = Arc::clone(shared);
+    sim.client("driver", world::driver(s, seed, TRAFFIC, TRACES_PER_TICK));
+    sim
 }
 
 /// Runs `seeds` over `scenarios` (round-robin), returning per-scenario (runs, violations)

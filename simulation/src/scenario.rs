@@ -85,26 +85,10 @@ impl Scenario {
     /// The faults of this scenario for `seed`, in time order.
     pub fn plan(self, seed: u64) -> Vec<(Duration, Fault)> {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5ce7_a210);
-        let ms =
-            |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..hi));
-        let gw = |rng: &mut StdRng| format!("g{}", rng.random_range(0..3));
         let mut plan = Vec::new();
         match self {
             Scenario::Steady => {}
-            Scenario::RollingRestart => {
-                let mut t = ms(&mut rng, 3000, 4000);
-                let mut order = vec!["g0", "g1", "g2"];
-                // A rollout goes in some order; draw it.
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.random_range(0..=i));
-                }
-                for g in order {
-                    plan.push((t, Fault::Stop(g.into())));
-                    t += ms(&mut rng, 300, 1500);
-                    plan.push((t, Fault::Start(g.into())));
-                    t += ms(&mut rng, 1500, 3000);
-                }
-            }
+            Scenario::RollingRestart => rolling_restart(&mut rng, &mut plan),
             Scenario::ScaleUpDown => {
                 let t = ms(&mut rng, 2000, 4000);
                 plan.push((t, Fault::Start("g3".into())));
@@ -152,48 +136,8 @@ impl Scenario {
                 plan.push((t, Fault::Stop(g.clone())));
                 plan.push((t + ms(&mut rng, 500, 2000), Fault::Start(g)));
             }
-            Scenario::SlowExporter => {
-                let t = ms(&mut rng, 1000, 3000);
-                let fail = rng.random_range(10..60);
-                let delay = ms(&mut rng, 0, 800);
-                plan.push((
-                    t,
-                    Fault::Sink {
-                        fail_percent: fail,
-                        delay,
-                    },
-                ));
-                let g = gw(&mut rng);
-                plan.push((t + ms(&mut rng, 1000, 3000), Fault::Stop(g.clone())));
-                plan.push((t + ms(&mut rng, 4000, 5000), Fault::Start(g)));
-                plan.push((
-                    t + ms(&mut rng, 5000, 8000),
-                    Fault::Sink {
-                        fail_percent: 0,
-                        delay: Duration::ZERO,
-                    },
-                ));
-            }
-            Scenario::StaleAgentRing => {
-                // a0's link to g0 (its only ring source) stalls while g1 rolls: ring updates
-                // (and a0's spans to g0) wait, so a0 routes by the ring from before the roll.
-                // a1's ring source is g1 itself, so a1 routes by its last ring while g1 is
-                // down. Then g2 rolls with every link up. The stall stays under 3 s: spans held
-                // longer than `decision_wait` (4 s) would be decided without their root, which
-                // is tail sampling's late-span limit, not a routing fault.
-                let t = ms(&mut rng, 2500, 3500);
-                plan.push((t, Fault::Hold("a0".into(), "g0".into())));
-                let stop = t + ms(&mut rng, 100, 500);
-                plan.push((stop, Fault::Stop("g1".into())));
-                plan.push((stop + ms(&mut rng, 300, 1500), Fault::Start("g1".into())));
-                plan.push((
-                    t + ms(&mut rng, 2500, 2900),
-                    Fault::Release("a0".into(), "g0".into()),
-                ));
-                let stop = t + ms(&mut rng, 4000, 5000);
-                plan.push((stop, Fault::Stop("g2".into())));
-                plan.push((stop + ms(&mut rng, 300, 1500), Fault::Start("g2".into())));
-            }
+            Scenario::SlowExporter => slow_exporter(&mut rng, &mut plan),
+            Scenario::StaleAgentRing => stale_agent_ring(&mut rng, &mut plan),
             Scenario::DuplicateDelivery => {
                 // Copies are delivered throughout (see `duplicates`); a graceful restart moves
                 // traces and their decisions while copies are still arriving.
@@ -273,4 +217,76 @@ pub enum Fault {
         fail_percent: u32,
         delay: Duration,
     },
+}
+
+/// A drawn duration in `[lo, hi)` milliseconds.
+fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.random_range(lo..hi))
+}
+
+/// A drawn seed gateway.
+fn gw(rng: &mut StdRng) -> String {
+    format!("g{}", rng.random_range(0..3))
+}
+
+/// Every gateway stopped and started in turn, in a drawn order.
+fn rolling_restart(rng: &mut StdRng, plan: &mut Vec<(Duration, Fault)>) {
+    let mut t = ms(rng, 3000, 4000);
+    let mut order = vec!["g0", "g1", "g2"];
+    // A rollout goes in some order; draw it.
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    for g in order {
+        plan.push((t, Fault::Stop(g.into())));
+        t += ms(rng, 300, 1500);
+        plan.push((t, Fault::Start(g.into())));
+        t += ms(rng, 1500, 3000);
+    }
+}
+
+/// The sink fails and slows down while a gateway restarts, then recovers.
+fn slow_exporter(rng: &mut StdRng, plan: &mut Vec<(Duration, Fault)>) {
+    let t = ms(rng, 1000, 3000);
+    let fail = rng.random_range(10..60);
+    let delay = ms(rng, 0, 800);
+    plan.push((
+        t,
+        Fault::Sink {
+            fail_percent: fail,
+            delay,
+        },
+    ));
+    let g = gw(rng);
+    plan.push((t + ms(rng, 1000, 3000), Fault::Stop(g.clone())));
+    plan.push((t + ms(rng, 4000, 5000), Fault::Start(g)));
+    plan.push((
+        t + ms(rng, 5000, 8000),
+        Fault::Sink {
+            fail_percent: 0,
+            delay: Duration::ZERO,
+        },
+    ));
+}
+
+/// Agents route by an old ring while gateways roll.
+fn stale_agent_ring(rng: &mut StdRng, plan: &mut Vec<(Duration, Fault)>) {
+    // a0's link to g0 (its only ring source) stalls while g1 rolls: ring updates
+    // (and a0's spans to g0) wait, so a0 routes by the ring from before the roll.
+    // a1's ring source is g1 itself, so a1 routes by its last ring while g1 is
+    // down. Then g2 rolls with every link up. The stall stays under 3 s: spans held
+    // longer than `decision_wait` (4 s) would be decided without their root, which
+    // is tail sampling's late-span limit, not a routing fault.
+    let t = ms(rng, 2500, 3500);
+    plan.push((t, Fault::Hold("a0".into(), "g0".into())));
+    let stop = t + ms(rng, 100, 500);
+    plan.push((stop, Fault::Stop("g1".into())));
+    plan.push((stop + ms(rng, 300, 1500), Fault::Start("g1".into())));
+    plan.push((
+        t + ms(rng, 2500, 2900),
+        Fault::Release("a0".into(), "g0".into()),
+    ));
+    let stop = t + ms(rng, 4000, 5000);
+    plan.push((stop, Fault::Stop("g2".into())));
+    plan.push((stop + ms(rng, 300, 1500), Fault::Start("g2".into())));
 }
