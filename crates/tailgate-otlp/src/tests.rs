@@ -3,18 +3,11 @@ use proptest::prelude::*;
 use prost::Message;
 
 use crate::proto::collector::trace::v1::ExportTraceServiceRequest;
-use crate::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use crate::proto::common::v1::{InstrumentationScope, any_value};
 use crate::proto::resource::v1::Resource;
 use crate::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use crate::*;
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
+use tailgate_test_support::kv;
 
 fn span(trace: u8, span: u8, parent: Option<u8>, status: i32) -> Span {
     Span {

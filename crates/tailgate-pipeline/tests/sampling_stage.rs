@@ -6,14 +6,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use prost::Message;
 use tailgate_config::sampling::TailSamplingConfig;
-use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tailgate_otlp::proto::trace::v1::Span;
 use tailgate_otlp::{EncodedSpan, scan_export_request};
 use tailgate_pipeline::consumer::{BoxFuture, ConsumeError, Consumer};
 use tailgate_pipeline::sampling::{SamplingSetup, TailSamplingStage};
+use tailgate_test_support::{encoded, status};
 use tokio::time::{Instant, advance};
 
 #[derive(Default)]
@@ -58,23 +56,11 @@ fn spans(trace: u8, items: &[(&str, bool, bool)]) -> Vec<EncodedSpan> {
             },
             parent_span_id: if *root { vec![] } else { vec![0xAA; 8] },
             name: name.to_string(),
-            status: Some(Status {
-                message: String::new(),
-                code: if *err { 2 } else { 0 },
-            }),
+            status: status(if *err { 2 } else { 0 }),
             ..Default::default()
         })
         .collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    scan_export_request(&Bytes::from(req.encode_to_vec()))
+    scan_export_request(&encoded(Vec::new(), spans))
         .unwrap()
         .spans
 }

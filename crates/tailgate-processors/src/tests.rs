@@ -2,31 +2,23 @@
 //! untouched spans byte-identical. Method: build requests with the generated types, scan them,
 //! process, decode the result.
 
-use bytes::Bytes;
 use prost::Message;
 use serde_json::json;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value::Value};
-use tailgate_otlp::proto::resource::v1::Resource;
-use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event};
+use tailgate_otlp::proto::common::v1::{KeyValue, any_value::Value};
+use tailgate_otlp::proto::trace::v1::{Span, span::Event};
 use tailgate_otlp::{EncodedSpan, encode_export_request, scan_export_request};
 
 use crate::SpanProcessor;
+use tailgate_test_support::{encoded, kv, string};
+
 use crate::attributes::AttributesProcessor;
 use crate::batch::Batcher;
 use crate::filter::FilterProcessor;
 use crate::resource::ResourceProcessor;
 
-fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
 fn s(v: &str) -> Value {
-    Value::StringValue(v.into())
+    string(v)
 }
 
 fn span(n: u8, attrs: Vec<KeyValue>) -> Span {
@@ -42,20 +34,7 @@ fn span(n: u8, attrs: Vec<KeyValue>) -> Span {
 }
 
 fn scan(spans: Vec<Span>) -> Vec<EncodedSpan> {
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", s("api"))],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    scan_export_request(&Bytes::from(req.encode_to_vec()))
+    scan_export_request(&encoded(vec![kv("service.name", s("api"))], spans))
         .unwrap()
         .spans
 }

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use prost::Message;
 use serde_json::json;
 use tailgate_config::sampling::Policy as PolicyConfig;
-use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value::Value};
-use tailgate_otlp::proto::resource::v1::Resource;
-use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tailgate_otlp::proto::trace::v1::Span;
 use tailgate_otlp::{EncodedSpan, TraceId, scan_export_request};
+
+use tailgate_test_support::{encoded, kv, status, string};
 
 use crate::policy::PolicySet;
 use crate::*;
@@ -41,32 +39,10 @@ fn span(t: u32, n: u32, parent: u32, error: bool) -> EncodedSpan {
         name: format!("s{n}"),
         start_time_unix_nano: 1,
         end_time_unix_nano: 2,
-        status: Some(Status {
-            message: String::new(),
-            code: if error { 2 } else { 0 },
-        }),
+        status: status(if error { 2 } else { 0 }),
         ..Default::default()
     };
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("svc".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![sp],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    scan_export_request(&Bytes::from(req.encode_to_vec()))
+    scan_export_request(&encoded(vec![kv("service.name", string("svc"))], vec![sp]))
         .unwrap()
         .spans
         .remove(0)

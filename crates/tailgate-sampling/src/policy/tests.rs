@@ -8,21 +8,14 @@ use prost::Message;
 use serde_json::json;
 use tailgate_config::sampling::Policy as PolicyConfig;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tailgate_otlp::proto::common::v1::{AnyValue, KeyValue, any_value::Value};
-use tailgate_otlp::proto::resource::v1::Resource;
-use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
+use tailgate_otlp::proto::common::v1::{KeyValue, any_value::Value};
+use tailgate_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event};
 use tailgate_otlp::{EncodedSpan, TraceId, scan_export_request};
+
+use tailgate_test_support::{encoded, kv, status};
 
 use super::compiled::CompiledPolicy;
 use super::*;
-
-fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
 
 /// A trace: spans `(duration_ms, status, attributes)`; the first span is the root.
 fn trace(
@@ -39,28 +32,12 @@ fn trace(
             parent_span_id: if i == 0 { vec![] } else { vec![1; 8] },
             start_time_unix_nano: 1_000_000_000,
             end_time_unix_nano: 1_000_000_000 + ms * 1_000_000,
-            status: Some(Status {
-                message: String::new(),
-                code,
-            }),
+            status: status(code),
             attributes,
             ..Default::default()
         })
         .collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: resource,
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    scan_export_request(&Bytes::from(req.encode_to_vec()))
+    scan_export_request(&encoded(resource, spans))
         .unwrap()
         .spans
 }
