@@ -112,7 +112,7 @@ service:
       exporters: [loadbalancing]
 "#;
 
-const FORWARD_CONFIG: &str = r#"
+const FORWARD_CONFIG: &str = r"
 receivers:
   otlp:
     protocols:
@@ -144,7 +144,7 @@ service:
       receivers: [otlp]
       processors: [memory_limiter, batch]
       exporters: [otlp]
-"#;
+";
 
 /// The pods the fake API server lists: the load generator's connections come from
 /// 127.0.0.1, which is one of them; the rest make the store realistic.

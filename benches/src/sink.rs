@@ -35,7 +35,7 @@ struct Export(Counts);
 impl UnaryService<Bytes> for Export {
     type Response = Bytes;
     type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>,
+        Box<dyn Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>,
     >;
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let counts = self.0.clone();
@@ -65,9 +65,8 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }

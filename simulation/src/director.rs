@@ -42,7 +42,7 @@ impl Director {
         Director {
             shared,
             seed,
-            known: SEEDS.iter().map(|s| s.to_string()).collect(),
+            known: SEEDS.iter().map(ToString::to_string).collect(),
             crashes: Vec::new(),
             fault_windows: Vec::new(),
             open_window: None,

@@ -1,6 +1,11 @@
 //! `tailgate-simulation`: run one seed of one scenario (replay), or sweep many seeds over
 //! every scenario and print a table ending with `SEEDS <n> VIOLATIONS <v>`.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "the simulator is a test harness: a poisoned lock or an impossible state ends the run as a failure"
+)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

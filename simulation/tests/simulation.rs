@@ -1,6 +1,8 @@
 //! The CI subset of the deterministic simulation (the large sweep is
 //! `cargo run --release -p tailgate-simulation -- --seeds 10000`).
 
+#![allow(clippy::unwrap_used, reason = "a test: a panic is the failure report")]
+
 use std::sync::Mutex;
 
 use tailgate_simulation::scenario::{ALL, Scenario};

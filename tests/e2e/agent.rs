@@ -354,7 +354,7 @@ async fn the_reference_agent_config_runs_unchanged_enriching_filtering_and_routi
 
 fn routing_agent_config(resolver: &str, grpc: u16, metrics: u16) -> String {
     format!(
-        r#"
+        r"
 receivers:
   otlp:
     protocols:
@@ -385,7 +385,7 @@ service:
       receivers: [otlp]
       processors: [batch]
       exporters: [loadbalancing]
-"#
+"
     )
 }
 

@@ -18,7 +18,7 @@ fn jaeger() -> PathBuf {
 /// Jaeger v2 with in-memory storage, OTLP/gRPC in and the query API on loopback ports.
 fn jaeger_config(otlp: u16, query_http: u16, query_grpc: u16, health: u16) -> String {
     format!(
-        r#"service:
+        r"service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
   pipelines:
     traces:
@@ -56,7 +56,7 @@ processors:
 exporters:
   jaeger_storage_exporter:
     trace_storage: memstore
-"#
+"
     )
 }
 

@@ -27,7 +27,7 @@ async fn raw_grpc(url: &str, body: Vec<u8>) -> Result<Bytes, tonic::Status> {
         RawCodec::default(),
     )
     .await
-    .map(|r| r.into_inner())
+    .map(tonic::Response::into_inner)
 }
 
 async fn post(

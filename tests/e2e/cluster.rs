@@ -37,21 +37,21 @@ pub(crate) fn with_policies(policies: &'static str) -> MemberConfig {
     std::sync::Arc::new(move |sink, name| config(sink, name, policies))
 }
 
-pub(crate) const KEEP_EVERYTHING: &str = r#"
+pub(crate) const KEEP_EVERYTHING: &str = r"
       - name: everything
-        type: always_sample"#;
+        type: always_sample";
 
-const KEEP_ERRORS: &str = r#"
+const KEEP_ERRORS: &str = r"
       - name: errors
         type: status_code
         status_code:
-          status_codes: [ERROR]"#;
+          status_codes: [ERROR]";
 
 pub(crate) fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> String {
     gateway_config(
         sink,
         &format!(
-            r#"
+            r"
   tail_sampling:
     decision_wait: 2s
     decision_wait_after_root_received: 500ms
@@ -61,7 +61,7 @@ pub(crate) fn config(sink: std::net::SocketAddr, name: &str, policies: &str) -> 
       - key: tailgate.exported_by
         value: {name}
         action: insert
-"#
+"
         ),
         "tail_sampling, attributes/node, batch",
         "",
@@ -621,7 +621,7 @@ async fn every_gateway_places_each_trace_on_the_same_owner_and_serves_the_ring()
             format!("127.0.0.1:{}", c.nodes[&o.name].0.ports.grpc)
         );
     }
-    let ring = Ring::new(update.epoch, owners.iter().map(|s| s.to_string()));
+    let ring = Ring::new(update.epoch, owners.iter().map(ToString::to_string));
 
     // Span k of every trace goes to gateway k: each trace reaches all three processes.
     let traces = 300u32;

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `tailgate` binary as a separate process, driven over the network
 //! by real clients (the OpenTelemetry Python SDK, tonic clients, HTTP) against in-test sinks.
 
+#![allow(clippy::unwrap_used, reason = "a test: a panic is the failure report")]
+
 mod agent;
 mod backend;
 mod bad_input;

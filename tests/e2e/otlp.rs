@@ -65,5 +65,5 @@ pub async fn send_grpc(
     let mut client = TraceServiceClient::connect(url.to_string())
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    client.export(req).await.map(|r| r.into_inner())
+    client.export(req).await.map(tonic::Response::into_inner)
 }

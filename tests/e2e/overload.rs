@@ -329,7 +329,7 @@ async fn a_limiter_that_refused_lets_go_once_memory_is_free_and_sdk_retries_deli
         }
     };
     tokio::select! {
-        _ = filled => {}
+        () = filled => {}
         _ = load => panic!("8,000 traces went through a stalled backend without the limiter refusing"),
     }
     let full = memory(&gw).await;

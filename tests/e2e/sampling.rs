@@ -151,10 +151,10 @@ pub fn check_article_sampling(
     // Exactly the hash-selected healthy traces were kept (checked above); their share is 5%
     // within 4 binomial standard deviations.
     let p = 0.05;
-    let sd = (healthy as f64 * p * (1.0 - p)).sqrt();
-    let expected = healthy as f64 * p;
+    let sd = (f64::from(healthy) * p * (1.0 - p)).sqrt();
+    let expected = f64::from(healthy) * p;
     assert!(
-        (healthy_kept as f64 - expected).abs() <= 4.0 * sd + 1.0,
+        (f64::from(healthy_kept) - expected).abs() <= 4.0 * sd + 1.0,
         "{healthy_kept} of {healthy} healthy traces kept; expected {expected:.1} ± {:.1}",
         4.0 * sd
     );

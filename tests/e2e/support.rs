@@ -470,7 +470,7 @@ pub fn gateway_config(
     exporter_extra: &str,
 ) -> String {
     format!(
-        r#"
+        r"
 receivers:
   otlp:
     protocols:
@@ -502,7 +502,7 @@ service:
       receivers: [otlp]
       processors: [{pipeline_processors}]
       exporters: [otlp/sink]
-"#,
+",
         port = sink.port()
     )
 }
@@ -512,7 +512,9 @@ service:
 pub fn peer_binary(script: &str) -> PathBuf {
     static BUILT: Mutex<std::collections::BTreeMap<String, PathBuf>> =
         Mutex::new(std::collections::BTreeMap::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(path) = built.get(script) {
         return path.clone();
     }

@@ -115,7 +115,7 @@ impl RunningGateway {
             match node.start_leaving(handoff_deadline).await {
                 Ok(()) => tracing::info!("left the ring; handing buffered traces off"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not leave the ring; deciding buffered traces here")
+                    tracing::warn!(error = %e, "could not leave the ring; deciding buffered traces here");
                 }
             }
             for s in self.service.samplers() {

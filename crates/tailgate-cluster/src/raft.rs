@@ -94,7 +94,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .values()
             .next_back()
-            .map(|e| e.log_id())
+            .map(RaftEntry::log_id)
             .or(inner.last_purged);
         Ok(LogState {
             last_purged_log_id: inner.last_purged,

@@ -208,7 +208,7 @@ impl Cluster for ClusterService {
                     .await
                     .ok()?
                     .ok()
-                    .map(|r| r.into_inner())
+                    .map(Response::into_inner)
             }
         }))
         .await;
@@ -328,14 +328,14 @@ impl RingWatch for RingWatchService {
 }
 
 /// How often an idle `WatchRing` stream checks whether this gateway started leaving.
-const LEAVING_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+const LEAVING_CHECK: Duration = Duration::from_millis(200);
 
 /// A stream fed by a task through a small channel (so a slow agent holds one update, not a
 /// backlog: it always receives the newest ring next).
 fn async_stream<F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = Result<RingUpdate, Status>> + Send>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<RingUpdate, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(f(tx));

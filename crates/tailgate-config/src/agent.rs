@@ -368,7 +368,7 @@ pub(crate) fn validate_k8s(c: &K8sAttributesConfig) -> Vec<(String, String)> {
             let path = format!("pod_association[{i}].sources[{j}]");
             match (s.from, s.name.as_deref()) {
                 (K8sAssociationFrom::ResourceAttribute, None) => {
-                    out.push((path, "`from: resource_attribute` needs `name`".into()))
+                    out.push((path, "`from: resource_attribute` needs `name`".into()));
                 }
                 (K8sAssociationFrom::ResourceAttribute, Some(n))
                     if !K8S_ASSOCIATION_ATTRIBUTES.contains(&n) =>
@@ -379,7 +379,7 @@ pub(crate) fn validate_k8s(c: &K8sAttributesConfig) -> Vec<(String, String)> {
                             "pods are not indexed by `{n}`; supported: {}",
                             K8S_ASSOCIATION_ATTRIBUTES.join(", ")
                         ),
-                    ))
+                    ));
                 }
                 _ => {}
             }

@@ -133,7 +133,7 @@ fn mapping_key(content: &str) -> Option<String> {
     } else {
         let colon = content
             .find(": ")
-            .or_else(|| content.strip_suffix(':').map(|k| k.len()))?;
+            .or_else(|| content.strip_suffix(':').map(str::len))?;
         (&content[..colon], &content[colon..])
     };
     let rest = rest.trim_start_matches(' ');

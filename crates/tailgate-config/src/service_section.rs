@@ -169,7 +169,7 @@ fn refs<T>(
                 l.error(path, msg);
             }
             Ok(id) if !seen.insert(id.clone()) => {
-                l.error(path, format!("{singular} `{id}` is listed twice"))
+                l.error(path, format!("{singular} `{id}` is listed twice"));
             }
             Ok(id) => out.push(id),
         }
@@ -182,7 +182,7 @@ fn undefined<'a>(
     id: &ComponentId,
     defined: impl Iterator<Item = &'a ComponentId>,
 ) -> String {
-    let names: Vec<String> = defined.map(|d| d.to_string()).collect();
+    let names: Vec<String> = defined.map(ToString::to_string).collect();
     let list = if names.is_empty() {
         "none".to_string()
     } else {

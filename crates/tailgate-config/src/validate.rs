@@ -24,7 +24,7 @@ pub(crate) fn processor(p: &ProcessorConfig) -> Problems {
                     "conflicts with limit_mib: set only one".into(),
                 )),
                 (0, pct) if pct > 100 => {
-                    out.push(("limit_percentage".into(), "must be at most 100".into()))
+                    out.push(("limit_percentage".into(), "must be at most 100".into()));
                 }
                 _ => {}
             }
@@ -148,7 +148,7 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
         ExporterConfig::OtlpHttp(c) => {
             match (&c.endpoint, &c.traces_endpoint) {
                 (None, None) => {
-                    out.push(("endpoint".into(), "set endpoint or traces_endpoint".into()))
+                    out.push(("endpoint".into(), "set endpoint or traces_endpoint".into()));
                 }
                 (e, t) => {
                     for (name, url) in [("endpoint", e), ("traces_endpoint", t)] {

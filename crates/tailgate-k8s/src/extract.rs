@@ -59,7 +59,10 @@ fn rules(list: &[K8sFieldExtract]) -> Vec<FieldRule> {
 impl Extractor {
     pub fn new(cfg: &K8sAttributesConfig) -> Self {
         let metadata = if cfg.extract.metadata.is_empty() {
-            K8S_METADATA_DEFAULT.iter().map(|s| s.to_string()).collect()
+            K8S_METADATA_DEFAULT
+                .iter()
+                .map(ToString::to_string)
+                .collect()
         } else {
             cfg.extract.metadata.clone()
         };

@@ -255,7 +255,10 @@ impl K8sAttributesStage {
     }
 
     fn enrich(&self, spans: &mut [EncodedSpan], client: Client) {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let store = self
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Spans of one ScopeSpans share an Arc: enrich each distinct context once.
         let mut done: HashMap<*const ResourceScope, Arc<ResourceScope>> = HashMap::new();
         let mut outcomes = [0u64; 4];

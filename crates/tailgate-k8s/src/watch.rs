@@ -203,12 +203,14 @@ impl Watchers {
         let stream = watcher::watcher(pods, pod_config).default_backoff();
         self.tasks.push(tokio::spawn(async move {
             run(stream, "pod", done, |ev| {
-                let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                let mut s = store
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 apply_pod_event(&mut s, ev, &shape, started.elapsed());
                 gauge!(K8S_PODS).set(s.pod_count() as f64);
                 gauge!(K8S_PODS_OVER_LIMIT).set(s.pods_over_limit as f64);
             })
-            .await
+            .await;
         }));
         Ok(())
     }
@@ -219,23 +221,25 @@ impl Watchers {
         let store = Arc::clone(&self.store);
         let done = self.done.clone();
         let handle = move |ev: Applied<PartialObjectMeta<()>>| {
-            let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+            let mut s = store
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match ev {
                 Applied::One(o) => {
                     if let Some(rec) = owner_record(&o.metadata) {
-                        s.upsert_owner(kind, rec)
+                        s.upsert_owner(kind, rec);
                     }
                 }
                 Applied::Deleted(o) => {
                     if let Some(uid) = &o.metadata.uid {
-                        s.delete_owner(kind, uid)
+                        s.delete_owner(kind, uid);
                     }
                 }
                 Applied::All(all) => {
                     s.clear(kind);
                     for o in all {
                         if let Some(rec) = owner_record(&o.metadata) {
-                            s.upsert_owner(kind, rec)
+                            s.upsert_owner(kind, rec);
                         }
                     }
                 }
@@ -270,23 +274,25 @@ impl Watchers {
         let store = Arc::clone(&self.store);
         let done = self.done.clone();
         let handle = move |ev: Applied<PartialObjectMeta<()>>| {
-            let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+            let mut s = store
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match ev {
                 Applied::One(o) => {
                     if let Some((name, rec)) = object_record(&o.metadata) {
-                        s.upsert_object(kind, name, rec)
+                        s.upsert_object(kind, name, rec);
                     }
                 }
                 Applied::Deleted(o) => {
                     if let Some(name) = &o.metadata.name {
-                        s.delete_object(kind, name)
+                        s.delete_object(kind, name);
                     }
                 }
                 Applied::All(all) => {
                     s.clear(kind);
                     for o in all {
                         if let Some((name, rec)) = object_record(&o.metadata) {
-                            s.upsert_object(kind, name, rec)
+                            s.upsert_object(kind, name, rec);
                         }
                     }
                 }
@@ -345,7 +351,9 @@ impl Watchers {
             let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
             loop {
                 tick.tick().await;
-                let mut s = store.write().unwrap_or_else(|e| e.into_inner());
+                let mut s = store
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.expire(started.elapsed());
                 gauge!(K8S_PODS).set(s.pod_count() as f64);
             }
@@ -360,7 +368,7 @@ fn apply_pod_event(s: &mut MetadataStore, ev: Applied<Pod>, shape: &PodShape, no
             Some(rec) => s.upsert_pod(rec),
             None => {
                 if let Some(uid) = &pod.metadata.uid {
-                    s.delete_pod(uid, now)
+                    s.delete_pod(uid, now);
                 }
             }
         },

@@ -1,6 +1,8 @@
 //! Enrichment through the real `kube` client against the in-process fake API server: list,
 //! watch, relist after 410 Gone, and the cluster events that break naive enrichment.
 
+#![allow(clippy::unwrap_used, reason = "a test: a panic is the failure report")]
+
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -473,7 +475,7 @@ async fn the_service_resolver_follows_ready_endpoints_across_slices() {
     api.apply(other);
     let eps = ServiceEndpoints::start(api.client(), "gateways.observability", &[4317, 4318], false);
     let mut rx = eps.endpoints.clone();
-    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let want = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     tokio::time::timeout(
         Duration::from_secs(10),
         rx.wait_for(|e| *e == want(&["10.0.1.1:4317", "10.0.1.1:4318"])),

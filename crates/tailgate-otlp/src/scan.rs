@@ -62,7 +62,7 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
             match num {
                 RESOURCE_SPANS_RESOURCE => resource = value.as_len(num).map_err(at(&rs_path))?,
                 RESOURCE_SPANS_SCHEMA_URL => {
-                    resource_schema_url = value.as_len(num).map_err(at(&rs_path))?
+                    resource_schema_url = value.as_len(num).map_err(at(&rs_path))?;
                 }
                 _ => {}
             }
@@ -86,7 +86,7 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 match num {
                     SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(at(&ss_path))?,
                     SCOPE_SPANS_SCHEMA_URL => {
-                        scope_schema_url = value.as_len(num).map_err(at(&ss_path))?
+                        scope_schema_url = value.as_len(num).map_err(at(&ss_path))?;
                     }
                     _ => {}
                 }

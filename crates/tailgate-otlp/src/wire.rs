@@ -253,7 +253,16 @@ mod tests {
 
     #[test]
     fn varint_round_trips_at_boundaries() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_key(&mut out, 1, WIRE_VARINT);
             put_varint(&mut out, v);

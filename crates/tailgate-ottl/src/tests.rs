@@ -71,15 +71,15 @@ fn comparison_table() {
         (r#"attributes["sampled"] > false"#, false),
         (r#"resource.attributes["service.name"] == "api""#, true),
         (r#"name == "GET /healthz""#, true),
-        (r#"kind == SPAN_KIND_SERVER"#, true),
-        (r#"kind == 3"#, false),
-        (r#"status.code == STATUS_CODE_ERROR"#, true),
+        (r"kind == SPAN_KIND_SERVER", true),
+        (r"kind == 3", false),
+        (r"status.code == STATUS_CODE_ERROR", true),
         (
-            r#"end_time_unix_nano - start_time_unix_nano > 2000000000"#,
+            r"end_time_unix_nano - start_time_unix_nano > 2000000000",
             true,
         ),
         (
-            r#"end_time_unix_nano - start_time_unix_nano < 2000000000"#,
+            r"end_time_unix_nano - start_time_unix_nano < 2000000000",
             false,
         ),
         (r#"name < "Z""#, true),
@@ -94,7 +94,7 @@ fn boolean_operators_and_precedence() {
     assert!(check(r#"name == "x" or kind == 2 and status.code == 2"#));
     assert!(!check(r#"(name == "x" or kind == 2) and status.code == 1"#));
     assert!(check(r#"not name == "x""#));
-    assert!(!check(r#"not (kind == 2)"#));
+    assert!(!check(r"not (kind == 2)"));
     assert!(check("true"));
     assert!(!check("false or not true"));
 }
@@ -128,7 +128,7 @@ fn errors_name_what_is_allowed() {
             "invalid OTTL condition `name == \"x\" and` at column 16: expected a condition, found the end",
         ),
         (
-            r#"name"#,
+            r"name",
             "invalid OTTL condition `name` at column 5: expected a comparison (== != < > <= >=), found the end",
         ),
         (

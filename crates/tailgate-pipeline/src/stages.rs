@@ -131,7 +131,7 @@ impl BatchStage {
                         }
                         None => break,
                     },
-                    _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
+                    () = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
                         for batch in batcher.flush() {
                             send(batch, PROCESSOR_BATCH_TIMEOUT_TRIGGER).await;
                         }

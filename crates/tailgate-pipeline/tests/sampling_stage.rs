@@ -3,6 +3,8 @@
 //! drops) when its byte budget is full. Method: the real stage and ractor shard actors on
 //! tokio's paused clock, with a capturing next stage.
 
+#![allow(clippy::unwrap_used, reason = "a test: a panic is the failure report")]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -44,7 +44,7 @@ impl AttributeActions {
             attrs.push(Attr {
                 key: Cow::Borrowed(k),
                 value: Cow::Borrowed(v),
-            })
+            });
         });
         let mut changed = false;
         for a in &self.actions {

@@ -175,7 +175,7 @@ fn filter_drops_health_checks_like_the_reference_agent() {
     ]);
     let out = p.process(&mut spans);
     assert_eq!(out.spans_dropped, 3);
-    let names: Vec<&str> = spans.iter().map(|s| s.name()).collect();
+    let names: Vec<&str> = spans.iter().map(EncodedSpan::name).collect();
     assert_eq!(names, vec!["span-2", "span-4"]);
 }
 

@@ -5,6 +5,6 @@
 /// `tailgate.cluster.v1`: the gateways' `Cluster` service (Raft RPCs, forwarding, handoff,
 /// admin) and the `RingWatch` service agents subscribe to.
 pub mod cluster {
-    #![allow(clippy::all, clippy::pedantic)]
+    #![allow(clippy::all, clippy::pedantic, unused_qualifications)]
     tonic::include_proto!("tailgate.cluster.v1");
 }

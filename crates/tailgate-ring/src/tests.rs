@@ -54,7 +54,7 @@ fn adding_a_member_moves_only_the_ranges_it_takes() {
             moved += 1;
         }
     }
-    let share = moved as f64 / 50_000.0;
+    let share = f64::from(moved) / 50_000.0;
     assert!((0.15..0.35).contains(&share), "moved {share}");
 }
 

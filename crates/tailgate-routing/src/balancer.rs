@@ -172,7 +172,10 @@ impl Shared {
     }
 
     fn target(&self, endpoint: &str) -> anyhow::Result<Arc<Target>> {
-        let mut targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(t) = targets.get(endpoint) {
             return Ok(Arc::clone(t));
         }

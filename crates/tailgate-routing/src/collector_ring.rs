@@ -96,7 +96,7 @@ mod tests {
     use super::*;
 
     fn ring(eps: &[&str]) -> CollectorRing {
-        CollectorRing::new(&eps.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        CollectorRing::new(&eps.iter().map(ToString::to_string).collect::<Vec<_>>())
     }
 
     #[test]

@@ -108,8 +108,8 @@ impl Resolver {
                         }
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = wake.notified() => {
+                        () = tokio::time::sleep(interval) => {}
+                        () = wake.notified() => {
                             // At most one early refresh per second.
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }

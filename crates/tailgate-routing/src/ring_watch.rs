@@ -110,7 +110,7 @@ impl RingWatcher {
                 }
                 if eps.iter().all(|e| plain.contains_key(e)) {
                     tokio::select! {
-                        _ = tokio::time::sleep(PLAIN_BACKEND_RECHECK) => {}
+                        () = tokio::time::sleep(PLAIN_BACKEND_RECHECK) => {}
                         r = endpoints.changed() => if r.is_err() { return },
                     }
                     plain.clear();

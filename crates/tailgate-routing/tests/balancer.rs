@@ -1,6 +1,8 @@
 //! The `loadbalancing` exporter's accounting: a bounded queue that refuses retryably, and a
 //! shutdown that counts what it could not deliver.
 
+#![allow(clippy::unwrap_used, reason = "a test: a panic is the failure report")]
+
 use std::time::Duration;
 
 use prost::Message;

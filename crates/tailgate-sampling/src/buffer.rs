@@ -195,9 +195,9 @@ impl TraceBuffer {
 
     /// Bytes of memory this buffer holds, for the P2 benchmark: span bytes plus records.
     pub fn memory_bytes(&self) -> usize {
-        self.chunks.iter().map(|c| c.len()).sum::<usize>()
-            + self.spans.capacity() * std::mem::size_of::<BufferedSpan>()
-            + self.chunks.capacity() * std::mem::size_of::<Bytes>()
-            + self.contexts.capacity() * std::mem::size_of::<Arc<ResourceScope>>()
+        self.chunks.iter().map(Bytes::len).sum::<usize>()
+            + self.spans.capacity() * size_of::<BufferedSpan>()
+            + self.chunks.capacity() * size_of::<Bytes>()
+            + self.contexts.capacity() * size_of::<Arc<ResourceScope>>()
     }
 }

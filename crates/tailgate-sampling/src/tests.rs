@@ -233,7 +233,7 @@ fn num_traces_limit_decides_the_oldest_never_evicts_silently() {
     c.traces_max = 3;
     let mut r = Rig::new(c, 1 << 20);
     for t in 0..5 {
-        r.ingest(vec![span(t, 1, 0, true)], S + ms(t as u64));
+        r.ingest(vec![span(t, 1, 0, true)], S + ms(u64::from(t)));
     }
     assert_eq!(r.shard.traces_buffered(), 3);
     let c = r.shard.take_counters();

@@ -135,7 +135,7 @@ pub fn describe(cfg: &Config) -> String {
             .service
             .extensions
             .iter()
-            .map(|e| e.to_string())
+            .map(ToString::to_string)
             .collect();
         out.push_str(&format!("extensions {}\n", names.join(", ")));
     }

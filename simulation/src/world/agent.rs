@@ -24,7 +24,7 @@ pub const DRIVER_POD: &str = "shop-driver-7d9f-x2x9k";
 
 fn agent_config(ring_source: &str) -> String {
     format!(
-        r#"
+        r"
 receivers:
   otlp:
     protocols:
@@ -63,7 +63,7 @@ service:
       receivers: [otlp]
       processors: [k8sattributes, batch]
       exporters: [loadbalancing]
-"#
+"
     )
 }
 

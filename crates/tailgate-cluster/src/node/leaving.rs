@@ -23,7 +23,7 @@ impl ClusterNode {
     async fn call_leader<F, Fut>(&self, deadline: Instant, f: F) -> Result<AdminReply, ClusterError>
     where
         F: Fn(ClusterClient) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<AdminReply>, tonic::Status>>,
+        Fut: Future<Output = Result<tonic::Response<AdminReply>, tonic::Status>>,
     {
         let mut last = ClusterError::NoLeader;
         while Instant::now() < deadline {

@@ -67,7 +67,7 @@ async fn discover_all(node: &ClusterNode, peers: &[String]) -> Vec<Option<Discov
             .await
             .ok()?
             .ok()
-            .map(|r| r.into_inner())
+            .map(tonic::Response::into_inner)
         }
     }))
     .await

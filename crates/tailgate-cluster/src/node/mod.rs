@@ -232,7 +232,7 @@ impl ClusterNode {
         Arc::clone(&self.inner.ring.borrow())
     }
 
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let handle = tokio::spawn(task);
         self.inner.tasks.lock().expect("not poisoned").push(handle);
     }
@@ -363,7 +363,7 @@ async fn derive_views(node: ClusterNode) {
         let wait = expires.unwrap_or(Duration::from_millis(VIEWS_IDLE_MS));
         tokio::select! {
             changed = state.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

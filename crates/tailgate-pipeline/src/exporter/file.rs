@@ -49,7 +49,7 @@ impl Exporter for FileExporter {
             let path = self.path.clone();
             tokio::task::spawn_blocking(move || {
                 let mut f = file.lock().expect("file lock");
-                f.write_all(line.as_bytes()).and_then(|_| f.flush())
+                f.write_all(line.as_bytes()).and_then(|()| f.flush())
             })
             .await
             .map_err(|e| ExportError::Permanent {

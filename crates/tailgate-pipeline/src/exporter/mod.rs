@@ -291,7 +291,7 @@ impl ManagedExporter {
                                 tokio::time::sleep(w).await;
                             } else {
                                 tokio::select! {
-                                    _ = tokio::time::sleep(w) => {}
+                                    () = tokio::time::sleep(w) => {}
                                     // Shutdown began: try again now, while its deadline allows.
                                     _ = stopping.changed() => {}
                                 }

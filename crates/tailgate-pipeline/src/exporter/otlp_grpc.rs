@@ -60,7 +60,7 @@ impl OtlpGrpcExporter {
             let mut tls = tonic::transport::ClientTlsConfig::new();
             match &cfg.tls.ca_file {
                 Some(ca) => {
-                    tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?))
+                    tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?));
                 }
                 None => tls = tls.with_native_roots(),
             }

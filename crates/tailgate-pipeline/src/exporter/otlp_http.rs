@@ -105,7 +105,7 @@ impl Exporter for OtlpHttpExporter {
             let body = if self.gzip {
                 let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzLevel::fast());
                 enc.write_all(&body)
-                    .and_then(|_| enc.finish())
+                    .and_then(|()| enc.finish())
                     .map(Bytes::from)
                     .map_err(|e| ExportError::Permanent {
                         message: format!("gzip: {e}"),

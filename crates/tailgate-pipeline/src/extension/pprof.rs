@@ -198,7 +198,7 @@ fn profile(seconds: u64) -> Result<Vec<u8>, String> {
     };
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(&p.encode_to_vec())
-        .and_then(|_| gz.finish())
+        .and_then(|()| gz.finish())
         .map_err(|e| format!("gzip: {e}"))
 }
 

@@ -119,7 +119,7 @@ impl ShardState {
                 }
                 // Waiting here blocks the shard: the budget fills and senders are refused.
                 Err(ConsumeError::Refused { retry_after, .. }) => {
-                    tokio::time::sleep(retry_after.min(DELIVER_RETRY_PAUSE_MAX)).await
+                    tokio::time::sleep(retry_after.min(DELIVER_RETRY_PAUSE_MAX)).await;
                 }
             }
         }
@@ -319,7 +319,7 @@ impl Actor for ShardActor {
             } => {
                 state
                     .on_returned(traces, away, in_flight, decisions_failed)
-                    .await
+                    .await;
             }
             ShardMsg::Status(reply) => {
                 let _ = reply.send(state.buffered());

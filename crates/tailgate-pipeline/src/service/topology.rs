@@ -163,7 +163,7 @@ async fn processor_stage(
                 buffer_limit_bytes: sampling_budget_bytes(cfg, pipeline, t),
                 shards: t.shards.unwrap_or_else(|| {
                     std::thread::available_parallelism()
-                        .map(|n| n.get())
+                        .map(std::num::NonZero::get)
                         .unwrap_or(2)
                 }),
             };

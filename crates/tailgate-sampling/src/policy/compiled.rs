@@ -228,7 +228,7 @@ impl CompiledPolicy {
                 burst,
             } => bucket.rescale(*bytes_per_sec * share, *burst * share),
             CompiledPolicy::And(subs) | CompiledPolicy::Drop(subs) => {
-                subs.iter_mut().for_each(|s| s.set_rate_share(share))
+                subs.iter_mut().for_each(|s| s.set_rate_share(share));
             }
             CompiledPolicy::Not(sub) => sub.set_rate_share(share),
             CompiledPolicy::Composite(c) => c.set_rate_share(share),

@@ -31,8 +31,9 @@ impl TokenBucket {
         if let Some(last) = self.last
             && now > last
         {
-            self.tokens =
-                (self.tokens + (now - last).as_secs_f64() * self.rate_per_sec).min(self.capacity);
+            self.tokens = (self.tokens
+                + now.saturating_sub(last).as_secs_f64() * self.rate_per_sec)
+                .min(self.capacity);
         }
         if self.last.is_none_or(|l| now > l) {
             self.last = Some(now);

@@ -353,7 +353,7 @@ fn hash_matches_the_collectors_fnv1a_with_default_salt() {
     // FNV-1a 64 of "default-hash-seed" followed by 16 zero bytes, computed independently.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in b"default-hash-seed".iter().chain([0u8; 16].iter()) {
-        h ^= *b as u64;
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
     assert_eq!(trace_id_hash(DEFAULT_HASH_SALT, &TraceId([0; 16])), h);

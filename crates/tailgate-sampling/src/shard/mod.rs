@@ -370,7 +370,7 @@ impl TraceShard {
             if at > now {
                 break;
             }
-            self.counters.decision_lateness.push(now - at);
+            self.counters.decision_lateness.push(now.saturating_sub(at));
             self.decide(id, None, now, &mut out);
         }
         self.cache.expire(now);

@@ -175,7 +175,7 @@ async fn send(
                     RawCodec::default(),
                 )
                 .await
-                .map(|r| r.into_inner()),
+                .map(tonic::Response::into_inner),
             Err(e) => Err(tonic::Status::unavailable(e.to_string())),
         };
         match result {
