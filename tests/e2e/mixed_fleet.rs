@@ -228,16 +228,7 @@ async fn a_tailgate_agent_in_front_of_collector_gateways_passes_the_articles_sam
     .unwrap();
     assert_eq!(sent["export_failures"], 0, "{}", agent.log());
     // The collectors decide 10 s (the article's decision_wait) after a trace's first span.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let mut last = sink.spans().len();
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = sink.spans().len();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    crate::sampling::wait_for_article_sampling(&sent, || sink.spans().len()).await;
     crate::sampling::check_article_sampling(&sent, sink.spans());
 }
 
@@ -309,17 +300,9 @@ async fn a_collector_agent_on_the_articles_config_feeds_rolling_tailgate_gateway
     let sent = sender.await.unwrap();
     assert_eq!(sent["export_failures"], 0, "{}", agent.log());
     // The agent batches for up to 5 s, the gateways decide 10 s after a trace's first span
-    // (the article's decision_wait); then the sink goes quiet.
-    tokio::time::sleep(Duration::from_secs(16)).await;
-    let mut last = cluster.sink.spans().len();
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = cluster.sink.spans().len();
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    // (the article's decision_wait).
+    crate::sampling::wait_for_article_sampling(&sent, || cluster.sink.spans().len()).await;
+    let last = cluster.sink.spans().len();
     eprintln!(
         "{} traces sent, {} spans at the backend, {handed_off} traces handed off",
         sent["traces"].as_array().unwrap().len(),

@@ -100,6 +100,52 @@ pub const ARTICLE_TRAFFIC: &[&str] = &[
     "3",
 ];
 
+/// Spans the article's sampling keeps of the traces in `sent`: every span of the error, slow
+/// and flagged traces and of the healthy ones whose trace-ID hash falls under 5%.
+pub fn article_kept_span_count(sent: &serde_json::Value) -> usize {
+    let threshold = (5.0 / 100.0 * u64::MAX as f64) as u64;
+    sent["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            let bytes: [u8; 16] = hex::decode(t["trace_id"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            t["error"].as_bool().unwrap()
+                || t["slow"].as_bool().unwrap()
+                || t["flagged"].as_bool().unwrap()
+                || trace_id_hash(DEFAULT_HASH_SALT, &TraceId(bytes)) <= threshold
+        })
+        .map(|t| t["span_ids"].as_array().unwrap().len())
+        .sum()
+}
+
+/// Waits until `received()` holds at least the spans the article's sampling keeps of `sent`
+/// (up to `ARTICLE_DELIVERY_MAX`, which only a loss exhausts), then until it stays the same
+/// for a moment, so a duplicate or an unwanted span arriving late is still seen by
+/// [`check_article_sampling`]. Waiting on the content, not a fixed time, keeps a slow
+/// machine from failing a test that lost nothing.
+pub async fn wait_for_article_sampling(sent: &serde_json::Value, received: impl Fn() -> usize) {
+    const ARTICLE_DELIVERY_MAX: Duration = Duration::from_secs(120);
+    const QUIET: Duration = Duration::from_secs(3);
+    let want = article_kept_span_count(sent);
+    let deadline = tokio::time::Instant::now() + ARTICLE_DELIVERY_MAX;
+    while received() < want && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut last = received();
+    loop {
+        tokio::time::sleep(QUIET).await;
+        let now = received();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+}
+
 /// The article's sampling, checked on what a backend received for the traces the Python
 /// sender reports in `sent`: every error, slow and flagged trace whole, the healthy ones kept
 /// exactly when their trace-ID hash falls under 5% (and about 5% of them), nothing else, no
