@@ -248,17 +248,11 @@ impl Watchers {
         let task = match kind {
             Kind::ReplicaSet => {
                 let api: Api<PartialObjectMeta<ReplicaSet>> = namespaced_or_all(&self.client, cfg);
-                let stream = watcher::watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .map(|r| r.map(erase));
-                tokio::spawn(async move { run(stream, "replicaset", done, handle).await })
+                spawn_metadata_watch(api, watcher::Config::default(), "replicaset", done, handle)
             }
             _ => {
                 let api: Api<PartialObjectMeta<Job>> = namespaced_or_all(&self.client, cfg);
-                let stream = watcher::watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .map(|r| r.map(erase));
-                tokio::spawn(async move { run(stream, "job", done, handle).await })
+                spawn_metadata_watch(api, watcher::Config::default(), "job", done, handle)
             }
         };
         self.tasks.push(task);
@@ -304,20 +298,14 @@ impl Watchers {
             if let Some(ns) = &cfg.filter.namespace {
                 wc = wc.fields(&format!("metadata.name={ns}"));
             }
-            let stream = watcher::watcher(api, wc)
-                .default_backoff()
-                .map(|r| r.map(erase));
-            tokio::spawn(async move { run(stream, "namespace", done, handle).await })
+            spawn_metadata_watch(api, wc, "namespace", done, handle)
         } else {
             let api: Api<PartialObjectMeta<Node>> = Api::all(self.client.clone());
             let mut wc = watcher::Config::default();
             if let Some(node) = filtered_node(cfg, env) {
                 wc = wc.fields(&format!("metadata.name={node}"));
             }
-            let stream = watcher::watcher(api, wc)
-                .default_backoff()
-                .map(|r| r.map(erase));
-            tokio::spawn(async move { run(stream, "node", done, handle).await })
+            spawn_metadata_watch(api, wc, "node", done, handle)
         };
         self.tasks.push(task);
     }
@@ -396,6 +384,27 @@ where
 }
 
 /// Metadata-only objects of any kind look the same to the store.
+/// Watches `api` for metadata only, every event with its type erased, feeding `handle`; the
+/// first full listing is reported on `done`.
+fn spawn_metadata_watch<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    what: &'static str,
+    done: tokio::sync::mpsc::Sender<()>,
+    handle: impl FnMut(Applied<PartialObjectMeta<()>>) + Send + 'static,
+) -> JoinHandle<()>
+where
+    K: Send + Sync + 'static,
+    PartialObjectMeta<K>:
+        kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    <PartialObjectMeta<K> as kube::Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let stream = watcher::watcher(api, config)
+        .default_backoff()
+        .map(|r| r.map(erase));
+    tokio::spawn(async move { run(stream, what, done, handle).await })
+}
+
 fn erase<K>(e: Event<PartialObjectMeta<K>>) -> Event<PartialObjectMeta<()>> {
     let erase_one = |o: PartialObjectMeta<K>| PartialObjectMeta {
         types: o.types,
