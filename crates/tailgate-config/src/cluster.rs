@@ -10,6 +10,7 @@
 //!   join: [tailgate-gateway-0.tailgate-gateway:4320, tailgate-gateway-1.tailgate-gateway:4320]
 //!   member_timeout: 3s
 //!   ring_debounce: 500ms
+//!   replication_factor: 2   # every buffered span also on the ring successor (crash durability)
 //! ```
 
 use serde::Deserialize;
@@ -43,6 +44,17 @@ pub struct ClusterConfig {
     /// Joins within this window become one ring change.
     #[serde(default = "default_ring_debounce")]
     pub ring_debounce: GoDuration,
+    /// Copies of every buffered span: 1 (the owner only) or 2 (the owner and its ring
+    /// successor, so a crash of any one gateway loses no buffered trace).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u8,
+}
+
+/// Most copies of a buffered span `replication_factor` may ask for.
+pub const REPLICATION_FACTOR_MAX: u8 = 2;
+
+fn default_replication_factor() -> u8 {
+    1
 }
 
 fn default_listen() -> String {
@@ -67,6 +79,7 @@ impl Default for ClusterConfig {
             join: Vec::new(),
             member_timeout: default_member_timeout(),
             ring_debounce: default_ring_debounce(),
+            replication_factor: default_replication_factor(),
         }
     }
 }

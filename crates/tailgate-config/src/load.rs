@@ -285,6 +285,16 @@ fn load_cluster(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
         if c.join.iter().any(|p| p.trim().is_empty()) {
             l.error("cluster.join", "addresses must not be empty");
         }
+        if !(1..=crate::cluster::REPLICATION_FACTOR_MAX).contains(&c.replication_factor) {
+            l.error(
+                "cluster.replication_factor",
+                format!(
+                    "must be 1 or {}, got {}",
+                    crate::cluster::REPLICATION_FACTOR_MAX,
+                    c.replication_factor
+                ),
+            );
+        }
     }
 }
 

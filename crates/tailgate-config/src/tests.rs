@@ -432,3 +432,19 @@ fn set_overrides_win_over_the_file_and_create_what_is_missing() {
         errors[0]
     );
 }
+
+#[test]
+fn a_replication_factor_other_than_one_or_two_is_refused_at_its_key() {
+    let text = format!(
+        "receivers:\n  otlp:\nexporters:\n  debug:\n{MINIMAL_SERVICE}cluster:\n  replication_factor: 3\n"
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["test.yaml: cluster.replication_factor: must be 1 or 2, got 3"]
+    );
+    let text = format!(
+        "receivers:\n  otlp:\nexporters:\n  debug:\n{MINIMAL_SERVICE}cluster:\n  replication_factor: 2\n"
+    );
+    let cfg = load_str(&text, "test.yaml", &no_env).unwrap();
+    assert_eq!(cfg.cluster.unwrap().replication_factor, 2);
+}

@@ -10,7 +10,7 @@ mod plan;
 mod ring;
 mod state;
 
-pub use plan::Placement;
+pub use plan::{Placement, by_replica};
 pub use ring::{Ring, VNODES_PER_MEMBER, trace_key};
 pub use state::{
     Applied, ClusterState, Command, MEMBERS_MAX, Member, MemberState, SamplingOverride,

@@ -43,3 +43,20 @@ impl<T> Placement<T> {
         self.remote.is_empty()
     }
 }
+
+/// Items grouped by their replica on `ring` (ordered by name, so sends happen in the same
+/// order on every run). Items without a replica (a ring of fewer than two owners) are left
+/// out: there is nobody to copy them to.
+pub fn by_replica<T>(
+    ring: &Ring,
+    items: impl IntoIterator<Item = T>,
+    trace_id: impl Fn(&T) -> TraceId,
+) -> BTreeMap<String, Vec<T>> {
+    let mut groups: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for item in items {
+        if let Some(replica) = ring.replica(&trace_id(&item)) {
+            groups.entry(replica.to_string()).or_default().push(item);
+        }
+    }
+    groups
+}

@@ -82,12 +82,46 @@ impl Hash for VNode {
     }
 }
 
-/// The owners of one epoch, and the lookup from trace to owner.
+/// For every virtual node sorted by position, the first member clockwise that is not its
+/// own (see `Ring::successors`). Linear: one backwards walk over the doubled circle.
+fn successors(vnodes: &[VNode]) -> Vec<(u64, Option<u32>)> {
+    let mut sorted = vnodes.to_vec();
+    sorted.sort_by_key(|v| v.key);
+    let n = sorted.len();
+    let mut next: Vec<Option<u32>> = vec![None; n];
+    // Walking the circle twice backwards, `nearest` is the owner of the nearest following
+    // virtual node of each member seen; the first distinct one is the successor.
+    let mut last_other: Option<(u32, Option<u32>)> = None;
+    for step in (0..2 * n).rev() {
+        let v = sorted[step % n];
+        // `last_other` holds (owner of the vnode after this one, that vnode's successor).
+        let successor = match last_other {
+            Some((after, _)) if after != v.owner => Some(after),
+            Some((_, after_successor)) => after_successor,
+            None => None,
+        };
+        if step < n {
+            next[step] = successor;
+        }
+        last_other = Some((v.owner, successor));
+    }
+    sorted
+        .iter()
+        .zip(next)
+        .map(|(v, successor)| (v.key, successor))
+        .collect()
+}
+
+/// The owners of one epoch, and the lookups from trace to owner and to replica.
 pub struct Ring {
     epoch: u64,
     /// Owner names, sorted (the ring does not depend on the order members joined in).
     owners: Vec<String>,
     ring: HashRing<VNode, PassThroughBuilder>,
+    /// For every virtual node (sorted by position), the owner of the first virtual node
+    /// clockwise from it that belongs to a different member: the replica of every trace the
+    /// virtual node places. `None` with fewer than two owners.
+    successors: Vec<(u64, Option<u32>)>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -106,7 +140,7 @@ impl Ring {
         owners.sort();
         owners.dedup();
         let mut ring = HashRing::with_hasher(PassThroughBuilder);
-        let vnodes = owners
+        let vnodes: Vec<VNode> = owners
             .iter()
             .enumerate()
             .flat_map(|(i, name)| {
@@ -116,11 +150,13 @@ impl Ring {
                 })
             })
             .collect();
+        let successors = successors(&vnodes);
         ring.batch_add(vnodes);
         Ring {
             epoch,
             owners,
             ring,
+            successors,
         }
     }
 
@@ -151,6 +187,21 @@ impl Ring {
         self.ring
             .get(&key)
             .map(|v| self.owners[v.owner as usize].as_str())
+    }
+
+    /// The replica of a trace (`replication_factor: 2`): the owner of the first virtual node
+    /// clockwise from the trace's position that belongs to another member. Removing the
+    /// owner from the ring gives the trace to exactly this member, so after a crash the
+    /// replica is the new owner without moving anything. `None` with fewer than two owners.
+    pub fn replica(&self, id: &TraceId) -> Option<&str> {
+        let owner_vnode = self.ring.get(&trace_key(id))?;
+        let i = self
+            .successors
+            .binary_search_by_key(&owner_vnode.key, |(key, _)| *key)
+            .ok()?;
+        self.successors[i]
+            .1
+            .map(|owner| self.owners[owner as usize].as_str())
     }
 
     /// Whether `node` owns the trace. With no owners at all, every node owns everything

@@ -183,6 +183,61 @@ fn placement_splits_by_owner() {
     assert_eq!(total, ids.len());
 }
 
+#[test]
+fn the_replica_is_the_owner_once_the_owner_is_gone() {
+    for members in 2..=6 {
+        let all = names(members);
+        let ring = Ring::new(1, all.clone());
+        let without: BTreeMap<&str, Ring> = all
+            .iter()
+            .map(|gone| {
+                let rest = all.iter().filter(|m| *m != gone).cloned();
+                (gone.as_str(), Ring::new(2, rest))
+            })
+            .collect();
+        for n in 0..5_000 {
+            let owner = ring.owner(&id(n)).unwrap();
+            let replica = ring.replica(&id(n)).unwrap();
+            assert_ne!(owner, replica, "trace {n} on {members} members");
+            let after = &without[owner];
+            assert_eq!(
+                after.owner(&id(n)),
+                Some(replica),
+                "trace {n} on {members} members"
+            );
+        }
+    }
+}
+
+#[test]
+fn replicas_spread_like_owners_and_pin_across_builds() {
+    let ring = Ring::new(1, names(3));
+    let mut pairs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for n in 0..30_000 {
+        *pairs
+            .entry((ring.owner(&id(n)).unwrap(), ring.replica(&id(n)).unwrap()))
+            .or_default() += 1;
+    }
+    // Every owner backs up to both others: a crash spreads its traces over the survivors.
+    assert_eq!(pairs.len(), 6, "{pairs:?}");
+    let replicas: Vec<&str> = (0..6).map(|n| ring.replica(&id(n)).unwrap()).collect();
+    assert_eq!(replicas, PINNED_REPLICAS);
+}
+const PINNED_REPLICAS: [&str; 6] = [
+    "gateway-2",
+    "gateway-1",
+    "gateway-0",
+    "gateway-2",
+    "gateway-1",
+    "gateway-2",
+];
+
+#[test]
+fn one_owner_has_no_replica() {
+    assert_eq!(Ring::new(1, names(1)).replica(&id(7)), None);
+    assert_eq!(Ring::empty().replica(&id(7)), None);
+}
+
 proptest! {
     #[test]
     fn the_same_log_gives_the_same_ring(cmds in proptest::collection::vec((0u8..4, 1u64..6), 0..40)) {

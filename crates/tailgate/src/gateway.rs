@@ -51,6 +51,9 @@ pub struct ClusterArgs {
     /// A member silent for this long is removed by the leader.
     #[arg(long, value_parser = crate::cli::parse_duration)]
     pub member_timeout: Option<Duration>,
+    /// Copies of every buffered span: 1, or 2 to survive the crash of any one gateway.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(tailgate_config::cluster::REPLICATION_FACTOR_MAX)))]
+    pub replication_factor: Option<u8>,
 }
 
 impl ClusterArgs {
@@ -94,6 +97,7 @@ pub async fn cluster_start(
         join,
         member_timeout,
         ring_debounce,
+        replication_factor,
     } = section;
     let listen = args.cluster_listen.clone().unwrap_or(listen);
     let (incoming, bound) = tailgate_pipeline::net::tcp()
@@ -123,6 +127,7 @@ pub async fn cluster_start(
     let mut settings = ClusterSettings::new(&name, &advertise, &otlp_advertise, join);
     settings.member_timeout = args.member_timeout.unwrap_or(member_timeout.0);
     settings.ring_debounce = ring_debounce.0;
+    settings.replication_factor = args.replication_factor.unwrap_or(replication_factor);
     // Each incarnation draws a fresh Raft id: mix in the start time unless the seed is
     // meant to replay a run (then the operator passes distinct seeds per node).
     settings.seed = seed

@@ -83,6 +83,9 @@ pub struct ClusterSettings {
     pub election_timeout: (Duration, Duration),
     /// Seeds the Raft id and every random delay.
     pub seed: u64,
+    /// Copies of every buffered span: 1, or 2 (the owner and its ring successor; see
+    /// docs/cluster.md, "Crash durability").
+    pub replication_factor: u8,
 }
 
 impl ClusterSettings {
@@ -99,6 +102,7 @@ impl ClusterSettings {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             seed: 0,
+            replication_factor: 1,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::ReplicaCounters;
 use crate::policy::Decision;
 
 /// Why a trace was decided before its deadline.
@@ -79,4 +80,6 @@ pub struct ShardCounters {
     pub traces_decided_by_handoff: u64,
     /// Traces taken for a handoff that failed and came back (`restore_trace`).
     pub traces_handoff_returned: u64,
+    /// The replica copies (`replication_factor: 2`).
+    pub replica: ReplicaCounters,
 }

@@ -40,9 +40,13 @@ use crate::record::DecisionRecord;
 
 mod counters;
 mod handoff;
+mod replica;
 
 pub use counters::{EarlyReason, ShardCounters};
 pub use handoff::{DecisionTransfer, TraceTransfer};
+pub use replica::ReplicaCounters;
+
+use replica::ReplicaStore;
 
 /// Settings of one shard, derived from the processor config.
 #[derive(Debug, Clone)]
@@ -59,12 +63,20 @@ pub struct ShardConfig {
     pub cache_ttl: Duration,
     pub record_policy: bool,
     pub drop_pending_on_shutdown: bool,
+    /// Report every decision in [`Released::decided`] (for the replicas, with
+    /// `replication_factor: 2`).
+    pub report_decisions: bool,
+    /// How long past the owner's expected decision a replica copy waits for it.
+    pub replica_grace: Duration,
 }
 
 /// Spans a shard operation released downstream (kept traces, late spans of kept traces).
 #[derive(Debug, Default)]
 pub struct Released {
     pub kept: Vec<EncodedSpan>,
+    /// The decisions taken, when `ShardConfig::report_decisions` (kept ones with the span
+    /// IDs released).
+    pub decided: Vec<DecisionTransfer>,
 }
 
 #[derive(Debug)]
@@ -92,6 +104,8 @@ pub struct TraceShard {
     spans_buffered: usize,
     /// While set, deadlines pass without decisions (see `set_fenced`).
     fenced: bool,
+    /// Copies of traces other gateways own (`replica.rs`).
+    replicas: ReplicaStore,
 }
 
 impl TraceShard {
@@ -120,6 +134,7 @@ impl TraceShard {
             counters: ShardCounters::default(),
             spans_buffered: 0,
             fenced: false,
+            replicas: ReplicaStore::default(),
         }
     }
 
@@ -157,12 +172,20 @@ impl TraceShard {
     }
 
     pub fn take_counters(&mut self) -> ShardCounters {
-        std::mem::take(&mut self.counters)
+        ShardCounters {
+            replica: std::mem::take(&mut self.replicas.counters),
+            ..std::mem::take(&mut self.counters)
+        }
     }
 
-    /// When the next deadline falls, if any trace is buffered.
+    /// When the next decision falls due, if any trace is buffered.
     pub fn next_deadline(&self) -> Option<Duration> {
         self.by_deadline.first().map(|(at, _, _)| *at)
+    }
+
+    /// When the next replica copy expires, if any is held.
+    pub fn next_replica_expiry(&self) -> Option<Duration> {
+        self.replicas.next_expiry()
     }
 
     /// Takes spans whose encoded bytes the caller has already reserved in the budget.
@@ -374,6 +397,7 @@ impl TraceShard {
             self.decide(id, None, now, &mut out);
         }
         self.cache.expire(now);
+        self.expire_replicas(now);
         self.enforce_limits(now, &mut out);
         out
     }
@@ -389,9 +413,10 @@ impl TraceShard {
         }
         let excess = self.budget.excess_bytes();
         if excess > 0 {
-            // Each shard frees its share of the excess, oldest traces first.
+            // Each shard frees its share of the excess: replica copies first (copies of data
+            // held elsewhere), then its oldest traces.
             let target = excess.div_ceil(self.shard_count);
-            let mut freed = 0;
+            let mut freed = self.evict_replicas(target);
             while freed < target {
                 let Some(id) = self.oldest() else { break };
                 freed += self.traces[&id].buffer.encoded_bytes();
@@ -463,6 +488,18 @@ impl TraceShard {
             },
         );
         let n = spans.len() as u64;
+        if self.cfg.report_decisions {
+            out.decided.push(DecisionTransfer {
+                trace_id: id,
+                keep: verdict.keep,
+                age: Duration::ZERO,
+                released: if verdict.keep {
+                    spans.iter().map(|s| s.meta.span_id).collect()
+                } else {
+                    Vec::new()
+                },
+            });
+        }
         if verdict.keep {
             self.cache
                 .record_released(id, spans.iter().map(|s| s.meta.span_id));

@@ -17,6 +17,8 @@ use tailgate_test_support::{encoded, kv, status, string};
 use crate::policy::PolicySet;
 use crate::*;
 
+mod replica;
+
 const S: Duration = Duration::from_secs(1);
 
 fn ms(n: u64) -> Duration {
@@ -63,6 +65,8 @@ fn cfg() -> ShardConfig {
         cache_ttl: 600 * S,
         record_policy: false,
         drop_pending_on_shutdown: false,
+        report_decisions: false,
+        replica_grace: Duration::from_secs(10),
     }
 }
 

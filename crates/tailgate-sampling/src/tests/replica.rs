@@ -1,0 +1,159 @@
+//! Goal: a replica copy is passive until its owner is gone, then decides exactly as the
+//! owner would have (same spans, same remaining deadline); every copy that goes away
+//! without a decision is counted. Method: drive one shard as a replica with explicit `now`.
+
+use super::*;
+
+impl Rig {
+    /// Reserves like the pipeline stage does, then takes the spans as replica copies.
+    fn replicate(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
+        let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        assert!(self.budget.try_reserve(bytes), "budget full in test");
+        self.shard.replicate(spans, now)
+    }
+}
+
+fn reporting() -> ShardConfig {
+    ShardConfig {
+        report_decisions: true,
+        ..cfg()
+    }
+}
+
+#[test]
+fn a_copy_is_passive_until_the_owners_decision_drops_it() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    let out = r.replicate(vec![span(1, 0, 0, true), span(1, 1, 0, false)], S);
+    assert!(out.kept.is_empty());
+    assert_eq!(r.shard.replicas_held(), (1, 2));
+    assert!(
+        r.budget.bytes_used() > 0,
+        "copies are charged to the budget"
+    );
+    // The owner's deadline passes: a replica decides nothing.
+    assert!(r.shard.poll(20 * S).kept.is_empty());
+    assert_eq!(r.shard.traces_buffered(), 0);
+    let decision = DecisionTransfer {
+        trace_id: tid(1),
+        keep: true,
+        age: Duration::ZERO,
+        released: vec![span(1, 0, 0, true).meta.span_id],
+    };
+    assert!(
+        r.shard
+            .replica_decisions(vec![decision], 20 * S)
+            .kept
+            .is_empty()
+    );
+    assert_eq!(r.shard.replicas_held(), (0, 0));
+    assert_eq!(r.budget.bytes_used(), 0);
+    // A late copy of a decided trace is dropped, not held again.
+    r.replicate(vec![span(1, 2, 1, false)], 21 * S);
+    assert_eq!(r.shard.replicas_held(), (0, 0));
+    assert_eq!(r.budget.bytes_used(), 0);
+    let c = r.shard.take_counters().replica;
+    assert_eq!((c.spans_received, c.spans_settled), (3, 3));
+}
+
+#[test]
+fn a_promoted_copy_is_decided_at_the_owners_deadline_on_every_span() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    // No root: the owner decides at 1 s + decision_wait (10 s).
+    r.replicate(vec![span(1, 1, 7, true)], S);
+    r.replicate(vec![span(1, 2, 7, false)], 2 * S);
+    let (out, promoted) = r.shard.promote_replicas(4 * S, &|_| true);
+    assert!(out.kept.is_empty());
+    assert_eq!(promoted, vec![tid(1)]);
+    assert_eq!(r.shard.replicas_held(), (0, 0));
+    assert_eq!(r.shard.traces_buffered(), 1);
+    assert_eq!(
+        r.shard.next_deadline(),
+        Some(11 * S),
+        "the deadline resumes"
+    );
+    let kept = r.shard.poll(11 * S).kept;
+    assert_eq!(names(&kept), vec!["2:s1", "2:s2"]);
+    assert_eq!(r.budget.bytes_used(), 0);
+    let c = r.shard.take_counters().replica;
+    assert_eq!((c.traces_promoted, c.spans_promoted), (1, 2));
+}
+
+#[test]
+fn copies_nobody_confirms_expire_after_the_grace_counted() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.replicate(vec![span(1, 1, 7, false)], S);
+    // decide_at = 11 s; grace 10 s.
+    assert_eq!(r.shard.next_replica_expiry(), Some(21 * S));
+    r.shard.poll(21 * S - ms(1));
+    assert_eq!(r.shard.replicas_held(), (1, 1));
+    r.shard.poll(21 * S);
+    assert_eq!(r.shard.replicas_held(), (0, 0));
+    assert_eq!(r.budget.bytes_used(), 0);
+    assert_eq!(r.shard.take_counters().replica.spans_expired, 1);
+}
+
+#[test]
+fn under_memory_pressure_copies_go_before_buffered_traces() {
+    let one = span(1, 1, 7, false).bytes.len() as u64;
+    let mut r = Rig::new(cfg(), one * 12);
+    r.ingest(vec![span(1, 1, 7, false)], S);
+    r.replicate((0..6).map(|n| span(2, n, 7, false)).collect(), S);
+    // Past the high watermark: the copies are evicted, the buffered trace stays.
+    r.replicate((0..5).map(|n| span(3, n, 7, false)).collect(), 2 * S);
+    assert_eq!(r.shard.traces_buffered(), 1);
+    let c = r.shard.take_counters();
+    assert!(c.replica.spans_evicted > 0, "{c:?}");
+    assert!(c.early_decisions.is_empty(), "{c:?}");
+}
+
+#[test]
+fn a_copy_moves_to_the_new_replica_with_its_state() {
+    let mut a = Rig::new(cfg(), 1 << 20);
+    a.replicate(vec![span(1, 0, 0, true)], S);
+    // Root seen at 1 s: decide at 3 s.
+    let moved = a.shard.take_replicas(2 * S, &|_| true);
+    assert_eq!(a.budget.bytes_used(), 0);
+    assert_eq!(moved.len(), 1);
+    assert_eq!(
+        (moved[0].remaining, moved[0].age, moved[0].root_seen),
+        (S, S, true)
+    );
+    let mut b = Rig::new(cfg(), 1 << 20);
+    for t in moved {
+        b.shard.replicate_trace(t, 5 * S);
+    }
+    let (_, promoted) = b.shard.promote_replicas(5 * S, &|_| true);
+    assert_eq!(promoted.len(), 1);
+    assert_eq!(b.shard.next_deadline(), Some(6 * S));
+}
+
+#[test]
+fn a_buffered_trace_is_copied_not_taken_and_its_decision_is_reported() {
+    let mut r = Rig::new(reporting(), 1 << 20);
+    r.ingest(vec![span(1, 0, 0, true), span(1, 1, 0, false)], S);
+    r.ingest(vec![span(2, 0, 0, false)], S);
+    let copies = r.shard.copy_traces(2 * S, &|id| *id == tid(1));
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].spans.len(), 2);
+    assert_eq!(r.shard.traces_buffered(), 2, "the owner keeps its buffer");
+    let out = r.shard.poll(3 * S);
+    assert_eq!(out.kept.len(), 2);
+    let mut decided: Vec<(TraceId, bool, usize)> = out
+        .decided
+        .iter()
+        .map(|d| (d.trace_id, d.keep, d.released.len()))
+        .collect();
+    decided.sort();
+    assert_eq!(decided, vec![(tid(1), true, 2), (tid(2), false, 0)]);
+}
+
+#[test]
+fn a_copy_of_a_trace_this_shard_buffers_merges_into_the_buffer() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.ingest(vec![span(1, 1, 7, true)], S);
+    r.replicate(vec![span(1, 1, 7, true), span(1, 2, 7, false)], 2 * S);
+    assert_eq!(r.shard.replicas_held(), (0, 0));
+    assert_eq!(r.shard.spans_buffered(), 2, "merged by span ID");
+    assert_eq!(names(&r.shard.poll(11 * S).kept), vec!["2:s1", "2:s2"]);
+    assert_eq!(r.budget.bytes_used(), 0);
+}
