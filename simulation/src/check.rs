@@ -1,9 +1,12 @@
 //! The invariants, checked after every run from what the driver sent, what the sink
 //! received and the gateways' state.
 //!
-//! - **I1** graceful events only: every accepted span of every kept trace is exported.
+//! - **I1** graceful events only — and any single crash with `replication_factor: 2`: every
+//!   accepted span of every kept trace is exported. With replication a loss is attributable
+//!   only to a double crash (the trace's owner and its replica) or a partition window.
 //! - **I2** no span is exported twice (unless the driver resent it after an ambiguous
-//!   failure), and no trace is exported in pieces by two owners of the same epoch: two
+//!   failure, or — with replication — a crashed owner exported it before its decision
+//!   reached the replica, which then decided again: counted and logged), and no trace is exported in pieces by two owners of the same epoch: two
 //!   gateways export parts of one trace only if the ring changed between its first span and
 //!   its last export (then each owned it at a different epoch).
 //! - **I3** every ERROR trace whose spans were all accepted is kept (exported whole).
@@ -47,6 +50,8 @@ struct Run<'a> {
     /// Spans the driver resent after an ambiguous failure (a second copy is expected).
     ambiguous: BTreeSet<SpanKey>,
     faulty: bool,
+    /// `replication_factor: 2`: a single crash must lose nothing.
+    replicated: bool,
     crashes: &'a [CrashRecord],
     windows: &'a [(Duration, Duration)],
 }
@@ -55,16 +60,62 @@ impl Run<'_> {
     /// A loss the faults explain: a crashed gateway owned the trace, or it was sent near a
     /// partition window.
     fn attributable(&self, trace: &Trace, at: Duration) -> bool {
-        let id = TraceId(*trace);
         self.faulty
-            && (self.crashes.iter().any(|c| {
-                c.rings
-                    .iter()
-                    .any(|r| r.owner(&id) == Some(c.name.as_str()))
+            && ((if self.replicated {
+                self.owner_and_replica_crashed(trace)
+            } else {
+                self.owner_crashed(trace)
             }) || self
                 .windows
                 .iter()
                 .any(|(from, to)| at + WINDOW_MARGIN >= *from && at <= *to + WINDOW_MARGIN))
+    }
+
+    /// A crashed gateway owned the trace (by a ring of the moment it crashed).
+    fn owner_crashed(&self, trace: &Trace) -> bool {
+        let id = TraceId(*trace);
+        self.crashes.iter().any(|c| {
+            c.rings
+                .iter()
+                .any(|r| r.owner(&id) == Some(c.name.as_str()))
+        })
+    }
+
+    /// A double failure: a crashed gateway owned the trace and another crash took its
+    /// replica (by the same ring).
+    fn owner_and_replica_crashed(&self, trace: &Trace) -> bool {
+        let id = TraceId(*trace);
+        self.crashes.iter().enumerate().any(|(i, c)| {
+            c.rings.iter().any(|r| {
+                r.owner(&id) == Some(c.name.as_str())
+                    && self
+                        .crashes
+                        .iter()
+                        .enumerate()
+                        .any(|(j, other)| j != i && r.replica(&id) == Some(other.name.as_str()))
+            })
+        })
+    }
+
+    /// The trace's owner and replica by every ring a crash recorded, for diagnoses.
+    fn placements(&self, trace: &Trace) -> String {
+        let id = TraceId(*trace);
+        let mut seen = BTreeSet::new();
+        for c in self.crashes {
+            for r in &c.rings {
+                seen.insert(format!(
+                    "e{} {}→{}",
+                    r.epoch(),
+                    r.owner(&id).unwrap_or("-"),
+                    r.replica(&id).unwrap_or("-")
+                ));
+            }
+        }
+        if seen.is_empty() {
+            "no crash".to_string()
+        } else {
+            seen.into_iter().collect::<Vec<_>>().join(", ")
+        }
     }
 
     /// Where a trace's spans were exported, for diagnoses.
@@ -102,11 +153,12 @@ pub fn check(
         sent,
         exported,
         faulty: !scenario.graceful(),
+        replicated: scenario.replication_factor() >= 2,
         crashes,
         windows,
     };
     let mut v = Vec::new();
-    no_span_twice(&run, &mut v);
+    let takeover_duplicates = no_span_twice(&run, &mut v);
     no_trace_in_pieces_within_an_epoch(&run, epoch_changes, &mut v);
     nothing_of_a_dropped_trace(&run, &mut v);
     every_kept_span_exported_or_attributed(&run, &mut v);
@@ -125,6 +177,12 @@ pub fn check(
             v.len()
         ),
     );
+    if run.replicated {
+        shared.log_at(
+            now,
+            format!("duplicates after a takeover: {takeover_duplicates} spans"),
+        );
+    }
     // The event log records what the sink received, in order (part of the replay check).
     shared.log_at(
         now,
@@ -138,9 +196,15 @@ pub fn check(
     }
 }
 
-/// I2: no span twice.
-fn no_span_twice(run: &Run<'_>, v: &mut Vec<String>) {
+/// I2: no span twice. Returns the second copies a takeover explains (replication: the crashed
+/// owner exported the trace, its kept decision had not reached the replica yet).
+fn no_span_twice(run: &Run<'_>, v: &mut Vec<String>) -> usize {
+    let mut takeover = 0;
     for ((t, s), n) in &run.copies {
+        if *n > 1 && run.replicated && run.owner_crashed(t) {
+            takeover += n - 1;
+            continue;
+        }
         if *n > 1 && !run.ambiguous.contains(&(*t, *s)) {
             v.push(format!(
                 "I2: span {}/{} exported {n} times ({})",
@@ -150,6 +214,7 @@ fn no_span_twice(run: &Run<'_>, v: &mut Vec<String>) {
             ));
         }
     }
+    takeover
 }
 
 /// I2: no trace in pieces by two owners of one epoch.
@@ -215,15 +280,20 @@ fn every_kept_span_exported_or_attributed(run: &Run<'_>, v: &mut Vec<String>) {
         if run.copies.contains_key(&(s.trace, s.span)) {
             t.1 += 1;
         } else if !run.attributable(&s.trace, s.at) {
-            let rule = if run.faulty { "I5" } else { "I1" };
+            let rule = if run.faulty && !run.replicated {
+                "I5"
+            } else {
+                "I1"
+            };
             // Where the rest of the trace went, to start the diagnosis from.
             let rest = run.exports_of(&s.trace, None);
             v.push(format!(
-                "{rule}: span {}/{} of kept trace accepted at {:.3}s never exported (the trace's other exports: {})",
+                "{rule}: span {}/{} of kept trace accepted at {:.3}s never exported (the trace's other exports: {}; owner→replica by the rings at each crash: {})",
                 hex(&s.trace),
                 hex(&s.span),
                 s.at.as_secs_f64(),
-                if rest.is_empty() { "none".to_string() } else { rest.join(", ") }
+                if rest.is_empty() { "none".to_string() } else { rest.join(", ") },
+                run.placements(&s.trace)
             ));
         }
     }

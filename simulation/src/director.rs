@@ -126,6 +126,7 @@ impl Director {
             Fault::MaxLatency(d) => sim.set_max_message_latency(d),
             Fault::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
             Fault::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+            Fault::Burst(extra) => *self.shared.burst.lock().unwrap() = extra,
             Fault::Sink {
                 fail_percent,
                 delay,

@@ -67,6 +67,7 @@ pub fn replay_command(seed: u64, scenario: Scenario) -> String {
 
 pub fn run(seed: u64, scenario: Scenario) -> Outcome {
     let shared = Arc::new(Shared::default());
+    *shared.replication_factor.lock().unwrap() = scenario.replication_factor();
     for (name, skew) in scenario.skews(seed) {
         shared.skew_ms.lock().unwrap().insert(name, skew);
     }

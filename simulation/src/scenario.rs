@@ -13,6 +13,8 @@ pub enum Scenario {
     ScaleUpDown,
     CrashRestart,
     LeaderCrashDuringHandoff,
+    CrashUnderLoad,
+    CrashDuringRollingRestart,
     PartitionNode,
     PartitionLeader,
     AsymmetricPartition,
@@ -23,12 +25,14 @@ pub enum Scenario {
     DuplicateDelivery,
 }
 
-pub const ALL: [Scenario; 13] = [
+pub const ALL: [Scenario; 15] = [
     Scenario::Steady,
     Scenario::RollingRestart,
     Scenario::ScaleUpDown,
     Scenario::CrashRestart,
     Scenario::LeaderCrashDuringHandoff,
+    Scenario::CrashUnderLoad,
+    Scenario::CrashDuringRollingRestart,
     Scenario::PartitionNode,
     Scenario::PartitionLeader,
     Scenario::AsymmetricPartition,
@@ -47,6 +51,8 @@ impl Scenario {
             Scenario::ScaleUpDown => "scale-up-down",
             Scenario::CrashRestart => "crash-restart",
             Scenario::LeaderCrashDuringHandoff => "leader-crash-during-handoff",
+            Scenario::CrashUnderLoad => "crash-under-load",
+            Scenario::CrashDuringRollingRestart => "crash-during-rolling-restart",
             Scenario::PartitionNode => "partition-node",
             Scenario::PartitionLeader => "partition-leader",
             Scenario::AsymmetricPartition => "asymmetric-partition",
@@ -75,6 +81,28 @@ impl Scenario {
                 | Scenario::StaleAgentRing
                 | Scenario::DuplicateDelivery
         )
+    }
+
+    /// Copies of every buffered span the gateways keep: the crash scenarios run with
+    /// `replication_factor: 2`, where a single crash must lose nothing (I1).
+    pub fn replication_factor(self) -> u8 {
+        if matches!(
+            self,
+            Scenario::CrashRestart
+                | Scenario::LeaderCrashDuringHandoff
+                | Scenario::CrashUnderLoad
+                | Scenario::CrashDuringRollingRestart
+        ) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Scenarios whose sweep is not clean yet, so the CI subset does not run them (each is
+    /// an open item in docs/simulation.md, with its measured violation rate and causes).
+    pub fn known_open(self) -> bool {
+        self == Scenario::CrashDuringRollingRestart
     }
 
     /// The driver sends through agents (real `loadbalancing` routing by the ring).
@@ -111,6 +139,26 @@ impl Scenario {
                 plan.push((t, Fault::StopNonLeader));
                 plan.push((t + ms(&mut rng, 20, 400), Fault::CrashLeader));
                 plan.push((t + ms(&mut rng, 2000, 4000), Fault::RestartAllStopped));
+            }
+            Scenario::CrashUnderLoad => {
+                // A burst fills every gateway with open traces; one dies in the middle of it
+                // and comes back later.
+                let t = ms(&mut rng, 2000, 4000);
+                plan.push((t, Fault::Burst(rng.random_range(8..20))));
+                let g = gw(&mut rng);
+                let crash = t + ms(&mut rng, 1000, 3000);
+                plan.push((crash, Fault::Crash(g.clone())));
+                plan.push((t + ms(&mut rng, 4000, 5000), Fault::Burst(0)));
+                plan.push((crash + ms(&mut rng, 3000, 6000), Fault::Start(g)));
+            }
+            Scenario::CrashDuringRollingRestart => {
+                // Four gateways (a rollout's leaving member plus a crashed one are two
+                // failures, which needs four voters); g3 crashes somewhere in the roll.
+                plan.push((Duration::ZERO, Fault::Start("g3".into())));
+                rolling_restart(&mut rng, &mut plan);
+                let crash = ms(&mut rng, 3000, 10_000);
+                plan.push((crash, Fault::Crash("g3".into())));
+                plan.push((crash + ms(&mut rng, 2000, 5000), Fault::Start("g3".into())));
             }
             Scenario::PartitionNode => {
                 let g = gw(&mut rng);
@@ -217,6 +265,8 @@ pub enum Fault {
         fail_percent: u32,
         delay: Duration,
     },
+    /// The driver sends this many more traces every 100 ms (0 ends the burst).
+    Burst(u32),
 }
 
 /// A drawn duration in `[lo, hi)` milliseconds.

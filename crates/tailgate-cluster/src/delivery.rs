@@ -9,6 +9,8 @@ use tailgate_pipeline::consumer::{BoxFuture, ConsumeError};
 use tailgate_pipeline::sampling::{BufferedStatus, TailSamplingStage};
 use tailgate_sampling::{DecisionTransfer, TraceTransfer};
 
+use crate::transfer::ReplicaCopy;
+
 /// The receiving end of the cluster's data plane on one gateway.
 pub trait Delivery: Send + Sync {
     /// Spans another gateway forwarded after they passed `hops` gateways. Buffered here if
@@ -26,6 +28,10 @@ pub trait Delivery: Send + Sync {
         traces: Vec<TraceTransfer>,
         decisions: Vec<DecisionTransfer>,
     ) -> BoxFuture<'_, Result<(), ConsumeError>>;
+
+    /// Copies from the owner of traces this gateway is the replica of, sent at the owner's
+    /// `epoch`; `Ok` once held here (the owner's ack).
+    fn replicated(&self, epoch: u64, copy: ReplicaCopy) -> BoxFuture<'_, Result<(), ConsumeError>>;
 
     /// What this gateway buffers and has in flight.
     fn buffered(&self) -> BoxFuture<'_, BufferedStatus>;
@@ -46,6 +52,10 @@ impl Delivery for TailSamplingStage {
         decisions: Vec<DecisionTransfer>,
     ) -> BoxFuture<'_, Result<(), ConsumeError>> {
         Box::pin(self.accept_handoff(traces, decisions))
+    }
+
+    fn replicated(&self, epoch: u64, copy: ReplicaCopy) -> BoxFuture<'_, Result<(), ConsumeError>> {
+        Box::pin(self.accept_replica(epoch, copy.spans, copy.traces, copy.decisions))
     }
 
     fn buffered(&self) -> BoxFuture<'_, BufferedStatus> {

@@ -179,6 +179,23 @@ impl Cluster for ClusterService {
         }))
     }
 
+    async fn replicate(
+        &self,
+        request: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateReply>, Status> {
+        let req = request.into_inner();
+        let delivery = self.delivery()?;
+        let epoch = req.epoch;
+        let copy = transfer::replica_copy(req).map_err(bad)?;
+        delivery
+            .replicated(epoch, copy)
+            .await
+            .map_err(engine_error)?;
+        Ok(Response::new(ReplicateReply {
+            epoch: self.node.ring_now().epoch(),
+        }))
+    }
+
     async fn node_status(
         &self,
         _request: Request<NodeStatusRequest>,

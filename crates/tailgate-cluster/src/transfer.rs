@@ -9,7 +9,7 @@ use tailgate_otlp::{EncodedSpan, SpanId, TraceId, encode_export_request, scan_ex
 use tailgate_sampling::{DecisionTransfer, TraceTransfer};
 use thiserror::Error;
 
-use crate::proto::{DecisionState, ForwardRequest, HandoffRequest, TraceState};
+use crate::proto::{DecisionState, ForwardRequest, HandoffRequest, ReplicateRequest, TraceState};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TransferError {
@@ -45,6 +45,54 @@ pub fn forwarded_spans(req: ForwardRequest) -> Result<Vec<EncodedSpan>, Transfer
     let scanned = scan_export_request(&Bytes::from(req.spans))
         .map_err(|e| TransferError::Spans(e.to_string()))?;
     Ok(scanned.spans)
+}
+
+/// What a replica receives: spans copied as the owner accepted them, whole-trace copies and
+/// the owner's decisions.
+#[derive(Debug, Default)]
+pub struct ReplicaCopy {
+    pub spans: Vec<EncodedSpan>,
+    pub traces: Vec<TraceTransfer>,
+    pub decisions: Vec<DecisionTransfer>,
+}
+
+pub fn replicate_request(
+    from: &str,
+    epoch: u64,
+    spans: &[&EncodedSpan],
+    traces: &[TraceTransfer],
+    decisions: &[DecisionTransfer],
+) -> ReplicateRequest {
+    ReplicateRequest {
+        epoch,
+        from: from.to_string(),
+        spans: if spans.is_empty() {
+            Vec::new()
+        } else {
+            encode_export_request(spans.iter().copied()).to_vec()
+        },
+        copies: (!traces.is_empty() || !decisions.is_empty())
+            .then(|| handoff_request(from, epoch, traces, decisions)),
+    }
+}
+
+pub fn replica_copy(req: ReplicateRequest) -> Result<ReplicaCopy, TransferError> {
+    let spans = if req.spans.is_empty() {
+        Vec::new()
+    } else {
+        scan_export_request(&Bytes::from(req.spans))
+            .map_err(|e| TransferError::Spans(e.to_string()))?
+            .spans
+    };
+    let (traces, decisions) = match req.copies {
+        Some(copies) => handoff_contents(copies)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(ReplicaCopy {
+        spans,
+        traces,
+        decisions,
+    })
 }
 
 pub fn handoff_request(
@@ -236,6 +284,38 @@ mod tests {
             handoff_contents(req).unwrap_err(),
             TransferError::UnlistedSpans(2)
         );
+    }
+
+    #[test]
+    fn a_replica_copy_round_trips_spans_traces_and_decisions() {
+        let sent = spans(2, 2);
+        let refs: Vec<&EncodedSpan> = sent.iter().collect();
+        let whole = TraceTransfer {
+            trace_id: TraceId([7; 16]),
+            spans: Vec::new(),
+            remaining: Duration::from_millis(900),
+            age: Duration::from_millis(100),
+            root_seen: true,
+            encoded_bytes: 0,
+        };
+        let decision = DecisionTransfer {
+            trace_id: TraceId([8; 16]),
+            keep: false,
+            age: Duration::from_millis(5),
+            released: vec![],
+        };
+        let req = replicate_request("g2", 9, &refs, &[whole], std::slice::from_ref(&decision));
+        let copy = replica_copy(req).unwrap();
+        assert_eq!(copy.spans.len(), 4);
+        assert_eq!(copy.traces.len(), 1);
+        assert_eq!(copy.traces[0].remaining, Duration::from_millis(900));
+        assert_eq!(copy.decisions, vec![decision]);
+        // Spans only: no copies message at all.
+        let req = replicate_request("g2", 9, &refs, &[], &[]);
+        assert!(req.copies.is_none());
+        let mut bad = req;
+        bad.spans = vec![0xff, 0xff];
+        assert!(matches!(replica_copy(bad), Err(TransferError::Spans(_))));
     }
 
     #[test]

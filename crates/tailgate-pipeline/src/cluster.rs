@@ -1,8 +1,9 @@
 //! The seam between the tail-sampling engine and the gateway cluster.
 //!
-//! The engine needs four things from the cluster, and nothing else: the ring it must route
+//! The engine needs five things from the cluster, and nothing else: the ring it must route
 //! by (as a `watch`, newest epoch last), the runtime sampling override, a way to forward
-//! spans to their owner, and a way to hand buffered traces to their new owner.
+//! spans to their owner, a way to hand buffered traces to their new owner, and (with
+//! `replication_factor: 2`) a way to copy spans and decisions to a trace's replica.
 //! `tailgate-cluster` implements [`ClusterLink`]; tests and the simulator may implement it
 //! too. Without a link the engine owns every trace (a single gateway).
 
@@ -59,6 +60,21 @@ pub trait ClusterLink: Send + Sync + 'static {
         epoch: u64,
         hops: u32,
         spans: &[EncodedSpan],
+    ) -> BoxFuture<'static, Result<(), LinkError>>;
+
+    /// Copies of every buffered span: 1, or 2 (each trace also on its ring replica).
+    fn replication_factor(&self) -> u8;
+
+    /// Copies spans the owner just accepted, whole traces and decisions to `replica`, tagged
+    /// with the sender's epoch; `Ok` once the replica holds them. Encoded before this
+    /// returns, like [`ClusterLink::forward`].
+    fn replicate(
+        &self,
+        replica: &str,
+        epoch: u64,
+        spans: &[&EncodedSpan],
+        traces: &[TraceTransfer],
+        decisions: &[DecisionTransfer],
     ) -> BoxFuture<'static, Result<(), LinkError>>;
 
     /// Moves buffered traces and decisions to `owner`; `Ok` means it acknowledged them.

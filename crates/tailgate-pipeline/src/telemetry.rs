@@ -93,6 +93,26 @@ pub const CLUSTER_HANDOFF_LOST_TRACES: &str = "tailgate_cluster_handoff_lost_tra
 pub const SAMPLING_TRACES_HANDED_OFF: &str = "tailgate_sampling_traces_handed_off_total";
 pub const SAMPLING_TRACES_RECEIVED_BY_HANDOFF: &str =
     "tailgate_sampling_traces_received_by_handoff_total";
+/// Replica copies a gateway holds for other owners (`replication_factor: 2`), by what
+/// happened to them. Label `event`: received, settled (the owner decided), expired (no
+/// decision came), evicted (memory pressure), promoted (this node took the trace over),
+/// moved (to the trace's new replica), refused (no budget; the owner counts them
+/// unreplicated).
+pub const REPLICA_SPANS: &str = "tailgate_replica_spans_total";
+/// Traces this gateway took over from a removed owner's copies.
+pub const REPLICA_TRACES_PROMOTED: &str = "tailgate_replica_traces_promoted_total";
+/// Replica copies held now. Label: shard.
+pub const REPLICA_HELD_SPANS: &str = "tailgate_replica_held_spans";
+/// Spans an owner copied to their replica and had acknowledged.
+pub const REPLICATION_SENT_SPANS: &str = "tailgate_replication_sent_spans_total";
+/// Spans an owner accepted without a replica's ack. Label `reason`: timeout, failed,
+/// no_replica (a single owner).
+pub const REPLICATION_UNREPLICATED_SPANS: &str = "tailgate_replication_unreplicated_spans_total";
+/// Decisions an owner told its replicas / failed to.
+pub const REPLICATION_SENT_DECISIONS: &str = "tailgate_replication_sent_decisions_total";
+pub const REPLICATION_FAILED_DECISIONS: &str = "tailgate_replication_failed_decisions_total";
+/// 1 while `replication_factor: 2` has a single owner (nobody to copy to).
+pub const REPLICATION_DEGRADED: &str = "tailgate_replication_degraded";
 /// Spans whose parent never arrived by decision time. Label: service_name.
 pub const ORPHAN_SPANS: &str = "tailgate_orphan_spans_total";
 

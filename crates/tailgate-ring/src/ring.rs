@@ -117,6 +117,10 @@ pub struct Ring {
     epoch: u64,
     /// Owner names, sorted (the ring does not depend on the order members joined in).
     owners: Vec<String>,
+    /// Each owner's Raft id (its incarnation: a restarted member keeps its name and ring
+    /// positions but not its buffers), parallel to `owners`; 0 where unknown. Placement
+    /// never depends on it.
+    incarnations: Vec<u64>,
     ring: HashRing<VNode, PassThroughBuilder>,
     /// For every virtual node (sorted by position), the owner of the first virtual node
     /// clockwise from it that belongs to a different member: the replica of every trace the
@@ -136,9 +140,16 @@ impl std::fmt::Debug for Ring {
 impl Ring {
     /// Builds the ring of `epoch` over `owners` (any order; duplicates ignored).
     pub fn new(epoch: u64, owners: impl IntoIterator<Item = String>) -> Ring {
-        let mut owners: Vec<String> = owners.into_iter().collect();
-        owners.sort();
-        owners.dedup();
+        Ring::with_incarnations(epoch, owners.into_iter().map(|name| (name, 0)))
+    }
+
+    /// Builds the ring of `epoch` over `(name, incarnation)` owners: placement as
+    /// [`Ring::new`], and [`Ring::same_incarnation`] can tell a restarted owner apart.
+    pub fn with_incarnations(epoch: u64, owners: impl IntoIterator<Item = (String, u64)>) -> Ring {
+        let mut members: Vec<(String, u64)> = owners.into_iter().collect();
+        members.sort();
+        members.dedup_by(|a, b| a.0 == b.0);
+        let (owners, incarnations): (Vec<String>, Vec<u64>) = members.into_iter().unzip();
         let mut ring = HashRing::with_hasher(PassThroughBuilder);
         let vnodes: Vec<VNode> = owners
             .iter()
@@ -155,6 +166,7 @@ impl Ring {
         Ring {
             epoch,
             owners,
+            incarnations,
             ring,
             successors,
         }
@@ -202,6 +214,22 @@ impl Ring {
         self.successors[i]
             .1
             .map(|owner| self.owners[owner as usize].as_str())
+    }
+
+    /// Whether `member` is the same process in both rings: false only when both know its
+    /// incarnation and they differ (it restarted in between, its buffers gone).
+    pub fn same_incarnation(&self, other: &Ring, member: &str) -> bool {
+        let of = |r: &Ring| {
+            r.owners
+                .binary_search_by(|o| o.as_str().cmp(member))
+                .ok()
+                .map(|i| r.incarnations[i])
+                .filter(|id| *id != 0)
+        };
+        match (of(self), of(other)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 
     /// Whether `node` owns the trace. With no owners at all, every node owns everything

@@ -122,7 +122,13 @@ impl ClusterState {
     }
 
     pub fn ring(&self) -> Ring {
-        Ring::new(self.epoch, self.owners())
+        Ring::with_incarnations(
+            self.epoch,
+            self.members
+                .values()
+                .filter(|m| m.state == MemberState::Active)
+                .map(|m| (m.name.clone(), m.raft_id)),
+        )
     }
 
     pub fn member_by_name(&self, name: &str) -> Option<&Member> {

@@ -233,6 +233,20 @@ const PINNED_REPLICAS: [&str; 6] = [
 ];
 
 #[test]
+fn a_restarted_owner_is_told_apart_by_its_incarnation() {
+    let before = Ring::with_incarnations(3, [("g0".to_string(), 11), ("g1".to_string(), 12)]);
+    let after = Ring::with_incarnations(5, [("g0".to_string(), 21), ("g1".to_string(), 12)]);
+    assert!(!before.same_incarnation(&after, "g0"));
+    assert!(before.same_incarnation(&after, "g1"));
+    // Same placement whatever the incarnations.
+    for n in 0..1000 {
+        assert_eq!(before.owner(&id(n)), after.owner(&id(n)));
+    }
+    // A ring that does not know incarnations cannot tell: assume the same.
+    assert!(Ring::new(5, names(2)).same_incarnation(&before, "g0"));
+}
+
+#[test]
 fn one_owner_has_no_replica() {
     assert_eq!(Ring::new(1, names(1)).replica(&id(7)), None);
     assert_eq!(Ring::empty().replica(&id(7)), None);

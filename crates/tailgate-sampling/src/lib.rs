@@ -22,7 +22,8 @@ pub use budget::BufferBudget;
 pub use buffer::TraceBuffer;
 pub use cache::DecisionCache;
 pub use shard::{
-    DecisionTransfer, EarlyReason, Released, ShardConfig, ShardCounters, TraceShard, TraceTransfer,
+    DecisionTransfer, EarlyReason, Released, ReplicaCounters, ShardConfig, ShardCounters,
+    TraceShard, TraceTransfer,
 };
 
 #[cfg(test)]

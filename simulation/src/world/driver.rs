@@ -105,7 +105,8 @@ pub async fn driver(
     let mut tasks = Vec::new();
     for _ in 0..ticks {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for _ in 0..traces_per_tick {
+        let burst = *shared.burst.lock().unwrap();
+        for _ in 0..traces_per_tick + burst {
             let trace: [u8; 16] = rng.random();
             let kind = TraceKind {
                 error: rng.random_range(0..100) < 10,

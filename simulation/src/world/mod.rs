@@ -113,6 +113,10 @@ pub struct Shared {
     pub duplicates: Mutex<Option<Duplicates>>,
     /// Second deliveries the gateways accepted.
     pub duplicates_delivered: Mutex<u64>,
+    /// `cluster.replication_factor` of every gateway (0 is read as 1).
+    pub replication_factor: Mutex<u8>,
+    /// Extra traces per driver tick while a burst lasts.
+    pub burst: Mutex<u32>,
 }
 
 impl Shared {
@@ -222,6 +226,7 @@ pub async fn gateway_host(shared: Arc<Shared>, name: String, seed: u64) -> turmo
     settings.seed = seed ^ name_hash(&name) ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     settings.member_timeout = Duration::from_secs(2);
     settings.ring_debounce = Duration::from_millis(300);
+    settings.replication_factor = (*shared.replication_factor.lock().unwrap()).max(1);
     let skew = shared
         .skew_ms
         .lock()

@@ -1,6 +1,7 @@
 //! The data plane the engine calls through [`ClusterLink`]: forward spans to their owner,
-//! hand buffered traces and decisions to their new owner. Both wait for the receiver's
-//! acknowledgement, within [`TRANSFER_TIMEOUT_MS`].
+//! hand buffered traces and decisions to their new owner, copy spans and decisions to a
+//! trace's replica. All wait for the receiver's acknowledgement, within
+//! [`TRANSFER_TIMEOUT_MS`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,37 @@ impl ClusterLink for ClusterNode {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(failed(&owner, e.message())),
                 Err(_) => Err(failed(&owner, "timed out")),
+            }
+        })
+    }
+
+    fn replication_factor(&self) -> u8 {
+        self.inner.settings.replication_factor
+    }
+
+    fn replicate(
+        &self,
+        replica: &str,
+        epoch: u64,
+        spans: &[&EncodedSpan],
+        traces: &[TraceTransfer],
+        decisions: &[DecisionTransfer],
+    ) -> BoxFuture<'static, Result<(), LinkError>> {
+        let node = self.clone();
+        let replica = replica.to_string();
+        let req =
+            transfer::replicate_request(&node.inner.settings.name, epoch, spans, traces, decisions);
+        Box::pin(async move {
+            let addr = node.cluster_addr_of(&replica)?;
+            let mut client = node
+                .inner
+                .peers
+                .client(&addr)
+                .map_err(|e| failed(&replica, e))?;
+            match tokio::time::timeout(transfer_timeout(), client.replicate(req)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(failed(&replica, e.message())),
+                Err(_) => Err(failed(&replica, "timed out")),
             }
         })
     }

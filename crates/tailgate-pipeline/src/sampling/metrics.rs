@@ -42,6 +42,10 @@ pub(super) struct ShardMetrics {
     /// Per [`EarlyReason::ALL`].
     early: [Counter; 4],
     orphans: HashMap<String, Counter>,
+    /// Replica copies: received, settled, expired, evicted, promoted, moved.
+    replica: [Counter; 6],
+    replica_traces_promoted: Counter,
+    pub(super) replica_held_spans: Gauge,
 }
 
 impl ShardMetrics {
@@ -83,6 +87,12 @@ impl ShardMetrics {
             decisions: Decision::ALL.map(decision),
             early: EarlyReason::ALL.map(early),
             orphans: HashMap::new(),
+            replica: [
+                "received", "settled", "expired", "evicted", "promoted", "moved",
+            ]
+            .map(|event| counter!(REPLICA_SPANS, "event" => event)),
+            replica_traces_promoted: counter!(REPLICA_TRACES_PROMOTED),
+            replica_held_spans: gauge!(REPLICA_HELD_SPANS, "shard" => shard.to_string()),
         }
     }
 
@@ -120,6 +130,19 @@ impl ShardMetrics {
         for (reason, v) in c.early_decisions {
             self.early[reason.index()].increment(v);
         }
+        let r = c.replica;
+        let replica = [
+            r.spans_received,
+            r.spans_settled,
+            r.spans_expired,
+            r.spans_evicted,
+            r.spans_promoted,
+            r.spans_moved,
+        ];
+        for (counter, v) in self.replica.iter().zip(replica) {
+            counter.increment(v);
+        }
+        self.replica_traces_promoted.increment(r.traces_promoted);
         for (service, v) in c.orphan_spans {
             let processor = &self.processor;
             self.orphans

@@ -32,6 +32,7 @@
 
 mod handoff;
 mod metrics;
+mod replication;
 mod routing;
 mod shard;
 
@@ -99,6 +100,8 @@ struct StageCluster {
     ring: watch::Receiver<Arc<Ring>>,
     in_flight: Arc<AtomicU64>,
     watcher: tokio::task::JoinHandle<()>,
+    /// `replication_factor: 2`: owned spans are copied to their replica before the ack.
+    replicating: bool,
 }
 
 /// The `tail_sampling` processor stage.
@@ -122,6 +125,9 @@ impl TailSamplingStage {
     ) -> anyhow::Result<Self> {
         let cfg = &setup.cfg;
         let shards = setup.shards.max(1);
+        let replicating = cluster
+            .as_ref()
+            .is_some_and(|link| link.replication_factor() >= 2);
         let budget = Arc::new(BufferBudget::new(setup.buffer_limit_bytes));
         let cache_size = |v: Option<usize>| v.unwrap_or(cfg.num_traces as usize).div_ceil(shards);
         let shard_cfg = ShardConfig {
@@ -135,6 +141,8 @@ impl TailSamplingStage {
             cache_ttl: cfg.decision_cache_ttl.0,
             record_policy: cfg.record_policy,
             drop_pending_on_shutdown: cfg.drop_pending_traces_on_shutdown,
+            report_decisions: replicating,
+            replica_grace: replication::replica_grace(cfg.decision_wait.0),
         };
         let epoch = Instant::now();
         let in_flight = Arc::new(AtomicU64::new(0));
@@ -159,6 +167,7 @@ impl TailSamplingStage {
                     retry_at: None,
                     resend_decisions: false,
                     shards,
+                    replication: replicating.then(shard::Replication::default),
                 }
             });
             let state = ShardState {
@@ -186,12 +195,14 @@ impl TailSamplingStage {
                 link.sampling_override(),
                 link.fenced(),
                 refs.clone(),
+                replicating,
             ));
             StageCluster {
                 link,
                 ring,
                 in_flight,
                 watcher,
+                replicating,
             }
         });
         Ok(TailSamplingStage {
@@ -341,7 +352,12 @@ async fn watch_cluster(
     mut sampling: watch::Receiver<Option<f64>>,
     mut fenced: watch::Receiver<bool>,
     shards: Vec<ActorRef<ShardMsg>>,
+    replicating: bool,
 ) {
+    let mut degraded = false;
+    if replicating {
+        replication::report_degraded(&ring.borrow(), &mut degraded);
+    }
     ring.mark_unchanged();
     sampling.mark_unchanged();
     fenced.mark_unchanged();
@@ -357,6 +373,9 @@ async fn watch_cluster(
             changed = ring.changed() => {
                 if changed.is_err() { return; }
                 let r = Arc::clone(&ring.borrow_and_update());
+                if replicating {
+                    replication::report_degraded(&r, &mut degraded);
+                }
                 for s in &shards {
                     let _ = s.cast(ShardMsg::Ring(Arc::clone(&r)));
                 }

@@ -80,8 +80,18 @@ impl TailSamplingStage {
         }
         let local = c.link.local_name();
         let placement = Placement::split(&ring, local, spans, |s| s.meta.trace_id);
+        // Copies start before the spans are buffered and are awaited last, so their round
+        // trip overlaps the forwards; a refused batch's copies only cost the replica memory
+        // until they expire.
+        let copies = if c.replicating && !placement.local.is_empty() {
+            Self::copy_to_replicas(&c.link, &ring, &placement.local)
+        } else {
+            Vec::new()
+        };
         if placement.is_all_local() {
-            return self.enqueue(placement.local, false);
+            self.enqueue(placement.local, false)?;
+            Self::await_replicas(copies).await;
+            return Ok(());
         }
         if !placement.local.is_empty() {
             self.enqueue(placement.local, false)?;
@@ -103,6 +113,7 @@ impl TailSamplingStage {
                 }
             }
         }
+        Self::await_replicas(copies).await;
         if strays.is_empty() {
             Ok(())
         } else {

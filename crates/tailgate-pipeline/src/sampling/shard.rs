@@ -4,14 +4,15 @@
 //! what mailboxes hold; the other messages are one per ring change, override, fence flip,
 //! handoff reply and status call.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tailgate_otlp::EncodedSpan;
+use tailgate_otlp::{EncodedSpan, TraceId};
 use tailgate_ring::Ring;
-use tailgate_sampling::{BufferBudget, DecisionTransfer, TraceShard, TraceTransfer};
+use tailgate_sampling::{BufferBudget, DecisionTransfer, Released, TraceShard, TraceTransfer};
 use tokio::time::Instant;
 
 use super::metrics::ShardMetrics;
@@ -67,8 +68,43 @@ pub enum ShardMsg {
         /// The failed message carried decisions: send them again.
         decisions_failed: bool,
     },
+    /// Copies this shard sent to another node: acknowledged (`placed`) or failed.
+    CopiesSent {
+        ids: Vec<TraceId>,
+        target: CopyTarget,
+        placed: bool,
+    },
+    /// Copies from the owner of traces this node is the replica of (sent at `epoch`);
+    /// the bytes of `spans` reserved.
+    Replica {
+        epoch: u64,
+        spans: Vec<EncodedSpan>,
+        traces: Vec<TraceTransfer>,
+        decisions: Vec<DecisionTransfer>,
+    },
     /// What the shard buffers.
     Status(RpcReplyPort<ShardBuffered>),
+}
+
+/// Where a replica copy goes when this node no longer backs it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyTarget {
+    /// The trace's owner changed: the new owner takes it over (or merges it).
+    Owner,
+    /// Only its replica changed: the new replica holds it.
+    Replica,
+}
+
+/// A shard's replication work in progress (`replication.rs` does it).
+#[derive(Default)]
+pub(super) struct Replication {
+    /// Dropped decisions, sent after the current message.
+    pub(super) decisions_now: Vec<DecisionTransfer>,
+    /// Kept decisions and when they were taken, sent `KEPT_DECISION_DELAY` later.
+    pub(super) decisions_kept: VecDeque<(Duration, DecisionTransfer)>,
+    /// Copies whose send failed, with where they were going: placed again at `place_at`.
+    pub(super) unplaced: BTreeMap<TraceId, CopyTarget>,
+    pub(super) place_at: Option<Duration>,
 }
 
 /// A shard's view of the cluster.
@@ -85,6 +121,9 @@ pub(super) struct ShardCluster {
     /// already exported here — a duplicate the simulator found under asymmetric partitions).
     pub(super) resend_decisions: bool,
     pub(super) shards: usize,
+    /// With `replication_factor: 2`: decisions on their way to the replicas, copies on
+    /// their way to another node.
+    pub(super) replication: Option<Replication>,
 }
 
 pub(super) struct ShardActor;
@@ -105,7 +144,10 @@ impl ShardState {
         Instant::now().saturating_duration_since(self.epoch)
     }
 
-    async fn deliver(&self, kept: Vec<EncodedSpan>) {
+    /// Passes kept spans on (and queues the decisions for the replicas).
+    pub(super) async fn deliver(&mut self, released: Released) {
+        let Released { kept, decided } = released;
+        self.queue_decisions(decided);
         if kept.is_empty() {
             return;
         }
@@ -127,13 +169,22 @@ impl ShardState {
 
     fn schedule(&mut self, myself: &ActorRef<ShardMsg>) {
         let retry = self.cluster.as_ref().and_then(|c| c.retry_at);
+        let replication_due = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.replication.as_ref()?.next_due());
+        let expiry = self.shard.next_replica_expiry();
         // Fenced: deadlines wait (the Fence(false) message polls); never spin on a past one.
         let due = if self.shard.is_fenced() {
             None
         } else {
             self.shard.next_deadline()
         };
-        let Some(deadline) = [due, retry].into_iter().flatten().min() else {
+        let Some(deadline) = [due, retry, replication_due, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             return;
         };
         if self.tick_at.is_some_and(|t| t <= deadline) {
@@ -156,19 +207,22 @@ impl ShardState {
         self.metrics
             .buffered_bytes
             .set(self.budget.bytes_used() as f64);
+        self.metrics
+            .replica_held_spans
+            .set(self.shard.replicas_held().1 as f64);
     }
 
     /// Spans this node owns (bytes reserved).
     async fn on_ingest(&mut self, spans: Vec<EncodedSpan>) {
         let released = self.shard.ingest(spans, self.now());
-        self.deliver(released.kept).await;
+        self.deliver(released).await;
     }
 
     /// Spans held for an owner that could not take them; handed off again later.
     async fn on_ingest_stray(&mut self, spans: Vec<EncodedSpan>) {
         let now = self.now();
         let released = self.shard.ingest_held(spans, now, STRAY_HOLD);
-        self.deliver(released.kept).await;
+        self.deliver(released).await;
         if let Some(c) = &mut self.cluster {
             c.retry_at.get_or_insert(now + HANDOFF_RETRY_PAUSE);
         }
@@ -179,7 +233,7 @@ impl ShardState {
         self.tick_at = None;
         let now = self.now();
         let released = self.shard.poll(now);
-        self.deliver(released.kept).await;
+        self.deliver(released).await;
         if self
             .cluster
             .as_ref()
@@ -188,17 +242,19 @@ impl ShardState {
         {
             self.hand_off(myself, false);
         }
+        self.place_copies_again(myself).await;
     }
 
-    /// A new ring: take this node's share of the rate limits, hand off what moved.
-    fn on_ring(&mut self, myself: &ActorRef<ShardMsg>, ring: Arc<Ring>) {
-        if let Some(c) = &mut self.cluster {
-            let owners = ring.owners().len().max(1);
-            // Rate limits are cluster-wide: each owner takes its share.
-            self.shard.set_rate_share(1.0 / (c.shards * owners) as f64);
-            c.ring = ring;
-        }
+    /// A new ring: take this node's share of the rate limits, hand off what moved, bring
+    /// the replicas up to date.
+    async fn on_ring(&mut self, myself: &ActorRef<ShardMsg>, ring: Arc<Ring>) {
+        let Some(c) = &mut self.cluster else { return };
+        let owners = ring.owners().len().max(1);
+        // Rate limits are cluster-wide: each owner takes its share.
+        self.shard.set_rate_share(1.0 / (c.shards * owners) as f64);
+        let old = std::mem::replace(&mut c.ring, ring);
         self.hand_off(myself, true);
+        self.replicate_on_ring_change(myself, &old).await;
     }
 
     async fn on_fence(&mut self, fenced: bool) {
@@ -213,7 +269,7 @@ impl ShardState {
         self.shard.set_fenced(fenced);
         if !fenced {
             let released = self.shard.poll(self.now());
-            self.deliver(released.kept).await;
+            self.deliver(released).await;
         }
     }
 
@@ -223,15 +279,24 @@ impl ShardState {
         let now = self.now();
         for d in decisions {
             let released = self.shard.accept_decision(d, now);
-            self.deliver(released.kept).await;
+            self.deliver(released).await;
         }
         let mut stray = false;
+        let mut owned = std::collections::HashSet::new();
         for t in traces {
             if let Some(c) = &self.cluster {
-                stray |= !c.ring.owns(&c.local, &t.trace_id);
+                if c.ring.owns(&c.local, &t.trace_id) {
+                    owned.insert(t.trace_id);
+                } else {
+                    stray = true;
+                }
             }
             let released = self.shard.accept_trace(t, now);
-            self.deliver(released.kept).await;
+            self.deliver(released).await;
+        }
+        if self.cluster.as_ref().is_some_and(ShardCluster::replicating) && !owned.is_empty() {
+            // This node owns them now: their replica gets a copy.
+            self.copy_owned_to_replicas(now, &|id| owned.contains(id));
         }
         if stray && let Some(c) = &mut self.cluster {
             c.retry_at = Some(now);
@@ -247,18 +312,18 @@ impl ShardState {
         decisions_failed: bool,
     ) {
         let now = self.now();
-        let mut kept = Vec::new();
+        let mut released = Released::default();
         for mut t in traces {
             t.remaining = t.remaining.saturating_sub(away);
             t.age += away;
-            kept.extend(self.shard.restore_trace(t, now, STRAY_HOLD).kept);
+            released.absorb(self.shard.restore_trace(t, now, STRAY_HOLD));
         }
         if let Some(c) = &mut self.cluster {
             c.in_flight.fetch_sub(in_flight, Ordering::AcqRel);
             c.retry_at = Some(now + HANDOFF_RETRY_PAUSE);
             c.resend_decisions |= decisions_failed;
         }
-        self.deliver(kept).await;
+        self.deliver(released).await;
     }
 
     fn buffered(&self) -> ShardBuffered {
@@ -272,7 +337,7 @@ impl ShardState {
     /// Shutdown: decide (or drop) everything and deliver it.
     async fn on_drain(&mut self) {
         let released = self.shard.drain(self.now());
-        self.deliver(released.kept).await;
+        self.deliver(released).await;
         self.flush_metrics();
     }
 }
@@ -300,7 +365,7 @@ impl Actor for ShardActor {
             ShardMsg::Ingest(spans) => state.on_ingest(spans).await,
             ShardMsg::IngestStray(spans) => state.on_ingest_stray(spans).await,
             ShardMsg::Tick => state.on_tick(&myself).await,
-            ShardMsg::Ring(ring) => state.on_ring(&myself, ring),
+            ShardMsg::Ring(ring) => state.on_ring(&myself, ring).await,
             ShardMsg::Override(percent) => state.shard.set_override(percent),
             ShardMsg::Fence(fenced) => state.on_fence(fenced).await,
             ShardMsg::Accept {
@@ -321,6 +386,17 @@ impl Actor for ShardActor {
                     .on_returned(traces, away, in_flight, decisions_failed)
                     .await;
             }
+            ShardMsg::Replica {
+                epoch,
+                spans,
+                traces,
+                decisions,
+            } => state.on_replica(epoch, spans, traces, decisions).await,
+            ShardMsg::CopiesSent {
+                ids,
+                target,
+                placed,
+            } => state.on_copies_sent(ids, target, placed),
             ShardMsg::Status(reply) => {
                 let _ = reply.send(state.buffered());
                 return Ok(());
@@ -331,6 +407,7 @@ impl Actor for ShardActor {
                 return Ok(());
             }
         }
+        state.flush_decisions();
         state.flush_metrics();
         state.schedule(&myself);
         Ok(())

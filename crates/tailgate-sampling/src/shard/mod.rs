@@ -79,6 +79,14 @@ pub struct Released {
     pub decided: Vec<DecisionTransfer>,
 }
 
+impl Released {
+    /// Adds what another operation released.
+    pub fn absorb(&mut self, other: Released) {
+        self.kept.extend(other.kept);
+        self.decided.extend(other.decided);
+    }
+}
+
 #[derive(Debug)]
 struct TraceEntry {
     buffer: TraceBuffer,

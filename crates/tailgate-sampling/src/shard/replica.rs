@@ -214,11 +214,15 @@ impl TraceShard {
     }
 
     /// Promotes the copies of every trace `owns` selects (this node is their owner now: the
-    /// previous one was removed) into buffered traces, their deadlines resuming. Returns the
-    /// IDs promoted, so the caller re-replicates them.
+    /// previous one left or was removed) into buffered traces, their deadlines resuming but
+    /// no earlier than `now + hold`: a previous owner that left gracefully hands off its
+    /// decisions, and one that arrives within the hold settles the trace (without it, a
+    /// trace decided just before the leave was decided again — a duplicate the simulator
+    /// found in rolling restarts). Returns the IDs promoted, so the caller re-replicates them.
     pub fn promote_replicas(
         &mut self,
         now: Duration,
+        hold: Duration,
         owns: &dyn Fn(&TraceId) -> bool,
     ) -> (Released, Vec<TraceId>) {
         let mut out = Released::default();
@@ -240,32 +244,27 @@ impl TraceShard {
             );
             // Bytes stay reserved: they move from the copy to the buffer.
             self.ingest_trace(*id, e.buffer.spans(), Some(state), now, &mut out);
+            self.hold_until(id, now + hold);
         }
         self.enforce_limits(now, &mut out);
         (out, ids)
     }
 
-    /// Takes out the copies of every trace `moves` selects (this node is neither its owner
-    /// nor its replica any more), for the new replica.
-    pub fn take_replicas(
-        &mut self,
+    /// The copies `select` picks, with their state, for another node (this one keeps them
+    /// until that node acknowledged: see [`TraceShard::drop_copies`]).
+    pub fn copies_for(
+        &self,
         now: Duration,
-        moves: &dyn Fn(&TraceId) -> bool,
+        select: &dyn Fn(&TraceId) -> bool,
     ) -> Vec<TraceTransfer> {
-        let ids: Vec<TraceId> = self
-            .replicas
+        self.replicas
             .by_arrival
             .values()
-            .filter(|id| moves(id))
-            .copied()
-            .collect();
-        ids.into_iter()
+            .filter(|id| select(id))
             .map(|id| {
-                let e = self.replicas.remove(&id).expect("listed in by_arrival");
-                self.budget.release(e.buffer.encoded_bytes());
-                self.replicas.counters.spans_moved += e.buffer.span_count() as u64;
+                let e = &self.replicas.traces[id];
                 TraceTransfer {
-                    trace_id: id,
+                    trace_id: *id,
                     spans: e.buffer.spans(),
                     remaining: e.decide_at.saturating_sub(now),
                     age: now.saturating_sub(e.first_seen),
@@ -274,6 +273,37 @@ impl TraceShard {
                 }
             })
             .collect()
+    }
+
+    /// Drops the copies of `ids` another node acknowledged (counted as moved).
+    pub fn drop_copies(&mut self, ids: &[TraceId]) {
+        for id in ids {
+            if let Some(e) = self.replicas.remove(id) {
+                self.budget.release(e.buffer.encoded_bytes());
+                self.replicas.counters.spans_moved += e.buffer.span_count() as u64;
+            }
+        }
+    }
+
+    /// Takes over a trace from a copy another node held (its owner is gone and this node
+    /// owns it now): buffered like a promoted copy, decided no earlier than `now + hold`.
+    pub fn take_over(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
+        let mut out = Released::default();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        self.budget.force_reserve(bytes);
+        self.replicas.counters.traces_promoted += 1;
+        self.replicas.counters.spans_promoted += t.spans.len() as u64;
+        let id = t.trace_id;
+        let state = (t.remaining, t.age, t.root_seen);
+        self.ingest_trace(id, t.spans, Some(state), now, &mut out);
+        self.hold_until(&id, now + hold);
+        self.enforce_limits(now, &mut out);
+        out
+    }
+
+    /// Whether this shard holds a copy of the trace.
+    pub fn holds_copy(&self, id: &TraceId) -> bool {
+        self.replicas.traces.contains_key(id)
     }
 
     /// Copies of the buffered traces `select` picks, with their state, for their replica

@@ -61,7 +61,7 @@ fn a_promoted_copy_is_decided_at_the_owners_deadline_on_every_span() {
     // No root: the owner decides at 1 s + decision_wait (10 s).
     r.replicate(vec![span(1, 1, 7, true)], S);
     r.replicate(vec![span(1, 2, 7, false)], 2 * S);
-    let (out, promoted) = r.shard.promote_replicas(4 * S, &|_| true);
+    let (out, promoted) = r.shard.promote_replicas(4 * S, Duration::ZERO, &|_| true);
     assert!(out.kept.is_empty());
     assert_eq!(promoted, vec![tid(1)]);
     assert_eq!(r.shard.replicas_held(), (0, 0));
@@ -107,24 +107,28 @@ fn under_memory_pressure_copies_go_before_buffered_traces() {
 }
 
 #[test]
-fn a_copy_moves_to_the_new_replica_with_its_state() {
+fn a_copy_moves_with_its_state_and_is_dropped_only_once_acknowledged() {
     let mut a = Rig::new(cfg(), 1 << 20);
     a.replicate(vec![span(1, 0, 0, true)], S);
     // Root seen at 1 s: decide at 3 s.
-    let moved = a.shard.take_replicas(2 * S, &|_| true);
-    assert_eq!(a.budget.bytes_used(), 0);
+    let moved = a.shard.copies_for(2 * S, &|_| true);
     assert_eq!(moved.len(), 1);
     assert_eq!(
         (moved[0].remaining, moved[0].age, moved[0].root_seen),
         (S, S, true)
     );
+    assert!(a.shard.holds_copy(&tid(1)), "kept until acknowledged");
+    a.shard.drop_copies(&[tid(1)]);
+    assert_eq!(a.budget.bytes_used(), 0);
+    assert_eq!(a.shard.take_counters().replica.spans_moved, 1);
+    // The receiver owns the trace: it takes over, decided no earlier than the hold.
     let mut b = Rig::new(cfg(), 1 << 20);
     for t in moved {
-        b.shard.replicate_trace(t, 5 * S);
+        b.shard.take_over(t, 5 * S, 2 * S);
     }
-    let (_, promoted) = b.shard.promote_replicas(5 * S, &|_| true);
-    assert_eq!(promoted.len(), 1);
-    assert_eq!(b.shard.next_deadline(), Some(6 * S));
+    assert_eq!(b.shard.next_deadline(), Some(7 * S));
+    assert_eq!(b.shard.poll(7 * S).kept.len(), 1);
+    assert_eq!(b.budget.bytes_used(), 0);
 }
 
 #[test]
@@ -156,4 +160,24 @@ fn a_copy_of_a_trace_this_shard_buffers_merges_into_the_buffer() {
     assert_eq!(r.shard.spans_buffered(), 2, "merged by span ID");
     assert_eq!(names(&r.shard.poll(11 * S).kept), vec!["2:s1", "2:s2"]);
     assert_eq!(r.budget.bytes_used(), 0);
+}
+
+#[test]
+fn a_promoted_copy_waits_out_the_hold_for_the_previous_owners_decision() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.replicate(vec![span(1, 0, 0, true)], S);
+    // Root at 1 s: the owner decided at 3 s; the copy is promoted at 4 s with a 2 s hold.
+    let (_, promoted) = r.shard.promote_replicas(4 * S, 2 * S, &|_| true);
+    assert_eq!(promoted.len(), 1);
+    assert_eq!(r.shard.next_deadline(), Some(6 * S));
+    // The previous owner's handed-off decision arrives within the hold: nothing twice.
+    let decision = DecisionTransfer {
+        trace_id: tid(1),
+        keep: true,
+        age: S,
+        released: vec![span(1, 0, 0, true).meta.span_id],
+    };
+    assert!(r.shard.accept_decision(decision, 5 * S).kept.is_empty());
+    assert_eq!(r.shard.traces_buffered(), 0);
+    assert!(r.shard.poll(6 * S).kept.is_empty());
 }
