@@ -82,7 +82,7 @@ impl Replication {
 
 /// Sends whole-trace copies and decisions to `to` without waiting (their loss matters only
 /// if a crash follows; counted). With `report`, the shard learns the outcome per trace.
-fn send_copies(
+fn spawn_replicate(
     link: &Arc<dyn ClusterLink>,
     to: &str,
     epoch: u64,
@@ -270,7 +270,7 @@ impl ShardState {
             return;
         }
         for (replica, ds) in by_replica(&c.ring, due, |d| d.trace_id) {
-            send_copies(&c.link, &replica, c.ring.epoch(), &[], &ds, None);
+            spawn_replicate(&c.link, &replica, c.ring.epoch(), &[], &ds, None);
         }
     }
 
@@ -385,7 +385,7 @@ impl ShardState {
             }
         };
         for (to, ts) in groups {
-            send_copies(
+            spawn_replicate(
                 &c.link,
                 &to,
                 c.ring.epoch(),
@@ -453,7 +453,7 @@ impl ShardState {
         let Some(c) = &self.cluster else { return };
         let copies = self.shard.copy_traces(now, select);
         for (replica, ts) in by_replica(&c.ring, copies, |t| t.trace_id) {
-            send_copies(&c.link, &replica, c.ring.epoch(), &ts, &[], None);
+            spawn_replicate(&c.link, &replica, c.ring.epoch(), &ts, &[], None);
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
 
 use super::{Released, TraceShard};
+use crate::buffer::TraceBuffer;
 use crate::cache::CachedDecision;
 
 /// A buffered trace on its way to its new owner (cluster handoff).
@@ -19,6 +20,28 @@ pub struct TraceTransfer {
     pub age: Duration,
     pub root_seen: bool,
     pub encoded_bytes: u64,
+}
+
+impl TraceTransfer {
+    /// What another node needs of a trace held here at `now`: its spans and, as durations,
+    /// its remaining time and age.
+    pub(super) fn at(
+        trace_id: TraceId,
+        buffer: &TraceBuffer,
+        first_seen: Duration,
+        decide_at: Duration,
+        root_seen: bool,
+        now: Duration,
+    ) -> TraceTransfer {
+        TraceTransfer {
+            trace_id,
+            spans: buffer.spans(),
+            remaining: decide_at.saturating_sub(now),
+            age: now.saturating_sub(first_seen),
+            root_seen,
+            encoded_bytes: buffer.encoded_bytes(),
+        }
+    }
 }
 
 /// A decision on its way to a trace's new owner.
@@ -51,14 +74,7 @@ impl TraceShard {
                 let e = self.remove(&id).expect("listed in by_arrival");
                 self.counters.traces_handed_off += 1;
                 self.counters.spans_handed_off += e.buffer.span_count() as u64;
-                TraceTransfer {
-                    trace_id: id,
-                    spans: e.buffer.spans(),
-                    remaining: e.decide_at.saturating_sub(now),
-                    age: now.saturating_sub(e.first_seen),
-                    root_seen: e.root_seen,
-                    encoded_bytes: e.buffer.encoded_bytes(),
-                }
+                TraceTransfer::at(id, &e.buffer, e.first_seen, e.decide_at, e.root_seen, now)
             })
             .collect()
     }

@@ -263,14 +263,7 @@ impl TraceShard {
             .filter(|id| select(id))
             .map(|id| {
                 let e = &self.replicas.traces[id];
-                TraceTransfer {
-                    trace_id: *id,
-                    spans: e.buffer.spans(),
-                    remaining: e.decide_at.saturating_sub(now),
-                    age: now.saturating_sub(e.first_seen),
-                    root_seen: e.root_seen,
-                    encoded_bytes: e.buffer.encoded_bytes(),
-                }
+                TraceTransfer::at(*id, &e.buffer, e.first_seen, e.decide_at, e.root_seen, now)
             })
             .collect()
     }
@@ -318,14 +311,7 @@ impl TraceShard {
             .filter(|id| select(id))
             .map(|id| {
                 let e = &self.traces[id];
-                TraceTransfer {
-                    trace_id: *id,
-                    spans: e.buffer.spans(),
-                    remaining: e.decide_at.saturating_sub(now),
-                    age: now.saturating_sub(e.first_seen),
-                    root_seen: e.root_seen,
-                    encoded_bytes: e.buffer.encoded_bytes(),
-                }
+                TraceTransfer::at(*id, &e.buffer, e.first_seen, e.decide_at, e.root_seen, now)
             })
             .collect()
     }
