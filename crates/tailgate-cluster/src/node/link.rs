@@ -3,6 +3,7 @@
 //! trace's replica. All wait for the receiver's acknowledgement, within
 //! [`TRANSFER_TIMEOUT_MS`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use tailgate_pipeline::consumer::BoxFuture;
 use tailgate_ring::Ring;
 use tailgate_sampling::{DecisionTransfer, TraceTransfer};
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use super::{ClusterNode, TRANSFER_TIMEOUT_MS};
+use crate::proto::cluster_client::ClusterClient;
 use crate::transfer;
 
 impl ClusterNode {
@@ -35,6 +38,28 @@ fn failed(member: &str, message: impl ToString) -> LinkError {
 
 fn transfer_timeout() -> Duration {
     Duration::from_millis(TRANSFER_TIMEOUT_MS)
+}
+
+/// One data-plane call to `member`, within [`TRANSFER_TIMEOUT_MS`]: `Ok` once it answered.
+async fn call_member<T, F>(
+    node: &ClusterNode,
+    member: &str,
+    call: impl FnOnce(ClusterClient<Channel>) -> F,
+) -> Result<(), LinkError>
+where
+    F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let addr = node.cluster_addr_of(member)?;
+    let client = node
+        .inner
+        .peers
+        .client(&addr)
+        .map_err(|e| failed(member, e))?;
+    match tokio::time::timeout(transfer_timeout(), call(client)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(failed(member, e.message())),
+        Err(_) => Err(failed(member, "timed out")),
+    }
 }
 
 impl ClusterLink for ClusterNode {
@@ -65,17 +90,7 @@ impl ClusterLink for ClusterNode {
         let owner = owner.to_string();
         let req = transfer::forward_request(&node.inner.settings.name, epoch, hops, spans);
         Box::pin(async move {
-            let addr = node.cluster_addr_of(&owner)?;
-            let mut client = node
-                .inner
-                .peers
-                .client(&addr)
-                .map_err(|e| failed(&owner, e))?;
-            match tokio::time::timeout(transfer_timeout(), client.forward(req)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(failed(&owner, e.message())),
-                Err(_) => Err(failed(&owner, "timed out")),
-            }
+            call_member(&node, &owner, |mut c| async move { c.forward(req).await }).await
         })
     }
 
@@ -96,17 +111,12 @@ impl ClusterLink for ClusterNode {
         let req =
             transfer::replicate_request(&node.inner.settings.name, epoch, spans, traces, decisions);
         Box::pin(async move {
-            let addr = node.cluster_addr_of(&replica)?;
-            let mut client = node
-                .inner
-                .peers
-                .client(&addr)
-                .map_err(|e| failed(&replica, e))?;
-            match tokio::time::timeout(transfer_timeout(), client.replicate(req)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(failed(&replica, e.message())),
-                Err(_) => Err(failed(&replica, "timed out")),
-            }
+            call_member(
+                &node,
+                &replica,
+                |mut c| async move { c.replicate(req).await },
+            )
+            .await
         })
     }
 
