@@ -118,6 +118,24 @@ impl Run<'_> {
         }
     }
 
+    /// A gateway exported this span and crashed afterwards: its kept decision may not have
+    /// reached the trace's replica, which then decided again (replication's one duplicate).
+    fn exporter_crashed_after_export(&self, trace: &Trace, span: &[u8; 8]) -> bool {
+        self.exported
+            .iter()
+            .filter(|e| e.trace == *trace && e.span == *span)
+            .any(|e| self.crashes.iter().any(|c| c.name == e.by && c.at >= e.at))
+    }
+
+    /// Where the driver's copies of a span were accepted, for diagnoses.
+    fn sends_of(&self, trace: &Trace, span: &[u8; 8]) -> Vec<String> {
+        self.sent
+            .iter()
+            .filter(|s| s.trace == *trace && s.span == *span && s.accepted)
+            .map(|s| format!("{}@{:.3}s", s.to, s.at.as_secs_f64()))
+            .collect()
+    }
+
     /// Where a trace's spans were exported, for diagnoses.
     fn exports_of(&self, trace: &Trace, span: Option<&[u8; 8]>) -> Vec<String> {
         self.exported
@@ -196,21 +214,22 @@ pub fn check(
     }
 }
 
-/// I2: no span twice. Returns the second copies a takeover explains (replication: the crashed
-/// owner exported the trace, its kept decision had not reached the replica yet).
+/// I2: no span twice. Returns the second copies a takeover explains (replication: a gateway
+/// exported the span and crashed before its kept decision reached the replica).
 fn no_span_twice(run: &Run<'_>, v: &mut Vec<String>) -> usize {
     let mut takeover = 0;
     for ((t, s), n) in &run.copies {
-        if *n > 1 && run.replicated && run.owner_crashed(t) {
+        if *n > 1 && run.replicated && run.exporter_crashed_after_export(t, s) {
             takeover += n - 1;
             continue;
         }
         if *n > 1 && !run.ambiguous.contains(&(*t, *s)) {
             v.push(format!(
-                "I2: span {}/{} exported {n} times ({})",
+                "I2: span {}/{} exported {n} times ({}; accepted by {})",
                 hex(t),
                 hex(s),
-                run.exports_of(t, Some(s)).join(", ")
+                run.exports_of(t, Some(s)).join(", "),
+                run.sends_of(t, s).join(", ")
             ));
         }
     }
@@ -288,9 +307,10 @@ fn every_kept_span_exported_or_attributed(run: &Run<'_>, v: &mut Vec<String>) {
             // Where the rest of the trace went, to start the diagnosis from.
             let rest = run.exports_of(&s.trace, None);
             v.push(format!(
-                "{rule}: span {}/{} of kept trace accepted at {:.3}s never exported (the trace's other exports: {}; owner→replica by the rings at each crash: {})",
+                "{rule}: span {}/{} of kept trace accepted by {} at {:.3}s never exported (the trace's other exports: {}; owner→replica by the rings at each crash: {})",
                 hex(&s.trace),
                 hex(&s.span),
+                s.to,
                 s.at.as_secs_f64(),
                 if rest.is_empty() { "none".to_string() } else { rest.join(", ") },
                 run.placements(&s.trace)

@@ -99,12 +99,6 @@ impl Scenario {
         }
     }
 
-    /// Scenarios whose sweep is not clean yet, so the CI subset does not run them (each is
-    /// an open item in docs/simulation.md, with its measured violation rate and causes).
-    pub fn known_open(self) -> bool {
-        self == Scenario::CrashDuringRollingRestart
-    }
-
     /// The driver sends through agents (real `loadbalancing` routing by the ring).
     pub fn via_agents(self) -> bool {
         self == Scenario::StaleAgentRing

@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod containers;
+mod crash_durability;
 mod exporters;
 mod extensions;
 mod hosts;

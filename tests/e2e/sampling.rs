@@ -103,23 +103,27 @@ pub const ARTICLE_TRAFFIC: &[&str] = &[
 /// Spans the article's sampling keeps of the traces in `sent`: every span of the error, slow
 /// and flagged traces and of the healthy ones whose trace-ID hash falls under 5%.
 pub fn article_kept_span_count(sent: &serde_json::Value) -> usize {
-    let threshold = (5.0 / 100.0 * u64::MAX as f64) as u64;
     sent["traces"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| {
-            let bytes: [u8; 16] = hex::decode(t["trace_id"].as_str().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap();
-            t["error"].as_bool().unwrap()
-                || t["slow"].as_bool().unwrap()
-                || t["flagged"].as_bool().unwrap()
-                || trace_id_hash(DEFAULT_HASH_SALT, &TraceId(bytes)) <= threshold
-        })
+        .filter(|t| article_keeps(t))
         .map(|t| t["span_ids"].as_array().unwrap().len())
         .sum()
+}
+
+/// Whether the article's sampling keeps one trace of the Python sender's report: an error,
+/// slow or flagged trace, or a healthy one whose trace-ID hash falls under 5%.
+pub fn article_keeps(t: &serde_json::Value) -> bool {
+    let threshold = (5.0 / 100.0 * u64::MAX as f64) as u64;
+    let bytes: [u8; 16] = hex::decode(t["trace_id"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    t["error"].as_bool().unwrap()
+        || t["slow"].as_bool().unwrap()
+        || t["flagged"].as_bool().unwrap()
+        || trace_id_hash(DEFAULT_HASH_SALT, &TraceId(bytes)) <= threshold
 }
 
 /// Waits until `received()` holds at least the spans the article's sampling keeps of `sent`

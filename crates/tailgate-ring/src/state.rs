@@ -121,6 +121,15 @@ impl ClusterState {
             .collect()
     }
 
+    /// The Raft id of each of [`ClusterState::owners`], in the same order.
+    pub fn owner_raft_ids(&self) -> Vec<u64> {
+        self.members
+            .values()
+            .filter(|m| m.state == MemberState::Active)
+            .map(|m| m.raft_id)
+            .collect()
+    }
+
     pub fn ring(&self) -> Ring {
         Ring::with_incarnations(
             self.epoch,

@@ -46,7 +46,8 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
 
 /// Sends one request like an agent: to the preferred gateway, on failure to the next one the
 /// resolver knows, with a pause; returns (accepted, ambiguous).
-async fn send(shared: &Shared, first: usize, spans: Vec<Span>) -> (bool, bool) {
+/// Returns (accepted, ambiguous, the gateway or agent that accepted).
+async fn send(shared: &Shared, first: usize, spans: Vec<Span>) -> (bool, bool, String) {
     let req = request(spans);
     let mut ambiguous = false;
     for attempt in 0..40usize {
@@ -58,7 +59,7 @@ async fn send(shared: &Shared, first: usize, spans: Vec<Span>) -> (bool, bool) {
         let target = &endpoints[(first + attempt) % endpoints.len()];
         let mut client = TraceServiceClient::new(channel(&format!("{target}:{OTLP_PORT}")));
         match tokio::time::timeout(Duration::from_secs(3), client.export(req.clone())).await {
-            Ok(Ok(_)) => return (true, ambiguous),
+            Ok(Ok(_)) => return (true, ambiguous, target.clone()),
             Ok(Err(s)) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
                 // Refused or not connected: nothing was taken.
             }
@@ -67,7 +68,7 @@ async fn send(shared: &Shared, first: usize, spans: Vec<Span>) -> (bool, bool) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    (false, ambiguous)
+    (false, ambiguous, String::new())
 }
 
 /// Delivers an accepted request again, `after` later, through `send` (a gateway other than
@@ -196,7 +197,7 @@ async fn send_trace(shared: Arc<Shared>, planned: PlannedTrace) {
         root.attributes.push(kv("sim.keep", "yes"));
     }
     let sent_at = turmoil::sim_elapsed().unwrap_or_default();
-    let (ok, amb) = send(&shared, first, vec![root.clone()]).await;
+    let (ok, amb, to) = send(&shared, first, vec![root.clone()]).await;
     let mut second = Vec::new();
     if ok && let Some(after) = copies.0 {
         second.push(deliver_again(&shared, first + 2, vec![root], after));
@@ -207,6 +208,7 @@ async fn send_trace(shared: Arc<Shared>, planned: PlannedTrace) {
         accepted: ok,
         ambiguous: amb,
         at: sent_at,
+        to,
     });
     if !ok {
         return;
@@ -225,7 +227,7 @@ async fn send_trace(shared: Arc<Shared>, planned: PlannedTrace) {
         })
         .collect();
     let sent_at = turmoil::sim_elapsed().unwrap_or_default();
-    let (ok, amb) = send(&shared, first + 1, spans.clone()).await;
+    let (ok, amb, to) = send(&shared, first + 1, spans.clone()).await;
     if ok && let Some(after) = copies.1 {
         second.push(deliver_again(&shared, first + 3, spans, after));
     }
@@ -239,6 +241,7 @@ async fn send_trace(shared: Arc<Shared>, planned: PlannedTrace) {
             accepted: ok,
             ambiguous: amb,
             at: sent_at,
+            to: to.clone(),
         }));
     for copy in second {
         let _ = copy.await;

@@ -57,6 +57,8 @@ pub struct SentSpan {
     /// A retry followed an ambiguous failure: a second copy may legitimately exist.
     pub ambiguous: bool,
     pub at: Duration,
+    /// The gateway (or agent) that accepted it; empty if none did.
+    pub to: String,
 }
 
 /// A trace's content that decides its fate (on the root span, sent first).

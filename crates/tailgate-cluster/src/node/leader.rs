@@ -135,22 +135,29 @@ impl ClusterNode {
     }
 }
 
-/// The leader's periodic work: activate joiners after the debounce; remove members that
-/// answered no ping for `member_timeout`.
+/// The leader's periodic work: activate joiners after the debounce (unless leaving); remove
+/// members that answered no ping for `member_timeout`.
 pub(super) async fn leader_duties(node: ClusterNode) {
     let mut joining_since: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut last_ok: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut next_health = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(LEADER_TICK_MS)).await;
-        if !node.is_leader() || node.inner.leaving.load(Ordering::Acquire) {
+        if !node.is_leader() {
             joining_since.clear();
             last_ok.clear();
             continue;
         }
         let now = Instant::now();
         let state = node.state();
-        activate_joiners(&node, &state, &mut joining_since, now).await;
+        // A leader that is leaving admits nobody (it hands leadership over), but keeps
+        // removing crashed members until it does: a crash during its leave must not leave
+        // the dead member owning ring ranges nobody serves.
+        if node.inner.leaving.load(Ordering::Acquire) {
+            joining_since.clear();
+        } else {
+            activate_joiners(&node, &state, &mut joining_since, now).await;
+        }
         if now >= next_health {
             next_health = now + Duration::from_millis(HEALTH_INTERVAL_MS);
             remove_silent_members(&node, &state, &mut last_ok, now).await;

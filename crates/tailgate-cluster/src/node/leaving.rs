@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tailgate_ring::MemberState;
 use tokio::time::Instant;
 
 use super::{ADMIN_TIMEOUT_MS, ClusterNode};
@@ -88,13 +89,38 @@ impl ClusterNode {
         .map(|_| ())
     }
 
-    /// If this node leads and another voter exists, transfers leadership to it.
+    /// If this node leads and another voter exists, transfers leadership to it: to an Active
+    /// voter that acknowledged a heartbeat most recently. A voter that is itself leaving, or
+    /// restarting, would hand the cluster a leader that is about to go (the simulator found a
+    /// crash plus two overlapping leaves ending leaderless that way).
     async fn step_down(&self, deadline: Instant) {
+        use openraft_rt::watch::WatchReceiver as _;
         let raft = &self.inner.raft;
         if !self.is_leader() {
             return;
         }
-        let Some(to) = raft.voter_ids().find(|v| *v != self.inner.raft_id) else {
+        let me = self.inner.raft_id;
+        let state = self.state();
+        let heartbeats = raft.metrics().borrow_watched().heartbeat.clone();
+        let acked = |id: &u64| {
+            heartbeats
+                .as_ref()
+                .and_then(|h| h.get(id).copied().flatten())
+        };
+        let active = |id: &u64| {
+            state
+                .members
+                .get(id)
+                .is_some_and(|m| m.state == MemberState::Active)
+        };
+        let others: Vec<u64> = raft.voter_ids().filter(|v| *v != me).collect();
+        let to = others
+            .iter()
+            .filter(|v| active(v))
+            .max_by_key(|v| acked(v))
+            .or_else(|| others.iter().max_by_key(|v| acked(v)))
+            .copied();
+        let Some(to) = to else {
             return;
         };
         if let Err(e) = raft.trigger().transfer_leader(to).await {

@@ -48,6 +48,7 @@ impl ClusterNode {
             epoch: state.epoch,
             leader_addr: leader.map(|(_, a)| a).unwrap_or_default(),
             owners: state.owners(),
+            owner_raft_ids: state.owner_raft_ids(),
             members: state.members.keys().copied().collect(),
         }
     }
@@ -210,7 +211,12 @@ async fn rejoin(node: &ClusterNode, newer: DiscoverReply) {
         "removed from the cluster while unreachable; routing by the newer ring and rejoining"
     );
     metrics::counter!(crate::CLUSTER_REJOINS).increment(1);
-    let ring = Ring::new(newer.epoch, newer.owners.clone());
+    let incarnations = newer
+        .owner_raft_ids
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(0));
+    let ring = Ring::with_incarnations(newer.epoch, newer.owners.iter().cloned().zip(incarnations));
     node.inner.ring.send_if_modified(|r| {
         let newer = ring.epoch() > r.epoch();
         if newer {

@@ -334,11 +334,18 @@ fn applied_epoch(a: &Applied) -> u64 {
 
 /// Publishes the ring whenever the epoch changes, and the sampling override in force
 /// (re-evaluated at its expiry).
+///
+/// Nothing is published before the state lists this incarnation: while a restarted gateway
+/// replays the log, its old incarnation (same name, other Raft id) still owns ranges there,
+/// and routing by those rings would make it decide traces whose spans its old self buffered
+/// and lost — or that the members which took them over are deciding.
 async fn derive_views(node: ClusterNode) {
     let mut state = node.inner.state.clone();
+    let mut listed = false;
     loop {
         let (ring, percent, expires) = {
             let s = state.borrow_and_update();
+            listed |= s.members.contains_key(&node.inner.raft_id);
             let now = (node.inner.wall_clock)();
             let expires = s
                 .sampling
@@ -348,7 +355,7 @@ async fn derive_views(node: ClusterNode) {
                 .map(|e| Duration::from_millis(e - now));
             (
                 // Never backwards: a ring learned from peers (see `rejoin_watch`) may be newer.
-                (s.epoch > node.inner.ring.borrow().epoch()).then(|| s.ring()),
+                (listed && s.epoch > node.inner.ring.borrow().epoch()).then(|| s.ring()),
                 s.sampling_percent(now),
                 expires,
             )

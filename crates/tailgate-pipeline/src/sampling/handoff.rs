@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics::counter;
 use ractor::ActorRef;
@@ -15,6 +16,7 @@ use tailgate_ring::Placement;
 use tailgate_sampling::{DecisionTransfer, TraceTransfer};
 use tokio::time::Instant;
 
+use super::replication::KEPT_DECISION_DELAY;
 use super::shard::{ShardCluster, ShardMsg, ShardState};
 use crate::cluster::HandoffFailed;
 use crate::telemetry::{CLUSTER_HANDOFF_FAILED_TRACES, CLUSTER_HANDOFF_LOST_TRACES};
@@ -37,7 +39,7 @@ impl ShardState {
         let moves = |id: &TraceId| !ring.owns(&local, id);
         let traces = self.shard.take_traces(now, &moves);
         let decisions = if with_decisions {
-            self.shard.decisions_for(now, &moves)
+            withhold_young_kept(c, self.shard.decisions_for(now, &moves), now)
         } else {
             Vec::new()
         };
@@ -66,6 +68,43 @@ impl ShardState {
             }
         }
     }
+}
+
+/// With replication, a member that stays in the ring keeps its kept decisions younger than
+/// [`KEPT_DECISION_DELAY`] out of a handoff and sends them once they are that old (the
+/// retry resends decisions). Until then the trace's export may still be in this process: had
+/// the new owner the decision, it would settle its copy of the trace on it, and a crash of
+/// this node before the export left would lose the spans. Without it, the new owner holds
+/// its copy ([`super::replication`]'s takeover hold) and, should this node crash, decides
+/// it again — a duplicate at worst, as when a crash beats the decision to the replica.
+fn withhold_young_kept(
+    c: &mut ShardCluster,
+    decisions: Vec<DecisionTransfer>,
+    now: Duration,
+) -> Vec<DecisionTransfer> {
+    if !c.replicating() || !c.ring.owners().contains(&c.local) {
+        return decisions;
+    }
+    let (due, next) = split_young_kept(decisions);
+    if let Some(after) = next {
+        c.resend_decisions = true;
+        let at = now + after;
+        c.retry_at = Some(c.retry_at.map_or(at, |r| r.min(at)));
+    }
+    due
+}
+
+/// The decisions that may go now, and how long until the oldest withheld one may (`None`
+/// when nothing is withheld).
+fn split_young_kept(decisions: Vec<DecisionTransfer>) -> (Vec<DecisionTransfer>, Option<Duration>) {
+    let (young, due): (Vec<_>, Vec<_>) = decisions
+        .into_iter()
+        .partition(|d| d.keep && d.age < KEPT_DECISION_DELAY);
+    let next = young
+        .iter()
+        .map(|d| KEPT_DECISION_DELAY.saturating_sub(d.age))
+        .min();
+    (due, next)
 }
 
 /// Sends one handoff message; on failure its traces go back to the shard.
@@ -112,5 +151,47 @@ fn return_to_shard(myself: &ActorRef<ShardMsg>, msg: ShardMsg, in_flight: &Atomi
         // Only after shutdown stopped the shard: counted, never silent.
         counter!(CLUSTER_HANDOFF_LOST_TRACES).increment(traces.len() as u64);
         in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(n: u8, keep: bool, age_ms: u64) -> DecisionTransfer {
+        DecisionTransfer {
+            trace_id: TraceId([n; 16]),
+            keep,
+            age: Duration::from_millis(age_ms),
+            released: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn young_kept_decisions_wait_and_the_oldest_of_them_sets_the_retry() {
+        let (due, next) = split_young_kept(vec![
+            decision(1, true, 1_000),
+            decision(2, false, 0),
+            decision(3, true, 4_000),
+            decision(4, true, 5_000),
+        ]);
+        let ids: Vec<u8> = due.iter().map(|d| d.trace_id.0[0]).collect();
+        assert_eq!(
+            ids,
+            vec![2, 4],
+            "dropped ones and kept ones old enough go at once"
+        );
+        assert_eq!(
+            next,
+            Some(Duration::from_secs(1)),
+            "the 4 s old one is due in 1 s"
+        );
+    }
+
+    #[test]
+    fn nothing_withheld_means_no_retry() {
+        let (due, next) = split_young_kept(vec![decision(1, false, 0), decision(2, true, 6_000)]);
+        assert_eq!(due.len(), 2);
+        assert_eq!(next, None);
     }
 }

@@ -37,11 +37,11 @@ use metrics::{counter, gauge};
 use ractor::ActorRef;
 use tailgate_otlp::{EncodedSpan, TraceId};
 use tailgate_ring::{Placement, Ring, by_replica};
-use tailgate_sampling::{DecisionTransfer, TraceTransfer};
+use tailgate_sampling::{DecisionTransfer, Released, TraceTransfer};
 use tokio::task::JoinHandle;
 
 use super::shard::{
-    CopyTarget, HANDOFF_RETRY_PAUSE, Replication, ShardCluster, ShardMsg, ShardState,
+    CopyTarget, HANDOFF_RETRY_PAUSE, MovedIn, Replication, ShardCluster, ShardMsg, ShardState,
 };
 use super::{TailSamplingStage, shard_of};
 use crate::cluster::{ClusterLink, LinkError};
@@ -54,9 +54,11 @@ pub(super) const REPLICA_ACK_WAIT: Duration = Duration::from_secs(1);
 /// should the owner crash before its export left the process, the replica decides again
 /// (a duplicate, counted) instead of dropping spans nobody exported.
 pub(super) const KEPT_DECISION_DELAY: Duration = Duration::from_secs(5);
-/// A promoted copy is decided no earlier than this after the takeover: time for a previous
-/// owner that left gracefully to hand off its decisions (see `TraceShard::promote_replicas`).
-const TAKEOVER_HOLD: Duration = Duration::from_secs(2);
+/// A promoted copy (or a trace moved here by a ring change) is decided no earlier than this
+/// after the takeover: time for a previous owner to send its decision — one that left
+/// gracefully hands it off at once (see `TraceShard::promote_replicas`), one that stays
+/// withholds kept decisions for [`KEPT_DECISION_DELAY`] (`handoff.rs`).
+const TAKEOVER_HOLD: Duration = KEPT_DECISION_DELAY.saturating_add(Duration::from_secs(2));
 /// Shortest time past the owner's expected decision a replica copy waits for it (the owner
 /// may hold a trace past its deadline: strays, fencing).
 const REPLICA_GRACE_MIN: Duration = Duration::from_secs(10);
@@ -81,7 +83,8 @@ impl Replication {
 }
 
 /// Sends whole-trace copies and decisions to `to` without waiting (their loss matters only
-/// if a crash follows; counted). With `report`, the shard learns the outcome per trace.
+/// if a crash follows; counted). With `report`, the shard learns the outcome per trace. The
+/// handle says whether the send was acknowledged.
 fn spawn_replicate(
     link: &Arc<dyn ClusterLink>,
     to: &str,
@@ -89,7 +92,7 @@ fn spawn_replicate(
     traces: &[TraceTransfer],
     decisions: &[DecisionTransfer],
     report: Option<(&ActorRef<ShardMsg>, CopyTarget)>,
-) {
+) -> JoinHandle<bool> {
     let spans: u64 = traces.iter().map(|t| t.spans.len() as u64).sum();
     let n = decisions.len() as u64;
     let sent = link.replicate(to, epoch, &[], traces, decisions);
@@ -120,7 +123,8 @@ fn spawn_replicate(
                 placed,
             });
         }
-    });
+        placed
+    })
 }
 
 impl TailSamplingStage {
@@ -250,28 +254,53 @@ impl ShardState {
 
     /// Sends every decision that is due to the replica of its trace.
     pub(super) fn flush_decisions(&mut self) {
+        self.send_decisions(false);
+    }
+
+    /// Shutdown: sends every queued decision, kept ones without their delay (this node's
+    /// exports are flushed before it exits), to the replica and to the owner of its trace,
+    /// and waits for the acks, at most [`REPLICA_ACK_WAIT`]. Either, left without it, would
+    /// decide its copy again after this node is gone: the drain decides what a leaving
+    /// member could not hand off, and the owner may hold that trace too (the simulator found
+    /// a copy that reached the owner by another path exported twice).
+    pub(super) async fn flush_decisions_at_shutdown(&mut self) {
+        let sent = self.send_decisions(true);
+        let _ = tokio::time::timeout(REPLICA_ACK_WAIT, join_all(sent)).await;
+    }
+
+    /// Sends the due decisions (`all`: every queued one) to the replica of their trace. A
+    /// kept decision lists the spans released until now, late ones included: the replica
+    /// must not release them again should it take the trace over.
+    fn send_decisions(&mut self, all: bool) -> Vec<JoinHandle<bool>> {
         let now = self.now();
         let Some(c) = self.cluster.as_mut() else {
-            return;
+            return Vec::new();
         };
         let Some(q) = c.replication.as_mut() else {
-            return;
+            return Vec::new();
         };
         let mut due = std::mem::take(&mut q.decisions_now);
         while let Some((at, _)) = q.decisions_kept.front() {
-            if *at + KEPT_DECISION_DELAY > now {
+            if !all && *at + KEPT_DECISION_DELAY > now {
                 break;
             }
             let (at, mut d) = q.decisions_kept.pop_front().expect("front exists");
             d.age = now.saturating_sub(at);
+            d.released = self.shard.released_spans(&d.trace_id);
             due.push(d);
         }
-        if due.is_empty() {
-            return;
+        let mut targets = by_replica(&c.ring, due.iter().cloned(), |d| d.trace_id);
+        if all {
+            let owners = Placement::split(&c.ring, &c.local, due, |d| d.trace_id).remote;
+            for (owner, ds) in owners {
+                targets.entry(owner).or_default().extend(ds);
+            }
         }
-        for (replica, ds) in by_replica(&c.ring, due, |d| d.trace_id) {
-            spawn_replicate(&c.link, &replica, c.ring.epoch(), &[], &ds, None);
-        }
+        targets.remove(&c.local);
+        targets
+            .into_iter()
+            .map(|(to, ds)| spawn_replicate(&c.link, &to, c.ring.epoch(), &[], &ds, None))
+            .collect()
     }
 
     /// Copies from a trace's owner (or from a replica whose trace this node owns now).
@@ -299,7 +328,7 @@ impl ShardState {
         };
         let mut released = self.shard.replica_decisions(decisions, now);
         if !owned.is_empty() {
-            released.absorb(self.shard.ingest(owned, now));
+            released.absorb(self.ingest_owned(owned, now));
         }
         if !copies.is_empty() {
             released.absorb(self.shard.replicate(copies, now));
@@ -314,7 +343,7 @@ impl ShardState {
                 taken_over.insert(t.trace_id);
                 released.absorb(self.shard.take_over(t, now, TAKEOVER_HOLD));
             } else {
-                released.absorb(self.shard.replicate_trace(t, now));
+                released.absorb(self.shard.replicate_trace(t, now, TAKEOVER_HOLD));
             }
         }
         if !taken_over.is_empty() {
@@ -446,6 +475,66 @@ impl ShardState {
         }
         self.copy_owned_to_replicas(now, &|id| promoted.contains(id));
         self.deliver(released).await;
+    }
+
+    /// Remembers what a ring change (`old` → the shard's ring) moved here, for
+    /// [`ShardState::ingest_owned`].
+    pub(super) fn note_ring_change(&mut self, old: &Arc<Ring>, now: Duration) {
+        let Some(r) = self.cluster.as_mut().and_then(|c| c.replication.as_mut()) else {
+            return;
+        };
+        r.moved_in = Some(MovedIn {
+            before: Arc::clone(old),
+            window_end: now + KEPT_DECISION_DELAY,
+            hold_until: now + TAKEOVER_HOLD,
+        });
+    }
+
+    /// Buffers spans this node owns. With replication, a trace the last ring change moved
+    /// here that starts within [`KEPT_DECISION_DELAY`] of the change is decided no earlier
+    /// than the change plus [`TAKEOVER_HOLD`]: its previous owner may have kept it just
+    /// before, and withholds that decision while its export may still be in its process
+    /// (`handoff.rs`); deciding these spans alone in the meantime would export them apart
+    /// from the decision they follow, or drop spans of a kept trace.
+    pub(super) fn ingest_owned(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
+        let moved = self.cluster.as_ref().and_then(|c| {
+            let m = c.replication.as_ref()?.moved_in.as_ref()?;
+            (now < m.window_end).then_some((c, m))
+        });
+        let held: Vec<(TraceId, Duration)> = match moved {
+            Some((c, m)) => spans
+                .iter()
+                .map(|s| s.meta.trace_id)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|id| {
+                    m.before.owner(id).is_some_and(|o| o != c.local) && !self.shard.buffers(id)
+                })
+                .map(|id| (id, m.hold_until))
+                .collect(),
+            None => Vec::new(),
+        };
+        let released = self.shard.ingest(spans, now);
+        for (id, at) in held {
+            self.shard.hold(&id, at);
+        }
+        released
+    }
+
+    /// Traces a failed handoff brought back (this node does not own them): a copy goes to
+    /// their replica at the shard's ring, so they outlive this node should it go before
+    /// the handoff is retried (a leaving member whose new owner crashed).
+    pub(super) fn copy_returned_to_replicas(&self, now: Duration, ids: &BTreeSet<TraceId>) {
+        let Some(c) = &self.cluster else { return };
+        if !c.replicating() || ids.is_empty() {
+            return;
+        }
+        let copies = self.shard.copy_traces(now, &|id| ids.contains(id));
+        let mut groups = by_replica(&c.ring, copies, |t| t.trace_id);
+        groups.remove(&c.local);
+        for (replica, ts) in groups {
+            spawn_replicate(&c.link, &replica, c.ring.epoch(), &ts, &[], None);
+        }
     }
 
     /// Copies the owned traces `select` picks to their replicas at the shard's ring.

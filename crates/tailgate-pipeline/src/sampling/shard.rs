@@ -105,6 +105,19 @@ pub(super) struct Replication {
     /// Copies whose send failed, with where they were going: placed again at `place_at`.
     pub(super) unplaced: BTreeMap<TraceId, CopyTarget>,
     pub(super) place_at: Option<Duration>,
+    /// What the last ring change moved to this node (see `ShardState::ingest_owned`).
+    pub(super) moved_in: Option<MovedIn>,
+}
+
+/// The traces a ring change moved to this node: those that start here soon after it are held
+/// for the previous owner's kept decision, which it withholds for a while (`handoff.rs`).
+pub(super) struct MovedIn {
+    /// The ring before the change.
+    pub(super) before: Arc<Ring>,
+    /// Traces first seen here until then are held...
+    pub(super) window_end: Duration,
+    /// ...and decided no earlier than this.
+    pub(super) hold_until: Duration,
 }
 
 /// A shard's view of the cluster.
@@ -214,7 +227,7 @@ impl ShardState {
 
     /// Spans this node owns (bytes reserved).
     async fn on_ingest(&mut self, spans: Vec<EncodedSpan>) {
-        let released = self.shard.ingest(spans, self.now());
+        let released = self.ingest_owned(spans, self.now());
         self.deliver(released).await;
     }
 
@@ -253,6 +266,8 @@ impl ShardState {
         // Rate limits are cluster-wide: each owner takes its share.
         self.shard.set_rate_share(1.0 / (c.shards * owners) as f64);
         let old = std::mem::replace(&mut c.ring, ring);
+        let now = self.now();
+        self.note_ring_change(&old, now);
         self.hand_off(myself, true);
         self.replicate_on_ring_change(myself, &old).await;
     }
@@ -313,6 +328,7 @@ impl ShardState {
     ) {
         let now = self.now();
         let mut released = Released::default();
+        let ids: std::collections::BTreeSet<TraceId> = traces.iter().map(|t| t.trace_id).collect();
         for mut t in traces {
             t.remaining = t.remaining.saturating_sub(away);
             t.age += away;
@@ -323,6 +339,7 @@ impl ShardState {
             c.retry_at = Some(now + HANDOFF_RETRY_PAUSE);
             c.resend_decisions |= decisions_failed;
         }
+        self.copy_returned_to_replicas(now, &ids);
         self.deliver(released).await;
     }
 
@@ -334,10 +351,12 @@ impl ShardState {
         }
     }
 
-    /// Shutdown: decide (or drop) everything and deliver it.
+    /// Shutdown: decide (or drop) everything, deliver it, and tell the replicas every
+    /// decision still queued.
     async fn on_drain(&mut self) {
         let released = self.shard.drain(self.now());
         self.deliver(released).await;
+        self.flush_decisions_at_shutdown().await;
         self.flush_metrics();
     }
 }

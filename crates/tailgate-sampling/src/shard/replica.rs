@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use tailgate_otlp::{EncodedSpan, TraceId};
+use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
 
 use super::{Released, TraceShard, group_by_trace};
 use crate::buffer::TraceBuffer;
@@ -120,16 +120,39 @@ impl TraceShard {
 
     /// Takes a whole-trace copy with the owner's state (a new replica after a ring change, a
     /// promoted trace re-replicated). Never refused: the budget is forced, and eviction
-    /// brings it back down.
-    pub fn replicate_trace(&mut self, t: TraceTransfer, now: Duration) -> Released {
+    /// brings it back down. A copy of a trace this shard buffers as its own merges into it,
+    /// which is then decided no earlier than `now + hold`: the copy came from a member that
+    /// backed up an earlier owner, whose kept decision may still be on its way.
+    pub fn replicate_trace(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
         let mut out = Released::default();
         let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
         self.budget.force_reserve(bytes);
         self.replicas.counters.spans_received += t.spans.len() as u64;
+        let id = t.trace_id;
+        let merged = self.traces.contains_key(&id);
         let state = (t.remaining, t.age, t.root_seen);
-        self.hold_copy(t.trace_id, t.spans, Some(state), now, &mut out);
+        self.hold_copy(id, t.spans, Some(state), now, &mut out);
+        if merged {
+            self.hold_until(&id, now + hold);
+        }
         self.enforce_limits(now, &mut out);
         out
+    }
+
+    /// Whether this shard buffers the trace as its own (undecided).
+    pub fn buffers(&self, id: &TraceId) -> bool {
+        self.traces.contains_key(id)
+    }
+
+    /// Decides a buffered trace no earlier than `at` (nothing if it is not buffered).
+    pub fn hold(&mut self, id: &TraceId, at: Duration) {
+        self.hold_until(id, at);
+    }
+
+    /// The IDs of the spans of a kept trace released so far (the decision's own and late
+    /// spans that followed it), for the replica.
+    pub fn released_spans(&self, id: &TraceId) -> Vec<SpanId> {
+        self.cache.released_of(id)
     }
 
     fn hold_copy(

@@ -181,3 +181,53 @@ fn a_promoted_copy_waits_out_the_hold_for_the_previous_owners_decision() {
     assert_eq!(r.shard.traces_buffered(), 0);
     assert!(r.shard.poll(6 * S).kept.is_empty());
 }
+
+#[test]
+fn spans_released_after_a_kept_decision_are_listed_with_it() {
+    let mut r = Rig::new(reporting(), 1 << 20);
+    r.ingest(vec![span(1, 0, 0, true)], S);
+    let out = r.shard.poll(3 * S);
+    assert_eq!(out.decided.len(), 1);
+    assert_eq!(out.decided[0].released.len(), 1, "the decision as taken");
+    // A late child follows the decision; the replica must learn of it too, or a takeover
+    // would release its copy of the child a second time.
+    assert_eq!(
+        names(&r.ingest(vec![span(1, 1, 9, false)], 4 * S)),
+        vec!["2:s1"]
+    );
+    let mut released = r.shard.released_spans(&tid(1));
+    released.sort();
+    let mut want = vec![
+        span(1, 0, 0, true).meta.span_id,
+        span(1, 1, 9, false).meta.span_id,
+    ];
+    want.sort();
+    assert_eq!(released, want);
+    assert!(r.shard.released_spans(&tid(2)).is_empty());
+}
+
+#[test]
+fn a_copy_of_a_trace_buffered_here_is_held_until_the_takeover_hold() {
+    let mut r = Rig::new(cfg(), 1 << 20);
+    // Buffered here as its own, due at 11 s.
+    r.ingest(vec![span(1, 1, 7, true)], S);
+    let copy = |t: u32, n: u32| TraceTransfer {
+        trace_id: tid(t),
+        spans: vec![span(t, n, 7, false)],
+        remaining: S,
+        age: S,
+        root_seen: false,
+        encoded_bytes: span(t, n, 7, false).bytes.len() as u64,
+    };
+    // A copy from a member that backed up an earlier owner merges, and the trace waits out
+    // the hold (that owner's kept decision may be on its way).
+    r.shard.replicate_trace(copy(1, 2), 2 * S, 7 * S);
+    assert_eq!(r.shard.spans_buffered(), 2);
+    assert_eq!(r.shard.next_deadline(), Some(9 * S));
+    assert!(r.shard.poll(8 * S).kept.is_empty());
+    assert_eq!(names(&r.shard.poll(9 * S).kept), vec!["2:s1", "2:s2"]);
+    // A copy of a trace not buffered here stays a passive copy: no hold, no deadline.
+    r.shard.replicate_trace(copy(2, 1), 10 * S, 7 * S);
+    assert_eq!(r.shard.replicas_held(), (1, 1));
+    assert_eq!(r.shard.next_deadline(), None);
+}
