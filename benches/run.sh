@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for the figures in docs/performance.md: builds release binaries and the reference
 # collector (tests/peers/), installs rotel if it is missing, then runs P1 (Tailgate beside the
-# collector's tail_sampling on the same YAML, and rotel), P2, P4, P3 (handoff) and the agent's
+# collector's tail_sampling on the same YAML, and rotel), P2, P4, P3 (handoff), replication's cost
+# (replication_factor 2 beside 1) and the agent's
 # cost (the Tailgate agent beside the collector on the same agent YAML, a forward-only agent and
 # rotel). Extra arguments go to the P1 run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
 set -euo pipefail
@@ -25,4 +26,5 @@ fi
 ./target/release/tailgate-bench memory
 ./target/release/tailgate-bench latency
 ./target/release/tailgate-bench handoff
+./target/release/tailgate-bench replication
 ./target/release/tailgate-bench agent "${rotel_flag[@]}" "${collector_flag[@]}"

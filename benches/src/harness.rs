@@ -261,6 +261,28 @@ pub(crate) fn loadgen(
     seed: u64,
     gzip: bool,
 ) -> anyhow::Result<u64> {
+    let line = loadgen_line(ports, seconds, rate, concurrency, traces, seed, gzip)?;
+    Ok((loadgen_field(&line, "spans") - loadgen_field(&line, "spans_failed")) as u64)
+}
+
+/// A numeric field of loadgen's `LOADGEN key=value ...` line (0 if absent).
+pub(crate) fn loadgen_field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs `tailgate loadgen` on core 1 and returns its `LOADGEN` summary line.
+pub(crate) fn loadgen_line(
+    ports: &[u16],
+    seconds: u64,
+    rate: u64,
+    concurrency: usize,
+    traces: u64,
+    seed: u64,
+    gzip: bool,
+) -> anyhow::Result<String> {
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(sibling_binary("tailgate"))
@@ -297,17 +319,10 @@ pub(crate) fn loadgen(
         .output()
         .context("cannot run tailgate loadgen")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
+    text.lines()
         .find(|l| l.starts_with("LOADGEN"))
-        .with_context(|| format!("loadgen printed no summary: {text}"))?;
-    let field = |k: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok(field("spans") - field("spans_failed"))
+        .map(str::to_string)
+        .with_context(|| format!("loadgen printed no summary: {text}"))
 }
 
 /// Waits until the sink's count has not moved for `quiet`.

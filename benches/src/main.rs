@@ -11,6 +11,8 @@
 //!   under steady load, from the gateway's own lateness histogram.
 //! - `handoff`: P3 — two cluster gateways buffer a known load (nothing decided); one gets
 //!   SIGTERM and hands every trace to the other; time to the completed handoff and to exit.
+//! - `replication`: what `replication_factor: 2` costs beside 1 — CPU per span, peak RSS, RSS
+//!   per buffered span and ingest latency of a two-gateway cluster (`replication.rs`).
 //! - `agent`: the agent's CPU-seconds per million spans with enrichment, health-check filter
 //!   and routing, beside a forward-only agent and rotel (`agent.rs`).
 //! - `sink`: the OTLP sink both use (counts spans, keeps nothing).
@@ -26,6 +28,7 @@ mod agent;
 mod gateway;
 mod harness;
 mod measure;
+mod replication;
 mod sink;
 
 use std::path::PathBuf;
@@ -50,6 +53,8 @@ enum Command {
     Latency(measure::LatencyArgs),
     /// P3: a leaving gateway hands all its buffered traces to the other.
     Handoff(measure::HandoffArgs),
+    /// What replication_factor 2 costs beside 1: CPU per span, memory, ingest latency.
+    Replication(replication::ReplicationArgs),
     /// The agent's CPU per million spans: enrichment, filter, routing; beside forward-only and rotel.
     Agent(agent::AgentArgs),
     /// An OTLP/gRPC sink that counts spans (used by the other commands).
@@ -82,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Command::Memory(args) => measure::memory(args),
         Command::Latency(args) => measure::latency(args),
         Command::Handoff(args) => measure::handoff(args),
+        Command::Replication(args) => replication::replication(args),
         Command::Agent(args) => agent::agent(args),
     }
 }

@@ -151,18 +151,28 @@ pub struct HandoffArgs {
     pub traces: u64,
 }
 
-/// A cluster gateway process (unpinned: the handoff uses both cores), logging to `dir`.
-fn start_member(
+/// A cluster gateway process logging to `dir`, on `core` (unpinned with `None`: the
+/// handoff uses both cores).
+pub(crate) fn start_member(
     dir: &std::path::Path,
     name: &str,
     config: &str,
     cluster_port: u16,
     join: &str,
+    core: Option<&str>,
 ) -> anyhow::Result<Proc> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, config)?;
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(sibling_binary("tailgate"))
+    let mut cmd = match core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", core]).arg(sibling_binary("tailgate"));
+            c
+        }
+        None => Command::new(sibling_binary("tailgate")),
+    };
+    let child = cmd
         .args(["gateway", "--config", &path.display().to_string()])
         .args([
             "--node-id",
@@ -234,7 +244,7 @@ fn start_pair(
             extra_sampling: "",
             compression: "none",
         });
-        procs.push(start_member(dir, names[i], &cfg, cluster[i], &join)?);
+        procs.push(start_member(dir, names[i], &cfg, cluster[i], &join, None)?);
     }
     for i in 0..2 {
         wait_port(grpc[i], names[i])?;

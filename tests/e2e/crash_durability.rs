@@ -46,9 +46,12 @@ async fn replication_accounting(c: &Cluster) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replication_factor_two_kill_nine_of_a_gateway_loses_no_accepted_span() {
     let mut c = Cluster::start_with(3, "2s", replicated(KEEP_EVERYTHING)).await;
-    let load = Load::start(&c.endpoints(), "10s");
-    // Mid-load: the victim owns a third of the open traces.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let load = Load::start(&c.endpoints(), "14s");
+    // Mid-load: the victim owns a third of the open traces, and has kept traces whose
+    // decisions have not reached their replicas (traces that start within 5 s of a ring
+    // change wait 7 s for the previous owner's decision, so a kill before that window ends
+    // would catch it having decided nothing).
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let (mut victim, _) = c.nodes.remove("g1").unwrap();
     victim.kill();
     c.wait_owners(2).await;
@@ -192,15 +195,17 @@ async fn with_replication_factor_two_kill_nine_keeps_every_error_slow_and_flagge
     // Background load keeps thousands of traces open on every gateway.
     let load = Load::start_args(
         &c.endpoints(),
-        &["--duration", "10s", "--rate", "1500", "--seed", "11"],
+        &["--duration", "14s", "--rate", "1500", "--seed", "11"],
     );
     let endpoint = c.nodes["g0"].0.grpc_url();
+    // ~12 s of SDK traffic (600 traces, one every 20 ms), around the kill at 9 s.
     let sdk = tokio::task::spawn_blocking(move || {
         let mut extra = crate::sampling::ARTICLE_TRAFFIC.to_vec();
-        extra.extend(["--pace-ms", "10"]);
+        extra.extend(["--pace-ms", "20"]);
         crate::python_sdk::python_send_args("grpc", &endpoint, 600, &extra)
     });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(!sdk.is_finished(), "the SDK traffic must span the kill");
     let (mut victim, _) = c.nodes.remove("g1").unwrap();
     victim.kill();
     c.wait_owners(2).await;

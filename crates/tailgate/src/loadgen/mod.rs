@@ -86,6 +86,8 @@ pub struct LoadStats {
     pub requests_failed: AtomicU64,
     pub spans_failed: AtomicU64,
     pub spans_rejected: AtomicU64,
+    /// Microseconds from each accepted request's first attempt to its acknowledgement.
+    pub accepted_after_us: std::sync::Mutex<Vec<u64>>,
 }
 
 impl LoadStats {
@@ -117,11 +119,22 @@ impl LoadStats {
         out
     }
 
+    /// The `q` quantile of the accepted requests' latency (first attempt to ack), in ms.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        let mut v = self.accepted_after_us.lock().expect("not poisoned").clone();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_unstable();
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        v[i] as f64 / 1000.0
+    }
+
     /// The machine-readable summary `tailgate loadgen` prints (`LOADGEN key=value ...`).
     pub fn line(&self, elapsed: Duration) -> String {
         let spans = self.spans.load(Ordering::Relaxed);
         format!(
-            "LOADGEN traces={} spans={} error_traces={} slow_traces={} flagged_traces={} requests_ok={} requests_refused={} requests_failed={} spans_failed={} spans_rejected={} elapsed_s={:.2} spans_per_s={:.0}",
+            "LOADGEN traces={} spans={} error_traces={} slow_traces={} flagged_traces={} requests_ok={} requests_refused={} requests_failed={} spans_failed={} spans_rejected={} elapsed_s={:.2} spans_per_s={:.0} latency_p50_ms={:.2} latency_p99_ms={:.2}",
             self.traces.load(Ordering::Relaxed),
             spans,
             self.error_traces.load(Ordering::Relaxed),
@@ -134,6 +147,8 @@ impl LoadStats {
             self.spans_rejected.load(Ordering::Relaxed),
             elapsed.as_secs_f64(),
             spans as f64 / elapsed.as_secs_f64().max(1e-9),
+            self.latency_ms(0.50),
+            self.latency_ms(0.99),
         )
     }
 }
@@ -159,6 +174,7 @@ async fn send(
 ) {
     const ATTEMPTS_MAX: u32 = 20;
     let mut wait = Duration::from_millis(50);
+    let started = Instant::now();
     for attempt in 0..ATTEMPTS_MAX {
         // A retry goes to the next endpoint, as an agent re-routes around a gateway that is
         // restarting.
@@ -181,6 +197,12 @@ async fn send(
         match result {
             Ok(resp) => {
                 stats.requests_ok.fetch_add(1, Ordering::Relaxed);
+                let us = started.elapsed().as_micros() as u64;
+                stats
+                    .accepted_after_us
+                    .lock()
+                    .expect("not poisoned")
+                    .push(us);
                 if let Ok(r) = ExportTraceServiceResponse::decode(resp)
                     && let Some(p) = r.partial_success
                 {
