@@ -49,6 +49,9 @@ struct Figures {
 
 const NAMES: [&str; 2] = ["a", "b"];
 
+/// One figure of a run, for the table of medians.
+type Column = fn(&Figures) -> f64;
+
 /// Both members, pinned to core 0, once they own ring ranges.
 fn start_members(
     dir: &std::path::Path,
@@ -183,16 +186,16 @@ pub fn replication(args: ReplicationArgs) -> anyhow::Result<()> {
             runs[i].push(f);
         }
     }
-    let med = |i: usize, f: &dyn Fn(&Figures) -> f64| median(runs[i].iter().map(f).collect());
-    let rows: [(&str, &dyn Fn(&Figures) -> f64); 6] = [
-        ("spans accepted", &|f| f.spans),
-        ("CPU-s per 1M spans (both gateways)", &|f| f.cpu_per_million),
-        ("peak RSS, MiB (both)", &|f| f.peak_rss_mib),
-        ("RSS bytes per buffered span", &|f| {
+    let med = |i: usize, f: Column| median(runs[i].iter().map(f).collect());
+    let rows: [(&str, Column); 6] = [
+        ("spans accepted", |f| f.spans),
+        ("CPU-s per 1M spans (both gateways)", |f| f.cpu_per_million),
+        ("peak RSS, MiB (both)", |f| f.peak_rss_mib),
+        ("RSS bytes per buffered span", |f| {
             f.rss_bytes_per_buffered_span
         }),
-        ("ingest latency p50, ms", &|f| f.latency_p50_ms),
-        ("ingest latency p99, ms", &|f| f.latency_p99_ms),
+        ("ingest latency p50, ms", |f| f.latency_p50_ms),
+        ("ingest latency p99, ms", |f| f.latency_p99_ms),
     ];
     println!(
         "| median of {} runs | RF 1 | RF 2 | RF 2 / RF 1 |",

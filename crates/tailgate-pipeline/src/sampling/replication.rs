@@ -71,14 +71,21 @@ pub(super) fn replica_grace(decision_wait: Duration) -> Duration {
 /// Copies in flight to the replicas of one batch: (spans, the send's outcome).
 pub(super) type PendingCopies = Vec<(u64, JoinHandle<Result<(), LinkError>>)>;
 
+/// Decisions go to the replicas in batches at most this often: a shard decides a few traces
+/// on almost every tick, and a call per tick would cost more than the decisions are worth. A
+/// decision that waits here is at worst taken again by a replica promoting its copy (the
+/// same policies on the same spans) — and a kept one waits `KEPT_DECISION_DELAY` anyway.
+const DECISION_BATCH_INTERVAL: Duration = Duration::from_millis(200);
+
 impl Replication {
     /// When the next queued work is due.
     pub(super) fn next_due(&self) -> Option<Duration> {
+        let dropped = (!self.decisions_now.is_empty()).then_some(self.send_after);
         let kept = self
             .decisions_kept
             .front()
-            .map(|(at, _)| *at + KEPT_DECISION_DELAY);
-        [kept, self.place_at].into_iter().flatten().min()
+            .map(|(at, _)| (*at + KEPT_DECISION_DELAY).max(self.send_after));
+        [dropped, kept, self.place_at].into_iter().flatten().min()
     }
 }
 
@@ -279,6 +286,9 @@ impl ShardState {
         let Some(q) = c.replication.as_mut() else {
             return Vec::new();
         };
+        if !all && q.send_after > now {
+            return Vec::new();
+        }
         let mut due = std::mem::take(&mut q.decisions_now);
         while let Some((at, _)) = q.decisions_kept.front() {
             if !all && *at + KEPT_DECISION_DELAY > now {
@@ -289,6 +299,10 @@ impl ShardState {
             d.released = self.shard.released_spans(&d.trace_id);
             due.push(d);
         }
+        if due.is_empty() {
+            return Vec::new();
+        }
+        q.send_after = now + DECISION_BATCH_INTERVAL;
         let mut targets = by_replica(&c.ring, due.iter().cloned(), |d| d.trace_id);
         if all {
             let owners = Placement::split(&c.ring, &c.local, due, |d| d.trace_id).remote;

@@ -98,8 +98,10 @@ pub enum CopyTarget {
 /// A shard's replication work in progress (`replication.rs` does it).
 #[derive(Default)]
 pub(super) struct Replication {
-    /// Dropped decisions, sent after the current message.
+    /// Dropped decisions, sent with the next batch.
     pub(super) decisions_now: Vec<DecisionTransfer>,
+    /// No batch of decisions leaves before this (one per `DECISION_BATCH_INTERVAL`).
+    pub(super) send_after: Duration,
     /// Kept decisions and when they were taken, sent `KEPT_DECISION_DELAY` later.
     pub(super) decisions_kept: VecDeque<(Duration, DecisionTransfer)>,
     /// Copies whose send failed, with where they were going: placed again at `place_at`.
