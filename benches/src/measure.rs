@@ -151,6 +151,15 @@ pub struct HandoffArgs {
     pub traces: u64,
 }
 
+/// The `--join` list of members on these loopback cluster ports.
+pub(crate) fn join_list(cluster_ports: &[u16]) -> String {
+    cluster_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A cluster gateway process logging to `dir`, on `core` (unpinned with `None`: the
 /// handoff uses both cores).
 pub(crate) fn start_member(
@@ -226,11 +235,7 @@ fn start_pair(
     cluster: &[u16],
     sink_port: u16,
 ) -> anyhow::Result<Vec<Proc>> {
-    let join = cluster
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let join = join_list(cluster);
     let mut procs = Vec::new();
     for i in 0..2 {
         // Nothing is decided while the benchmark runs: every trace stays buffered.

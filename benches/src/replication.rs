@@ -15,7 +15,7 @@ use crate::harness::{
     GatewayParams, Proc, cpu_seconds, free_port, loadgen_field, loadgen_line, median, metric,
     render_config, start_sink, status_kib, wait_drained, wait_port,
 };
-use crate::measure::start_member;
+use crate::measure::{join_list, start_member};
 use crate::{parse_wait, secs};
 
 #[derive(Args, Clone)]
@@ -62,11 +62,7 @@ fn start_members(
     metrics: &[u16],
 ) -> anyhow::Result<Vec<Proc>> {
     let cluster: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-    let join = cluster
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let join = join_list(&cluster);
     let mut procs = Vec::new();
     for i in 0..NAMES.len() {
         let cfg = render_config(&GatewayParams {
