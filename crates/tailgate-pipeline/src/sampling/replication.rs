@@ -156,6 +156,26 @@ impl TailSamplingStage {
             .collect()
     }
 
+    /// Starts copying spans held here for an unreachable owner to their trace's replica.
+    /// Where that replica is this node, the spans are here already and become owned here
+    /// when the owner is removed.
+    pub(super) fn copy_strays_to_replicas(
+        link: &Arc<dyn ClusterLink>,
+        ring: &Ring,
+        local: &str,
+        strays: &[EncodedSpan],
+    ) -> PendingCopies {
+        by_replica(ring, strays.iter(), |s| s.meta.trace_id)
+            .into_iter()
+            .filter(|(replica, _)| replica != local)
+            .map(|(replica, group)| {
+                let n = group.len() as u64;
+                let sent = link.replicate(&replica, ring.epoch(), &group, &[], &[]);
+                (n, tokio::spawn(sent))
+            })
+            .collect()
+    }
+
     /// Waits for the replicas' acks, at most [`REPLICA_ACK_WAIT`]; what they did not
     /// acknowledge in time is counted as unreplicated (the copies may still land).
     pub(super) async fn await_replicas(pending: PendingCopies) {

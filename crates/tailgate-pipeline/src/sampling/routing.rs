@@ -113,12 +113,21 @@ impl TailSamplingStage {
                 }
             }
         }
+        // Spans held for an unreachable owner are, until it answers or is replaced, the only
+        // copy of themselves: with replication they go to their trace's replica too, which
+        // takes the trace over should the owner have crashed (the simulator lost such spans
+        // when the gateway holding them left before the dead owner was removed).
+        let stray_copies = if c.replicating && !strays.is_empty() {
+            Self::copy_strays_to_replicas(&c.link, &ring, local, &strays)
+        } else {
+            Vec::new()
+        };
         Self::await_replicas(copies).await;
         if strays.is_empty() {
-            Ok(())
-        } else {
-            self.enqueue(strays, true)
+            return Ok(());
         }
+        Self::await_replicas(stray_copies).await;
+        self.enqueue(strays, true)
     }
 
     pub(super) fn refuse(&self, n: u64, reason: &'static str) -> ConsumeError {
