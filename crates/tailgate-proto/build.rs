@@ -6,6 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", file.display());
     let fds = protox::compile([&file], [&root])?;
     tonic_prost_build::configure()
+        // Encoded spans stay `Bytes` end to end: decoding slices tonic's receive buffer and
+        // encoding takes the request the sender built, instead of a copy each way.
+        .bytes(".tailgate.cluster.v1.ForwardRequest.spans")
+        .bytes(".tailgate.cluster.v1.HandoffRequest.spans")
+        .bytes(".tailgate.cluster.v1.ReplicateRequest.spans")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

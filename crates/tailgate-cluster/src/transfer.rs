@@ -37,13 +37,13 @@ pub fn forward_request(from: &str, epoch: u64, hops: u32, spans: &[EncodedSpan])
         epoch,
         hops,
         from: from.to_string(),
-        spans: encode_export_request(spans).to_vec(),
+        spans: encode_export_request(spans),
     }
 }
 
 pub fn forwarded_spans(req: ForwardRequest) -> Result<Vec<EncodedSpan>, TransferError> {
-    let scanned = scan_export_request(&Bytes::from(req.spans))
-        .map_err(|e| TransferError::Spans(e.to_string()))?;
+    let scanned =
+        scan_export_request(&req.spans).map_err(|e| TransferError::Spans(e.to_string()))?;
     Ok(scanned.spans)
 }
 
@@ -67,9 +67,9 @@ pub fn replicate_request(
         epoch,
         from: from.to_string(),
         spans: if spans.is_empty() {
-            Vec::new()
+            Bytes::new()
         } else {
-            encode_export_request(spans.iter().copied()).to_vec()
+            encode_export_request(spans.iter().copied())
         },
         copies: (!traces.is_empty() || !decisions.is_empty())
             .then(|| handoff_request(from, epoch, traces, decisions)),
@@ -80,7 +80,7 @@ pub fn replica_copy(req: ReplicateRequest) -> Result<ReplicaCopy, TransferError>
     let spans = if req.spans.is_empty() {
         Vec::new()
     } else {
-        scan_export_request(&Bytes::from(req.spans))
+        scan_export_request(&req.spans)
             .map_err(|e| TransferError::Spans(e.to_string()))?
             .spans
     };
@@ -104,7 +104,7 @@ pub fn handoff_request(
     HandoffRequest {
         epoch,
         from: from.to_string(),
-        spans: encode_export_request(traces.iter().flat_map(|t| t.spans.iter())).to_vec(),
+        spans: encode_export_request(traces.iter().flat_map(|t| t.spans.iter())),
         traces: traces
             .iter()
             .map(|t| TraceState {
@@ -129,8 +129,8 @@ pub fn handoff_request(
 pub fn handoff_contents(
     req: HandoffRequest,
 ) -> Result<(Vec<TraceTransfer>, Vec<DecisionTransfer>), TransferError> {
-    let scanned = scan_export_request(&Bytes::from(req.spans))
-        .map_err(|e| TransferError::Spans(e.to_string()))?;
+    let scanned =
+        scan_export_request(&req.spans).map_err(|e| TransferError::Spans(e.to_string()))?;
     let mut index: HashMap<TraceId, usize> = HashMap::with_capacity(req.traces.len());
     let mut traces = Vec::with_capacity(req.traces.len());
     for t in &req.traces {
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn a_malformed_handoff_is_refused_with_the_reason() {
         let mut req = handoff_request("g1", 1, &[], &[]);
-        req.spans = vec![0xff, 0xff, 0xff];
+        req.spans = Bytes::from_static(&[0xff, 0xff, 0xff]);
         assert!(matches!(
             handoff_contents(req),
             Err(TransferError::Spans(_))
@@ -279,7 +279,7 @@ mod tests {
         );
         // Spans of a trace the message does not list.
         let mut req = handoff_request("g1", 1, &[], &[]);
-        req.spans = encode_export_request(&spans(1, 2)).to_vec();
+        req.spans = encode_export_request(&spans(1, 2));
         assert_eq!(
             handoff_contents(req).unwrap_err(),
             TransferError::UnlistedSpans(2)
@@ -314,7 +314,7 @@ mod tests {
         let req = replicate_request("g2", 9, &refs, &[], &[]);
         assert!(req.copies.is_none());
         let mut bad = req;
-        bad.spans = vec![0xff, 0xff];
+        bad.spans = Bytes::from_static(&[0xff, 0xff]);
         assert!(matches!(replica_copy(bad), Err(TransferError::Spans(_))));
     }
 

@@ -22,21 +22,22 @@ impl<T> Placement<T> {
         items: impl IntoIterator<Item = T>,
         trace_id: impl Fn(&T) -> TraceId,
     ) -> Placement<T> {
-        let mut placement = Placement {
-            local: Vec::new(),
-            remote: BTreeMap::new(),
-        };
+        let mut local_items = Vec::new();
+        let mut remote: BTreeMap<&str, Vec<T>> = BTreeMap::new();
+        let mut owner_of = Memo::default();
         for item in items {
-            match ring.owner(&trace_id(&item)) {
-                Some(owner) if owner != local => placement
-                    .remote
-                    .entry(owner.to_string())
-                    .or_default()
-                    .push(item),
-                _ => placement.local.push(item),
+            match owner_of.get(&trace_id(&item), |id| ring.owner(id)) {
+                Some(owner) if owner != local => remote.entry(owner).or_default().push(item),
+                _ => local_items.push(item),
             }
         }
-        placement
+        Placement {
+            local: local_items,
+            remote: remote
+                .into_iter()
+                .map(|(owner, items)| (owner.to_string(), items))
+                .collect(),
+        }
     }
 
     pub fn is_all_local(&self) -> bool {
@@ -52,11 +53,39 @@ pub fn by_replica<T>(
     items: impl IntoIterator<Item = T>,
     trace_id: impl Fn(&T) -> TraceId,
 ) -> BTreeMap<String, Vec<T>> {
-    let mut groups: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<T>> = BTreeMap::new();
+    let mut replica_of = Memo::default();
     for item in items {
-        if let Some(replica) = ring.replica(&trace_id(&item)) {
-            groups.entry(replica.to_string()).or_default().push(item);
+        if let Some(replica) = replica_of.get(&trace_id(&item), |id| ring.replica(id)) {
+            groups.entry(replica).or_default().push(item);
         }
     }
     groups
+        .into_iter()
+        .map(|(replica, items)| (replica.to_string(), items))
+        .collect()
+}
+
+/// The last trace's answer: a batch's spans mostly come trace by trace, and a ring lookup
+/// costs a tree search per span.
+#[derive(Default)]
+struct Memo<'r> {
+    last: Option<(TraceId, Option<&'r str>)>,
+}
+
+impl<'r> Memo<'r> {
+    fn get(
+        &mut self,
+        id: &TraceId,
+        lookup: impl Fn(&TraceId) -> Option<&'r str>,
+    ) -> Option<&'r str> {
+        match self.last {
+            Some((last, answer)) if last == *id => answer,
+            _ => {
+                let answer = lookup(id);
+                self.last = Some((*id, answer));
+                answer
+            }
+        }
+    }
 }

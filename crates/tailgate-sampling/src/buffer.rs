@@ -5,11 +5,12 @@
 //! to its encoded size (target P2: ≤ 1.3×). Each span costs its bytes plus a fixed
 //! [`BufferedSpan`] record.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tailgate_otlp::{EncodedSpan, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId};
+
+use crate::IdSet;
 
 /// Above this many spans a trace keeps a hash set of its span IDs for de-duplication; below
 /// it a linear scan is cheaper.
@@ -55,7 +56,7 @@ pub struct TraceBuffer {
     chunks: Vec<Bytes>,
     contexts: Vec<Arc<ResourceScope>>,
     spans: Vec<BufferedSpan>,
-    ids: Option<HashSet<SpanId>>,
+    ids: Option<IdSet<SpanId>>,
     encoded_bytes: u64,
 }
 

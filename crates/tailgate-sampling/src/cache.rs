@@ -7,10 +7,12 @@
 //! [`RELEASED_IDS_MAX`] per trace): a span that arrives again — a resent forward or handoff
 //! whose acknowledgement was lost — is recognised and not exported twice.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tailgate_otlp::{SpanId, TraceId};
+
+use crate::{IdMap, IdSet};
 
 /// Most span IDs remembered per kept trace (8 bytes each).
 pub const RELEASED_IDS_MAX: usize = 4096;
@@ -27,7 +29,7 @@ pub struct CachedDecision {
 #[derive(Debug)]
 struct Bounded {
     capacity: usize,
-    map: HashMap<TraceId, CachedDecision>,
+    map: IdMap<TraceId, CachedDecision>,
     order: VecDeque<(TraceId, Duration)>,
 }
 
@@ -35,7 +37,7 @@ impl Bounded {
     fn new(capacity: usize) -> Self {
         Bounded {
             capacity,
-            map: HashMap::new(),
+            map: IdMap::default(),
             order: VecDeque::new(),
         }
     }
@@ -79,9 +81,9 @@ pub struct DecisionCache {
     kept: Bounded,
     dropped: Bounded,
     /// Span IDs released for kept traces (sorted), while their decision is remembered.
-    released: HashMap<TraceId, Vec<SpanId>>,
+    released: IdMap<TraceId, Vec<SpanId>>,
     ttl: Duration,
-    forgotten: HashSet<TraceId>,
+    forgotten: IdSet<TraceId>,
     forgotten_order: VecDeque<TraceId>,
     forgotten_capacity: usize,
 }
@@ -91,9 +93,9 @@ impl DecisionCache {
         DecisionCache {
             kept: Bounded::new(kept_capacity),
             dropped: Bounded::new(dropped_capacity),
-            released: HashMap::new(),
+            released: IdMap::default(),
             ttl,
-            forgotten: HashSet::new(),
+            forgotten: IdSet::default(),
             forgotten_order: VecDeque::new(),
             forgotten_capacity: (kept_capacity + dropped_capacity).max(1024),
         }

@@ -44,7 +44,7 @@ use super::shard::{
     CopyTarget, HANDOFF_RETRY_PAUSE, MovedIn, Replication, ShardCluster, ShardMsg, ShardState,
 };
 use super::{TailSamplingStage, shard_of};
-use crate::cluster::{ClusterLink, LinkError};
+use crate::cluster::ClusterLink;
 use crate::consumer::ConsumeError;
 use crate::telemetry::*;
 
@@ -67,9 +67,6 @@ const REPLICA_GRACE_MIN: Duration = Duration::from_secs(10);
 pub(super) fn replica_grace(decision_wait: Duration) -> Duration {
     decision_wait.max(REPLICA_GRACE_MIN) + KEPT_DECISION_DELAY
 }
-
-/// Copies in flight to the replicas of one batch: (spans, the send's outcome).
-pub(super) type PendingCopies = Vec<(u64, JoinHandle<Result<(), LinkError>>)>;
 
 /// Decisions go to the replicas in batches at most this often: a shard decides a few traces
 /// on almost every tick, and a call per tick would cost more than the decisions are worth. A
@@ -135,69 +132,6 @@ fn spawn_replicate(
 }
 
 impl TailSamplingStage {
-    /// Starts copying spans this node owns (about to be buffered) to their replicas.
-    pub(super) fn copy_to_replicas(
-        link: &Arc<dyn ClusterLink>,
-        ring: &Ring,
-        spans: &[EncodedSpan],
-    ) -> PendingCopies {
-        if ring.owners().len() < 2 {
-            counter!(REPLICATION_UNREPLICATED_SPANS, "reason" => "no_replica")
-                .increment(spans.len() as u64);
-            return Vec::new();
-        }
-        by_replica(ring, spans.iter(), |s| s.meta.trace_id)
-            .into_iter()
-            .map(|(replica, group)| {
-                let n = group.len() as u64;
-                let sent = link.replicate(&replica, ring.epoch(), &group, &[], &[]);
-                (n, tokio::spawn(sent))
-            })
-            .collect()
-    }
-
-    /// Starts copying spans held here for an unreachable owner to their trace's replica.
-    /// Where that replica is this node, the spans are here already and become owned here
-    /// when the owner is removed.
-    pub(super) fn copy_strays_to_replicas(
-        link: &Arc<dyn ClusterLink>,
-        ring: &Ring,
-        local: &str,
-        strays: &[EncodedSpan],
-    ) -> PendingCopies {
-        by_replica(ring, strays.iter(), |s| s.meta.trace_id)
-            .into_iter()
-            .filter(|(replica, _)| replica != local)
-            .map(|(replica, group)| {
-                let n = group.len() as u64;
-                let sent = link.replicate(&replica, ring.epoch(), &group, &[], &[]);
-                (n, tokio::spawn(sent))
-            })
-            .collect()
-    }
-
-    /// Waits for the replicas' acks, at most [`REPLICA_ACK_WAIT`]; what they did not
-    /// acknowledge in time is counted as unreplicated (the copies may still land).
-    pub(super) async fn await_replicas(pending: PendingCopies) {
-        if pending.is_empty() {
-            return;
-        }
-        let (counts, handles): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout(REPLICA_ACK_WAIT, join_all(handles)).await {
-            Ok(results) => {
-                for (n, r) in counts.into_iter().zip(results) {
-                    match r {
-                        Ok(Ok(())) => counter!(REPLICATION_SENT_SPANS).increment(n),
-                        _ => counter!(REPLICATION_UNREPLICATED_SPANS, "reason" => "failed")
-                            .increment(n),
-                    }
-                }
-            }
-            Err(_) => counter!(REPLICATION_UNREPLICATED_SPANS, "reason" => "timeout")
-                .increment(counts.iter().sum()),
-        }
-    }
-
     /// Takes copies from a trace's owner (sent at its `epoch`): spans whose bytes fit the
     /// budget (refused retryably otherwise: the owner counts them unreplicated), whole
     /// traces and decisions (never refused).
@@ -355,9 +289,21 @@ impl ShardState {
                 && c.ring.owns(&c.local, id)
         };
         let (owned, copies): (Vec<EncodedSpan>, Vec<EncodedSpan>) = match &self.cluster {
-            Some(c) => spans
-                .into_iter()
-                .partition(|s| owned_since(c, true, &s.meta.trace_id)),
+            Some(c) => {
+                // A copy's spans come trace by trace: one ring lookup per trace.
+                let mut last: Option<(TraceId, bool)> = None;
+                spans.into_iter().partition(|s| {
+                    let id = s.meta.trace_id;
+                    match last {
+                        Some((last_id, owned)) if last_id == id => owned,
+                        _ => {
+                            let owned = owned_since(c, true, &id);
+                            last = Some((id, owned));
+                            owned
+                        }
+                    }
+                })
+            }
             None => (Vec::new(), spans),
         };
         let mut released = self.shard.replica_decisions(decisions, now);

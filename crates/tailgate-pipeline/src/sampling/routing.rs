@@ -1,21 +1,29 @@
 //! Where a batch goes: split by owner on the newest ring (forwarded to other owners, held
 //! when they cannot take it), then by shard, each group's bytes reserved in the budget first.
+//! With replication, what stays here is copied to the traces' replicas before the sender is
+//! answered (`replication.rs` has the rest of replication).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::{counter, gauge};
+use futures::future::join_all;
 use tailgate_otlp::EncodedSpan;
-use tailgate_ring::Placement;
+use tailgate_ring::{Placement, Ring, by_replica};
+use tokio::task::JoinHandle;
 
+use super::replication::REPLICA_ACK_WAIT;
 use super::shard::ShardMsg;
 use super::{TailSamplingStage, shard_of};
-use crate::cluster::FORWARD_HOPS_MAX;
+use crate::cluster::{ClusterLink, FORWARD_HOPS_MAX, LinkError};
 use crate::consumer::{ConsumeError, RefuseReason};
 use crate::telemetry::*;
 
 /// What a refused sender is told to wait before retrying.
 const REFUSAL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Copies in flight to the replicas of one batch: (spans, the send's outcome).
+type PendingCopies = Vec<(u64, JoinHandle<Result<(), LinkError>>)>;
 
 impl TailSamplingStage {
     /// Reserves budget for spans and sends them to their shards (`stray`: not owned here).
@@ -84,7 +92,7 @@ impl TailSamplingStage {
         // trip overlaps the forwards; a refused batch's copies only cost the replica memory
         // until they expire.
         let copies = if c.replicating && !placement.local.is_empty() {
-            Self::copy_to_replicas(&c.link, &ring, &placement.local)
+            Self::copy_to_replicas(&c.link, &ring, local, &placement.local)
         } else {
             Vec::new()
         };
@@ -118,7 +126,7 @@ impl TailSamplingStage {
         // takes the trace over should the owner have crashed (the simulator lost such spans
         // when the gateway holding them left before the dead owner was removed).
         let stray_copies = if c.replicating && !strays.is_empty() {
-            Self::copy_strays_to_replicas(&c.link, &ring, local, &strays)
+            Self::copy_to_replicas(&c.link, &ring, local, &strays)
         } else {
             Vec::new()
         };
@@ -128,6 +136,53 @@ impl TailSamplingStage {
         }
         Self::await_replicas(stray_copies).await;
         self.enqueue(strays, true)
+    }
+
+    /// Starts copying spans about to be buffered here to their traces' replicas: spans this
+    /// node owns, and spans it holds for an unreachable owner. Where the replica is this
+    /// node (a stray whose owner's successor is this node), the spans are here already.
+    fn copy_to_replicas(
+        link: &Arc<dyn ClusterLink>,
+        ring: &Ring,
+        local: &str,
+        spans: &[EncodedSpan],
+    ) -> PendingCopies {
+        if ring.owners().len() < 2 {
+            counter!(REPLICATION_UNREPLICATED_SPANS, "reason" => "no_replica")
+                .increment(spans.len() as u64);
+            return Vec::new();
+        }
+        by_replica(ring, spans.iter(), |s| s.meta.trace_id)
+            .into_iter()
+            .filter(|(replica, _)| replica != local)
+            .map(|(replica, group)| {
+                let n = group.len() as u64;
+                let sent = link.replicate(&replica, ring.epoch(), &group, &[], &[]);
+                (n, tokio::spawn(sent))
+            })
+            .collect()
+    }
+
+    /// Waits for the replicas' acks, at most [`REPLICA_ACK_WAIT`]; what they did not
+    /// acknowledge in time is counted as unreplicated (the copies may still land).
+    async fn await_replicas(pending: PendingCopies) {
+        if pending.is_empty() {
+            return;
+        }
+        let (counts, handles): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
+        match tokio::time::timeout(REPLICA_ACK_WAIT, join_all(handles)).await {
+            Ok(results) => {
+                for (n, r) in counts.into_iter().zip(results) {
+                    match r {
+                        Ok(Ok(())) => counter!(REPLICATION_SENT_SPANS).increment(n),
+                        _ => counter!(REPLICATION_UNREPLICATED_SPANS, "reason" => "failed")
+                            .increment(n),
+                    }
+                }
+            }
+            Err(_) => counter!(REPLICATION_UNREPLICATED_SPANS, "reason" => "timeout")
+                .increment(counts.iter().sum()),
+        }
     }
 
     pub(super) fn refuse(&self, n: u64, reason: &'static str) -> ConsumeError {

@@ -26,7 +26,7 @@
 //! **Invariants:** no I/O and no clock: every method takes `now` (time since the engine's
 //! epoch). Iteration that affects outcomes goes through ordered indexes, never hash-map order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ use crate::buffer::TraceBuffer;
 use crate::cache::{CachedDecision, DecisionCache};
 use crate::policy::{Decision, PolicySet, TraceView};
 use crate::record::DecisionRecord;
+use crate::{IdMap, IdSet};
 
 mod counters;
 mod handoff;
@@ -102,7 +103,7 @@ pub struct TraceShard {
     policies: PolicySet,
     budget: Arc<BufferBudget>,
     shard_count: u64,
-    traces: HashMap<TraceId, TraceEntry>,
+    traces: IdMap<TraceId, TraceEntry>,
     by_deadline: BTreeSet<(Duration, u64, TraceId)>,
     by_arrival: BTreeMap<u64, TraceId>,
     cache: DecisionCache,
@@ -134,7 +135,7 @@ impl TraceShard {
             policies,
             budget,
             shard_count: shard_count as u64,
-            traces: HashMap::new(),
+            traces: IdMap::default(),
             by_deadline: BTreeSet::new(),
             by_arrival: BTreeMap::new(),
             cache,
@@ -558,7 +559,7 @@ impl TraceShard {
 
 /// Trace IDs in order of first appearance.
 fn group_by_trace_ids(spans: &[EncodedSpan]) -> Vec<TraceId> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = IdSet::default();
     spans
         .iter()
         .map(|s| s.meta.trace_id)
@@ -568,7 +569,7 @@ fn group_by_trace_ids(spans: &[EncodedSpan]) -> Vec<TraceId> {
 
 /// Groups spans by trace in order of first appearance (deterministic).
 fn group_by_trace(spans: Vec<EncodedSpan>) -> Vec<(TraceId, Vec<EncodedSpan>)> {
-    let mut index: HashMap<TraceId, usize> = HashMap::new();
+    let mut index: IdMap<TraceId, usize> = IdMap::default();
     let mut groups: Vec<(TraceId, Vec<EncodedSpan>)> = Vec::new();
     for s in spans {
         let id = s.meta.trace_id;

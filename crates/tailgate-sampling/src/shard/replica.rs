@@ -18,12 +18,13 @@
 //! moves it, a copy of a buffered trace merges into the buffer); no clock: every method
 //! takes `now`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
 
 use super::{Released, TraceShard, group_by_trace};
+use crate::IdMap;
 use crate::buffer::TraceBuffer;
 use crate::shard::handoff::{DecisionTransfer, TraceTransfer};
 
@@ -61,7 +62,7 @@ struct ReplicaEntry {
 /// The copies one shard holds for other owners.
 #[derive(Debug, Default)]
 pub(super) struct ReplicaStore {
-    traces: HashMap<TraceId, ReplicaEntry>,
+    traces: IdMap<TraceId, ReplicaEntry>,
     /// `(expire_at, seq, id)`: the garbage-collection order.
     by_expiry: BTreeSet<(Duration, u64, TraceId)>,
     /// `seq → id`: oldest first, for eviction.
@@ -176,30 +177,27 @@ impl TraceShard {
             return;
         }
         let grace = self.cfg.replica_grace;
+        let decision_wait = self.cfg.decision_wait;
         let store = &mut self.replicas;
-        if !store.traces.contains_key(&id) {
+        let entry = store.traces.entry(id).or_insert_with(|| {
             let (first_seen, decide_at) = match state {
                 Some((remaining, age, _)) => (now.saturating_sub(age), now + remaining),
-                None => (now, now + self.cfg.decision_wait),
+                None => (now, now + decision_wait),
             };
             let seq = store.next_seq;
             store.next_seq += 1;
             let expire_at = decide_at + grace;
-            store.traces.insert(
-                id,
-                ReplicaEntry {
-                    buffer: TraceBuffer::default(),
-                    first_seen,
-                    decide_at,
-                    root_seen: false,
-                    expire_at,
-                    seq,
-                },
-            );
             store.by_expiry.insert((expire_at, seq, id));
             store.by_arrival.insert(seq, id);
-        }
-        let entry = store.traces.get_mut(&id).expect("inserted above");
+            ReplicaEntry {
+                buffer: TraceBuffer::default(),
+                first_seen,
+                decide_at,
+                root_seen: false,
+                expire_at,
+                seq,
+            }
+        });
         let appended = entry.buffer.append(&spans);
         store.spans += appended.spans;
         self.budget.release(appended.duplicate_bytes);
