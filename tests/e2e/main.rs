@@ -21,3 +21,4 @@ mod python_sdk;
 mod reliability;
 mod sampling;
 mod support;
+mod tls;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::tls::ServerTlsConfig;
 use crate::types::{
     AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, present,
 };
@@ -40,6 +41,9 @@ pub struct GrpcServerConfig {
     /// Largest accepted request in MiB, after decompression. Default 4.
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_recv_msg_size_mib: u64,
+    /// Absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for GrpcServerConfig {
@@ -47,6 +51,7 @@ impl Default for GrpcServerConfig {
         GrpcServerConfig {
             endpoint: default_grpc_endpoint(),
             max_recv_msg_size_mib: default_max_recv_msg_size_mib(),
+            tls: None,
         }
     }
 }
@@ -64,6 +69,9 @@ pub struct HttpServerConfig {
     /// Largest accepted body in bytes, after decompression. Default 4 MiB, like gRPC.
     #[serde(default = "default_max_request_body_size")]
     pub max_request_body_size: u64,
+    /// Absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for HttpServerConfig {
@@ -72,6 +80,7 @@ impl Default for HttpServerConfig {
             endpoint: default_http_endpoint(),
             traces_url_path: default_traces_url_path(),
             max_request_body_size: default_max_request_body_size(),
+            tls: None,
         }
     }
 }

@@ -21,6 +21,7 @@ mod overrides;
 mod reader;
 pub mod sampling;
 mod service_section;
+pub mod tls;
 mod types;
 mod validate;
 

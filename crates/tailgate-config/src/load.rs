@@ -170,6 +170,9 @@ fn load_receivers(l: &mut Loader<'_>, root: &mut Root, cfg: &mut Config) {
             }
         };
         if let Some(p) = parsed {
+            for (sub, msg) in validate::receiver(&p) {
+                l.error(join(&base, &sub), msg);
+            }
             cfg.receivers.insert(id, p);
         }
     }

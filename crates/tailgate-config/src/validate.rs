@@ -2,7 +2,7 @@
 //! returns `(path below the component, message)`.
 
 use crate::components::*;
-use crate::model::{ExporterConfig, ProcessorConfig};
+use crate::model::{ExporterConfig, ProcessorConfig, ReceiverConfig};
 use crate::sampling::{CompositeConfig, Policy, PolicyKind, TailSamplingConfig};
 
 type Problems = Vec<(String, String)>;
@@ -131,6 +131,23 @@ fn actions(list: &[AttributeAction], field: &str, out: &mut Problems) {
             }
         }
     }
+}
+
+pub(crate) fn receiver(r: &ReceiverConfig) -> Problems {
+    let ReceiverConfig::Otlp(otlp) = r;
+    let mut out = Problems::new();
+    let grpc = otlp.protocols.grpc.as_ref().and_then(|g| g.tls.as_ref());
+    let http = otlp.protocols.http.as_ref().and_then(|h| h.tls.as_ref());
+    for (protocol, tls) in [("grpc", grpc), ("http", http)] {
+        if let Some(tls) = tls {
+            out.extend(
+                tls.problems()
+                    .into_iter()
+                    .map(|(path, msg)| (format!("protocols.{protocol}.{path}"), msg)),
+            );
+        }
+    }
+    out
 }
 
 pub(crate) fn exporter(e: &ExporterConfig) -> Problems {

@@ -30,6 +30,7 @@ pub mod sampling;
 pub mod service;
 pub mod stages;
 pub mod telemetry;
+pub mod tls;
 
 pub use service::{BoundAddresses, RunningService, ServiceOptions, start};
 

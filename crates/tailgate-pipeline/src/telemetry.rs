@@ -16,6 +16,11 @@ pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans_total";
 pub const RECEIVER_REJECTED_SPANS: &str = "tailgate_receiver_rejected_spans_total";
 /// Whole requests refused as undecodable or too large. Labels: receiver, transport, reason.
 pub const RECEIVER_BAD_REQUESTS: &str = "tailgate_receiver_bad_requests_total";
+/// TLS handshakes a receiver refused or that timed out (no certificate, an untrusted one, a
+/// plaintext client, a client too slow to finish). Labels: listener, reason.
+pub const TLS_HANDSHAKE_FAILURES: &str = "tailgate_tls_handshake_failures_total";
+/// Re-reads of a listener's certificate files. Labels: listener, result (ok | failed).
+pub const TLS_RELOADS: &str = "tailgate_tls_reloads_total";
 
 // Processors. Label: processor.
 pub const PROCESSOR_INCOMING_ITEMS: &str = "otelcol_processor_incoming_items_total";

@@ -1,7 +1,6 @@
 //! OTLP/HTTP front end: `POST /v1/traces` with protobuf or JSON bodies, optionally gzipped.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -16,6 +15,7 @@ use tailgate_config::components::HttpServerConfig;
 
 use super::{Accepted, Ingest, IngestError};
 use crate::consumer::Client;
+use crate::net::PeerAddr;
 use crate::rpc::RpcStatus;
 
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub fn router(ingest: Arc<Ingest>, cfg: &HttpServerConfig) -> Router {
 
 async fn traces(
     State(st): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -106,7 +106,7 @@ async fn traces(
         },
     };
     let client = Client {
-        addr: Some(peer.ip()),
+        addr: peer.map(|p| p.ip()),
     };
     match st.ingest.accept(&protobuf, "http", client).await {
         Ok(accepted) => success(encoding, &accepted),

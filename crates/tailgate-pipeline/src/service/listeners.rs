@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use metrics::gauge;
 use tailgate_config::components::GrpcServerConfig;
 use tailgate_config::components::MetricsLevel;
@@ -21,10 +23,12 @@ use super::{BoundAddresses, ServiceOptions};
 use crate::consumer::Consumer;
 use crate::extension::health::Health;
 use crate::memory::MemorySource;
+use crate::net::PeerAddr;
 use crate::receiver::Ingest;
 use crate::receiver::grpc::OtlpGrpcService;
 use crate::stages::Tee;
 use crate::telemetry::{PROCESS_UPTIME, recorder};
+use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls, StreamListener, accept_tls};
 
 /// HTTP/2 flow-control windows and frame size of the OTLP/gRPC receiver.
 const GRPC_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
@@ -80,15 +84,29 @@ impl Listeners {
                     .await?;
             }
             if let Some(http) = &otlp.protocols.http {
-                let listener =
-                    bind(&http.endpoint, &format!("receivers.{id}.protocols.http")).await?;
-                self.addresses
-                    .otlp_http
-                    .insert(id.to_string(), listener.local_addr()?);
-                self.receivers.push(spawn_axum(
-                    listener,
-                    crate::receiver::http::router(Arc::clone(&ingest), http),
-                ));
+                let what = format!("receivers.{id}.protocols.http");
+                let router = crate::receiver::http::router(Arc::clone(&ingest), http);
+                let server = match &http.tls {
+                    None => {
+                        let listener = bind(&http.endpoint, &what).await?;
+                        self.addresses
+                            .otlp_http
+                            .insert(id.to_string(), listener.local_addr()?);
+                        spawn_axum(listener, router)
+                    }
+                    Some(tls) => {
+                        let (incoming, local) =
+                            opts.network.bind(&http.endpoint).await.with_context(|| {
+                                format!("{what}: cannot listen on {}", http.endpoint)
+                            })?;
+                        self.addresses.otlp_http.insert(id.to_string(), local);
+                        let tls = ServerTls::start(tls, ALPN_HTTP, &what)
+                            .with_context(|| format!("{what}.tls"))?;
+                        let incoming = accept_tls(tls, incoming, &what);
+                        spawn_axum(StreamListener::new(incoming, local), router)
+                    }
+                };
+                self.receivers.push(server);
             }
         }
         Ok(())
@@ -108,6 +126,15 @@ impl Listeners {
             )
         })?;
         self.addresses.otlp_grpc.insert(id.to_string(), local);
+        let incoming = match &grpc.tls {
+            None => incoming,
+            Some(tls) => {
+                let what = format!("receivers.{id}.protocols.grpc");
+                let tls = ServerTls::start(tls, ALPN_GRPC, &what)
+                    .with_context(|| format!("{what}.tls"))?;
+                accept_tls(tls, incoming, &what)
+            }
+        };
         let svc = OtlpGrpcService::new(Arc::clone(ingest), grpc.max_recv_msg_size_mib);
         let mut routes = Routes::new(svc);
         if let Some(add) = &opts.grpc_services {
@@ -201,10 +228,14 @@ async fn bind(endpoint: &str, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("{what}: cannot listen on {endpoint}"))
 }
 
-fn spawn_axum(listener: TcpListener, router: Router) -> Server {
+fn spawn_axum<L>(listener: L, router: Router) -> Server
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> PeerAddr: Connected<IncomingStream<'a, L>>,
+{
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let service = router.into_make_service_with_connect_info::<PeerAddr>();
         let _ = axum::serve(listener, service)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
@@ -212,4 +243,16 @@ fn spawn_axum(listener: TcpListener, router: Router) -> Server {
             .await;
     });
     Server { stop, task }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> PeerAddr {
+        PeerAddr(Some(*stream.remote_addr()))
+    }
+}
+
+impl Connected<IncomingStream<'_, StreamListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, StreamListener>) -> PeerAddr {
+        PeerAddr(Some(*stream.remote_addr()))
+    }
 }
