@@ -308,7 +308,7 @@ impl ShardState {
         };
         let mut released = self.shard.replica_decisions(decisions, now);
         if !owned.is_empty() {
-            released.absorb(self.ingest_owned(owned, now));
+            released.absorb(self.ingest_owned(owned, now, true));
         }
         if !copies.is_empty() {
             released.absorb(self.shard.replicate(copies, now));
@@ -475,8 +475,15 @@ impl ShardState {
     /// than the change plus [`TAKEOVER_HOLD`]: its previous owner may have kept it just
     /// before, and withholds that decision while its export may still be in its process
     /// (`handoff.rs`); deciding these spans alone in the meantime would export them apart
-    /// from the decision they follow, or drop spans of a kept trace.
-    pub(super) fn ingest_owned(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
+    /// from the decision they follow, or drop spans of a kept trace. `copied`: the spans
+    /// came as replica copies, maybe released by their sender already (see
+    /// `TraceShard::ingest_moved`).
+    pub(super) fn ingest_owned(
+        &mut self,
+        spans: Vec<EncodedSpan>,
+        now: Duration,
+        copied: bool,
+    ) -> Released {
         let moved = self.cluster.as_ref().and_then(|c| {
             let m = c.replication.as_ref()?.moved_in.as_ref()?;
             (now < m.window_end).then_some((c, m))
@@ -494,7 +501,11 @@ impl ShardState {
                 .collect(),
             None => Vec::new(),
         };
-        let released = self.shard.ingest(spans, now);
+        let released = if copied {
+            self.shard.ingest_moved(spans, now, TAKEOVER_HOLD)
+        } else {
+            self.shard.ingest(spans, now)
+        };
         for (id, at) in held {
             self.shard.hold(&id, at);
         }

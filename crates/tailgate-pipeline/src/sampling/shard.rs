@@ -229,7 +229,7 @@ impl ShardState {
 
     /// Spans this node owns (bytes reserved).
     async fn on_ingest(&mut self, spans: Vec<EncodedSpan>) {
-        let released = self.ingest_owned(spans, self.now());
+        let released = self.ingest_owned(spans, self.now(), false);
         self.deliver(released).await;
     }
 

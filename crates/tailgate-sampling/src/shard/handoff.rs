@@ -144,6 +144,13 @@ impl TraceShard {
     /// before the handoff did), the decision settles them too: one decision per trace.
     pub fn accept_decision(&mut self, d: DecisionTransfer, now: Duration) -> Released {
         let mut out = Released::default();
+        // Spans buffered beside a decision this node had already are held on purpose
+        // (`ingest_held`, `ingest_moved`): another gateway may have released some of them,
+        // and only its decision's list of released spans says which. A decision arriving
+        // meanwhile adds to that list; the hold's end settles the rest (`decide`). Settling
+        // them here released spans a copy of the same decision did not list (seed 47017).
+        let held =
+            self.cache.get(&d.trace_id, now).is_some() && self.traces.contains_key(&d.trace_id);
         self.cache.insert(
             d.trace_id,
             CachedDecision {
@@ -154,6 +161,9 @@ impl TraceShard {
         );
         self.cache
             .record_released(d.trace_id, d.released.iter().copied());
+        if held {
+            return out;
+        }
         if let Some(entry) = self.remove(&d.trace_id) {
             self.counters.traces_decided_by_handoff += 1;
             let spans = entry.buffer.spans();

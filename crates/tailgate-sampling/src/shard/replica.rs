@@ -309,10 +309,50 @@ impl TraceShard {
         self.replicas.counters.spans_promoted += t.spans.len() as u64;
         let id = t.trace_id;
         let state = (t.remaining, t.age, t.root_seen);
-        self.ingest_trace(id, t.spans, Some(state), now, &mut out);
+        self.ingest_moved_trace(id, t.spans, Some(state), now, hold, &mut out);
         self.hold_until(&id, now + hold);
         self.enforce_limits(now, &mut out);
         out
+    }
+
+    /// Takes spans that reached this owner as copies (sent by a gateway that owned or backed
+    /// up their traces at an older ring). Like [`TraceShard::ingest`], except that spans of a
+    /// trace kept here before wait `hold` instead of following the decision at once: the
+    /// gateway they came through may have released them under the same decision, and its
+    /// decision, listing what it released, arrives within `hold` to settle them (the
+    /// simulator found them exported by both). Bytes are reserved by the caller.
+    pub fn ingest_moved(
+        &mut self,
+        spans: Vec<EncodedSpan>,
+        now: Duration,
+        hold: Duration,
+    ) -> Released {
+        let mut out = Released::default();
+        self.counters.spans_received += spans.len() as u64;
+        for (id, group) in group_by_trace(spans) {
+            self.ingest_moved_trace(id, group, None, now, hold, &mut out);
+        }
+        self.enforce_limits(now, &mut out);
+        out
+    }
+
+    fn ingest_moved_trace(
+        &mut self,
+        id: TraceId,
+        spans: Vec<EncodedSpan>,
+        state: Option<(Duration, Duration, bool)>,
+        now: Duration,
+        hold: Duration,
+        out: &mut Released,
+    ) {
+        if self.cache.get(&id, now).is_some_and(|d| d.keep) {
+            // Decided (see `decide`) by the cached decision once the hold is over, or
+            // settled by the sender's decision before (`accept_decision`).
+            self.buffer_trace(id, spans, state, now, out);
+            self.hold_until(&id, now + hold);
+        } else {
+            self.ingest_trace(id, spans, state, now, out);
+        }
     }
 
     /// Whether this shard holds a copy of the trace.

@@ -231,3 +231,89 @@ fn a_copy_of_a_trace_buffered_here_is_held_until_the_takeover_hold() {
     assert_eq!(r.shard.replicas_held(), (1, 1));
     assert_eq!(r.shard.next_deadline(), None);
 }
+
+impl Rig {
+    fn ingest_moved(&mut self, spans: Vec<EncodedSpan>, now: Duration, hold: Duration) -> Released {
+        let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        assert!(self.budget.try_reserve(bytes), "budget full in test");
+        self.shard.ingest_moved(spans, now, hold)
+    }
+}
+
+/// A kept decision whose sender released `released` (span numbers of trace 1).
+fn kept_decision(released: &[u32]) -> DecisionTransfer {
+    DecisionTransfer {
+        trace_id: tid(1),
+        keep: true,
+        age: Duration::ZERO,
+        released: released
+            .iter()
+            .map(|n| span(1, *n, 0, false).meta.span_id)
+            .collect(),
+    }
+}
+
+#[test]
+fn copied_spans_of_a_kept_trace_wait_for_the_senders_decision_instead_of_following_at_once() {
+    // Seed 45997: this owner cached a kept decision releasing s0; late spans s1, s2 reached
+    // the gateway that owned the trace at the older ring, which released them, and then
+    // came here as copies. Following the cached decision at once exported them twice.
+    let mut r = Rig::new(cfg(), 1 << 20);
+    assert!(
+        r.shard
+            .accept_decision(kept_decision(&[0]), S)
+            .kept
+            .is_empty()
+    );
+    let late = vec![span(1, 1, 0, false), span(1, 2, 0, false)];
+    assert!(r.ingest_moved(late, 2 * S, 7 * S).kept.is_empty(), "held");
+    assert_eq!(r.shard.next_deadline(), Some(9 * S), "held 7 s");
+    // A copy of the decision this node has (it lists s0 only) settles nothing (seed 47017).
+    assert!(
+        r.shard
+            .accept_decision(kept_decision(&[0]), 3 * S)
+            .kept
+            .is_empty()
+    );
+    assert_eq!(r.shard.traces_buffered(), 1);
+    // The sender's decision lists what it released: nothing is released again.
+    assert!(
+        r.shard
+            .accept_decision(kept_decision(&[0, 1, 2]), 6 * S)
+            .kept
+            .is_empty()
+    );
+    assert!(r.shard.poll(9 * S).kept.is_empty());
+    assert_eq!(r.shard.traces_buffered(), 0);
+    assert_eq!(r.budget.bytes_used(), 0);
+}
+
+#[test]
+fn copied_spans_of_a_kept_trace_follow_the_decision_once_the_hold_passes() {
+    // The sender crashed before its decision left: after the hold, what it may not have
+    // exported is released here — each span once.
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.shard.accept_decision(kept_decision(&[0]), S);
+    let late = vec![span(1, 0, 0, false), span(1, 1, 0, false)];
+    assert!(r.ingest_moved(late, 2 * S, 7 * S).kept.is_empty());
+    assert!(r.shard.poll(8 * S).kept.is_empty(), "still held");
+    let kept = r.shard.poll(9 * S).kept;
+    assert_eq!(names(&kept), vec!["2:s1"], "s0 was released before");
+    assert_eq!(r.budget.bytes_used(), 0);
+    // A dropped decision needs no hold: dropping twice loses nothing.
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.shard.accept_decision(
+        DecisionTransfer {
+            keep: false,
+            ..kept_decision(&[])
+        },
+        S,
+    );
+    assert!(
+        r.ingest_moved(vec![span(1, 1, 0, false)], 2 * S, 7 * S)
+            .kept
+            .is_empty()
+    );
+    assert_eq!(r.shard.traces_buffered(), 0);
+    assert_eq!(r.budget.bytes_used(), 0);
+}
