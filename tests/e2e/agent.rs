@@ -18,7 +18,7 @@ use crate::python_sdk::python_send_args;
 use crate::support::*;
 
 /// A running `tailgate agent`; killed on drop.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     dir: tempfile::TempDir,
     grpc: u16,
@@ -33,7 +33,12 @@ impl Drop for Agent {
 }
 
 impl Agent {
-    async fn start(config: &str, grpc: u16, metrics: u16, env: &[(&str, String)]) -> Agent {
+    pub(crate) async fn start(
+        config: &str,
+        grpc: u16,
+        metrics: u16,
+        env: &[(&str, String)],
+    ) -> Agent {
         Self::start_with_args(config, grpc, metrics, env, &[]).await
     }
 
@@ -76,15 +81,15 @@ impl Agent {
         panic!("agent did not start; log:\n{}", agent.log());
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc)
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics))
             .await
             .unwrap()
@@ -95,7 +100,7 @@ impl Agent {
     }
 
     /// Waits until the agent routes by a ring of `epoch` or newer.
-    async fn wait_ring(&self, epoch_at_least: u64) {
+    pub(crate) async fn wait_ring(&self, epoch_at_least: u64) {
         for _ in 0..200 {
             if self.metric("tailgate_routing_ring_mode").await == 1.0
                 && self.metric("tailgate_routing_epoch").await >= epoch_at_least as f64
@@ -352,7 +357,7 @@ async fn the_reference_agent_config_runs_unchanged_enriching_filtering_and_routi
     );
 }
 
-fn routing_agent_config(resolver: &str, grpc: u16, metrics: u16) -> String {
+pub(crate) fn routing_agent_config(resolver: &str, grpc: u16, metrics: u16) -> String {
     format!(
         r"
 receivers:

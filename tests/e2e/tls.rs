@@ -14,18 +14,20 @@ use rcgen::{
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::otlp::{request, spans};
-use crate::support::{Gateway, Sink, gateway_config};
+use crate::agent::{Agent, routing_agent_config};
+use crate::cluster::{Cluster, KEEP_EVERYTHING, MemberConfig};
+use crate::otlp::{request, send_grpc, spans};
+use crate::support::{Gateway, Sink, free_port, gateway_config};
 
 const GRPC_LISTENER: &str = "listener=\"receivers.otlp.protocols.grpc\"";
 
 /// A certificate authority of one test.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -38,13 +40,13 @@ impl Ca {
         Ca { issuer }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A certificate for `localhost` and 127.0.0.1, good for servers and clients: (cert,
     /// key), PEM.
-    fn issue(&self, name: &str) -> (String, String) {
+    pub(crate) fn issue(&self, name: &str) -> (String, String) {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params
             .subject_alt_names
@@ -139,7 +141,7 @@ async fn receivers_with_mtls_accept_only_clients_of_their_ca() {
     let stranger = stranger_ca.issue("stranger");
     let other_ca = export_tls(gw.ports.grpc, &server_ca.pem(), Some(&stranger)).await;
     assert!(other_ca.is_err(), "a certificate of another CA: refused");
-    let plaintext = crate::otlp::send_grpc(&gw.grpc_url(), request(spans(5))).await;
+    let plaintext = send_grpc(&gw.grpc_url(), request(spans(5))).await;
     assert!(plaintext.is_err(), "plaintext: refused");
     let mut refused = 0.0;
     for _ in 0..100 {
@@ -239,10 +241,10 @@ async fn a_tls_receiver_without_its_key_does_not_start_and_says_which_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     let text = config
-        .replace("{grpc}", &crate::support::free_port().to_string())
-        .replace("{http}", &crate::support::free_port().to_string())
-        .replace("{metrics}", &crate::support::free_port().to_string())
-        .replace("{health}", &crate::support::free_port().to_string());
+        .replace("{grpc}", &free_port().to_string())
+        .replace("{http}", &free_port().to_string())
+        .replace("{metrics}", &free_port().to_string())
+        .replace("{health}", &free_port().to_string());
     std::fs::write(&path, text).unwrap();
     let out = tokio::process::Command::new(crate::support::BIN)
         .args(["gateway", "--config", path.to_str().unwrap()])
@@ -255,4 +257,57 @@ async fn a_tls_receiver_without_its_key_does_not_start_and_says_which_file() {
         stderr.contains("receivers.otlp.protocols.grpc.tls") && stderr.contains("server.key"),
         "the error names the setting and the file: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_mtls_an_agent_follows_the_ring_and_routes_every_span() {
+    let server_ca = Ca::new("gateway CA");
+    let client_ca = Ca::new("agent CA");
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = server_ca.issue("gateway");
+    let (agent_cert, agent_key) = client_ca.issue("agent");
+    for (file, pem) in [
+        ("server.pem", cert),
+        ("server.key", key),
+        ("clients.pem", client_ca.pem()),
+        ("ca.pem", server_ca.pem()),
+        ("agent.pem", agent_cert),
+        ("agent.key", agent_key),
+    ] {
+        std::fs::write(certs.path().join(file), pem).unwrap();
+    }
+    let d = certs.path().display().to_string();
+    let gateway_tls = format!(
+        "      grpc:\n        endpoint: 127.0.0.1:{{grpc}}\n        tls:\n          cert_file: {d}/server.pem\n          key_file: {d}/server.key\n          client_ca_file: {d}/clients.pem\n"
+    );
+    let member_config: MemberConfig = std::sync::Arc::new(move |sink, name| {
+        crate::cluster::config(sink, name, KEEP_EVERYTHING).replace(
+            "      grpc:\n        endpoint: 127.0.0.1:{grpc}\n",
+            &gateway_tls,
+        )
+    });
+    let c = Cluster::start_with(2, "3s", member_config).await;
+    let hostnames: Vec<String> = c
+        .nodes
+        .values()
+        .map(|(g, _)| format!("127.0.0.1:{}", g.ports.grpc))
+        .collect();
+    let resolver = format!(
+        "      static:\n        hostnames: [{}]",
+        hostnames.join(", ")
+    );
+    let (grpc, metrics) = (free_port(), free_port());
+    let config = routing_agent_config(&resolver, grpc, metrics).replace(
+        "        tls:\n          insecure: true\n",
+        &format!(
+            "        tls:\n          ca_file: {d}/ca.pem\n          cert_file: {d}/agent.pem\n          key_file: {d}/agent.key\n"
+        ),
+    );
+    let agent = Agent::start(&config, grpc, metrics, &[]).await;
+    // The ring arrives over the gateways' mTLS port: the agent routes by it.
+    agent.wait_ring(1).await;
+    send_grpc(&agent.url(), request(spans(40))).await.unwrap();
+    let got = c.sink.wait_for_spans(40, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 40, "agent log:\n{}", agent.log());
+    assert_eq!(agent.metric("tailgate_routing_ring_mode").await, 1.0);
 }

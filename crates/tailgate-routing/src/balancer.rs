@@ -107,7 +107,15 @@ impl LoadBalancer {
         let resolver = Resolver::start(&cfg.resolver)
             .await
             .map_err(|e| anyhow::anyhow!("exporters.{name}.{e}"))?;
-        let tls = !cfg.protocol.otlp.tls.insecure;
+        // The ring is watched with the exporter's own TLS settings: a gateway that asks
+        // agents for client certificates asks on its WatchRing stream too.
+        let tls = if cfg.protocol.otlp.tls.insecure {
+            None
+        } else {
+            let tls = tailgate_pipeline::exporter::client_tls(&cfg.protocol.otlp.tls)
+                .map_err(|e| anyhow::anyhow!("exporters.{name}.protocol.otlp.tls: {e}"))?;
+            Some(tls)
+        };
         let ring = RingWatcher::start(Arc::clone(&network), resolver.endpoints.clone(), tls, seed);
         let (routes_tx, routes) = watch::channel(Routes::Nothing);
         let mut ring_state = ring.state.clone();

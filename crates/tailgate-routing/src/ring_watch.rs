@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::routes::ClusterRing;
 use crate::telemetry::*;
@@ -87,12 +87,34 @@ pub fn accept_update(
     }
 }
 
+/// Where `ep`'s ring is watched: its OTLP gRPC address, over TLS with `tls`. `None` when no
+/// endpoint can be made of it (logged).
+fn ring_endpoint(ep: &str, tls: Option<&ClientTlsConfig>) -> Option<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let address = crate::resolver::with_default_port(ep, crate::OTLP_GRPC_PORT);
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}")).ok()?;
+    let endpoint = match tls {
+        None => endpoint,
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| tracing::warn!(from = %ep, error = %e, "cannot watch the ring over TLS"))
+            .ok()?,
+    };
+    Some(
+        endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+    )
+}
+
 impl RingWatcher {
-    /// `tls` decides the scheme of the endpoints' URLs; `seed` picks the first endpoint.
+    /// With `tls` the endpoints are dialled over TLS with those settings, else in plaintext;
+    /// `seed` picks the first endpoint.
     pub fn start(
         network: Arc<dyn Network>,
         mut endpoints: watch::Receiver<Vec<String>>,
-        tls: bool,
+        tls: Option<ClientTlsConfig>,
         seed: u64,
     ) -> RingWatcher {
         let (tx, rx) = watch::channel(RingState::default());
@@ -121,16 +143,10 @@ impl RingWatcher {
                 if plain.contains_key(&ep) {
                     continue;
                 }
-                let scheme = if tls { "https" } else { "http" };
-                let address = crate::resolver::with_default_port(&ep, crate::OTLP_GRPC_PORT);
-                let Ok(endpoint) = Endpoint::from_shared(format!("{scheme}://{address}")) else {
+                let Some(endpoint) = ring_endpoint(&ep, tls.as_ref()) else {
                     plain.insert(ep, ());
                     continue;
                 };
-                let endpoint = endpoint
-                    .connect_timeout(Duration::from_secs(2))
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5));
                 let mut client = RingWatchClient::new(network.channel(endpoint));
                 let known = tx
                     .borrow()

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::consumer::{BoxFuture, ConsumeError, Consumer, RefuseReason};
 use crate::telemetry::*;
 
-pub use otlp_grpc::{grpc_status_with_retry_info, retry_info_delay};
+pub use otlp_grpc::{client_tls, grpc_status_with_retry_info, retry_info_delay};
 pub use retry::Backoff;
 
 /// At shutdown, a retry whose backoff would pass the deadline is made this long before it

@@ -40,6 +40,23 @@ pub(crate) fn endpoint_uri(endpoint: &str, tls: &ClientTlsConfig) -> String {
     }
 }
 
+/// tonic's TLS settings from an exporter's `tls`: the CA of `ca_file` (the system's roots
+/// without it) and the client certificate of `cert_file`/`key_file` when set.
+pub fn client_tls(tls: &ClientTlsConfig) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    let mut out = tonic::transport::ClientTlsConfig::new();
+    match &tls.ca_file {
+        Some(ca) => out = out.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?)),
+        None => out = out.with_native_roots(),
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        out = out.identity(Identity::from_pem(
+            read_pem(cert, "certificate")?,
+            read_pem(key, "key")?,
+        ));
+    }
+    Ok(out)
+}
+
 pub(crate) fn read_pem(path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {what} `{path}`: {e}"))
 }
@@ -57,21 +74,8 @@ impl OtlpGrpcExporter {
             .timeout(cfg.timeout.0)
             .tcp_nodelay(true);
         if uri.starts_with("https://") {
-            let mut tls = tonic::transport::ClientTlsConfig::new();
-            match &cfg.tls.ca_file {
-                Some(ca) => {
-                    tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?));
-                }
-                None => tls = tls.with_native_roots(),
-            }
-            if let (Some(cert), Some(key)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
-                tls = tls.identity(Identity::from_pem(
-                    read_pem(cert, "certificate")?,
-                    read_pem(key, "key")?,
-                ));
-            }
             endpoint = endpoint
-                .tls_config(tls)
+                .tls_config(client_tls(&cfg.tls)?)
                 .map_err(|e| anyhow::anyhow!("exporters.{id}.tls: {e}"))?;
         }
         let mut headers = Vec::new();
