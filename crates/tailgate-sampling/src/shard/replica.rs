@@ -346,9 +346,20 @@ impl TraceShard {
         out: &mut Released,
     ) {
         if self.cache.get(&id, now).is_some_and(|d| d.keep) {
+            // Spans this node released itself came back (a copy of what it accepted): they
+            // are duplicates, not spans to hold (seed 50427 handed them on as undecided).
+            let (fresh, released): (Vec<EncodedSpan>, Vec<EncodedSpan>) = spans
+                .into_iter()
+                .partition(|s| !self.cache.was_released(&id, &s.meta.span_id));
+            self.counters.spans_duplicate += released.len() as u64;
+            self.budget
+                .release(released.iter().map(|s| s.bytes.len() as u64).sum());
+            if fresh.is_empty() {
+                return;
+            }
             // Decided (see `decide`) by the cached decision once the hold is over, or
             // settled by the sender's decision before (`accept_decision`).
-            self.buffer_trace(id, spans, state, now, out);
+            self.buffer_trace(id, fresh, state, now, out);
             self.hold_until(&id, now + hold);
         } else {
             self.ingest_trace(id, spans, state, now, out);

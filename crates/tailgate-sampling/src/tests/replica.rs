@@ -317,3 +317,24 @@ fn copied_spans_of_a_kept_trace_follow_the_decision_once_the_hold_passes() {
     assert_eq!(r.shard.traces_buffered(), 0);
     assert_eq!(r.budget.bytes_used(), 0);
 }
+
+#[test]
+fn copies_of_spans_this_owner_released_are_duplicates_not_held() {
+    // Seed 50427: the owner released late spans s1, s2 under its kept decision; copies of
+    // them came back; held, they were handed to the next owner as undecided and released
+    // there again.
+    let mut r = Rig::new(cfg(), 1 << 20);
+    r.shard.accept_decision(kept_decision(&[0]), S);
+    let late = vec![span(1, 1, 0, false), span(1, 2, 0, false)];
+    let bytes: u64 = late.iter().map(|s| s.bytes.len() as u64).sum();
+    assert!(r.budget.try_reserve(bytes));
+    assert_eq!(
+        names(&r.shard.ingest(late, 2 * S).kept),
+        vec!["2:s1", "2:s2"]
+    );
+    let copies = vec![span(1, 1, 0, false), span(1, 2, 0, false)];
+    assert!(r.ingest_moved(copies, 3 * S, 7 * S).kept.is_empty());
+    assert_eq!(r.shard.traces_buffered(), 0, "nothing held");
+    assert_eq!(r.budget.bytes_used(), 0);
+    assert!(r.shard.poll(20 * S).kept.is_empty());
+}
