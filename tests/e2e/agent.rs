@@ -357,6 +357,19 @@ async fn the_reference_agent_config_runs_unchanged_enriching_filtering_and_routi
     );
 }
 
+/// A `loadbalancing` resolver listing every member's OTLP gRPC address.
+pub(crate) fn static_resolver(c: &Cluster) -> String {
+    let hostnames: Vec<String> = c
+        .nodes
+        .values()
+        .map(|(g, _)| format!("127.0.0.1:{}", g.ports.grpc))
+        .collect();
+    format!(
+        "      static:\n        hostnames: [{}]",
+        hostnames.join(", ")
+    )
+}
+
 pub(crate) fn routing_agent_config(resolver: &str, grpc: u16, metrics: u16) -> String {
     format!(
         r"
@@ -397,15 +410,7 @@ service:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ring_change_while_sending_keeps_every_trace_whole_at_one_gateway() {
     let mut c = Cluster::start(3, "3s").await;
-    let hostnames: Vec<String> = c
-        .nodes
-        .values()
-        .map(|(g, _)| format!("127.0.0.1:{}", g.ports.grpc))
-        .collect();
-    let resolver = format!(
-        "      static:\n        hostnames: [{}]",
-        hostnames.join(", ")
-    );
+    let resolver = static_resolver(&c);
     let (grpc, metrics) = (free_port(), free_port());
     let agent = Agent::start(
         &routing_agent_config(&resolver, grpc, metrics),

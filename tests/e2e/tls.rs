@@ -14,7 +14,7 @@ use rcgen::{
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::agent::{Agent, routing_agent_config};
+use crate::agent::{Agent, routing_agent_config, static_resolver};
 use crate::cluster::{Cluster, KEEP_EVERYTHING, MemberConfig};
 use crate::otlp::{request, send_grpc, spans};
 use crate::support::{Gateway, Sink, free_port, gateway_config};
@@ -287,15 +287,7 @@ async fn over_mtls_an_agent_follows_the_ring_and_routes_every_span() {
         )
     });
     let c = Cluster::start_with(2, "3s", member_config).await;
-    let hostnames: Vec<String> = c
-        .nodes
-        .values()
-        .map(|(g, _)| format!("127.0.0.1:{}", g.ports.grpc))
-        .collect();
-    let resolver = format!(
-        "      static:\n        hostnames: [{}]",
-        hostnames.join(", ")
-    );
+    let resolver = static_resolver(&c);
     let (grpc, metrics) = (free_port(), free_port());
     let config = routing_agent_config(&resolver, grpc, metrics).replace(
         "        tls:\n          insecure: true\n",
