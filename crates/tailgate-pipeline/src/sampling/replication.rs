@@ -199,15 +199,24 @@ impl TailSamplingStage {
 
 impl ShardState {
     /// Queues decisions for the replicas (only with replication on).
+    ///
+    /// A drop of a trace this node does not own is not sent: it was decided on the part of
+    /// the trace held here for an unreachable owner (a stray, or what a drain could not hand
+    /// off), while the owner — or, after a crash, the replica — holds the rest, an error span
+    /// perhaps. Sent, it made the replica drop its whole copy (seed 50547). A keep is sent:
+    /// it keeps the others from exporting what this node exported.
     pub(super) fn queue_decisions(&mut self, decided: Vec<DecisionTransfer>) {
         let now = self.now();
-        let Some(q) = self.cluster.as_mut().and_then(|c| c.replication.as_mut()) else {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(q) = c.replication.as_mut() else {
             return;
         };
         for d in decided {
             if d.keep {
                 q.decisions_kept.push_back((now, d));
-            } else {
+            } else if c.ring.owns(&c.local, &d.trace_id) {
                 q.decisions_now.push(d);
             }
         }

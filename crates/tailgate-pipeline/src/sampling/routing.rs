@@ -124,9 +124,13 @@ impl TailSamplingStage {
         // Spans held for an unreachable owner are, until it answers or is replaced, the only
         // copy of themselves: with replication they go to their trace's replica too, which
         // takes the trace over should the owner have crashed (the simulator lost such spans
-        // when the gateway holding them left before the dead owner was removed).
+        // when the gateway holding them left before the dead owner was removed). The replica
+        // is the one of the ring now: a failed forward takes a second, and the ring it was
+        // sent by may have changed meanwhile — under that ring this node, leaving since, was
+        // the replica, and the spans had no copy anywhere (seed 56252).
         let stray_copies = if c.replicating && !strays.is_empty() {
-            Self::copy_to_replicas(&c.link, &ring, local, &strays)
+            let ring_now = Arc::clone(&c.ring.borrow());
+            Self::copy_to_replicas(&c.link, &ring_now, local, &strays)
         } else {
             Vec::new()
         };
