@@ -95,6 +95,63 @@ fn the_helm_chart_lints_and_renders_schema_valid_manifests_for_both_modes() {
     );
     assert!(gateway.contains("name: otel-gateway-collector-headless"));
     assert!(gateway.contains("--join=tailgate-gateway-0.otel-gateway-collector-headless.observability.svc.cluster.local:4320,"));
+    // With TLS on, both modes mount the Secret and speak mTLS: OTLP, the cluster plane, and
+    // the agent's exports; without a Secret the render fails, naming the value.
+    for (mode, expected) in [
+        (
+            "gateway",
+            &[
+                "--set=cluster::tls::ca_file=/etc/tailgate-tls/ca.crt",
+                "--set=cluster::tls::allowed_peer_names=[tailgate-gateway.observability.svc]",
+                "--set=receivers::otlp::protocols::grpc::tls::client_ca_file=/etc/tailgate-tls/ca.crt",
+                "secretName: tailgate-tls",
+            ][..],
+        ),
+        (
+            "agent",
+            &[
+                "--set=exporters::loadbalancing::protocol::otlp::tls::cert_file=/etc/tailgate-tls/tls.crt",
+                "--set=exporters::loadbalancing::protocol::otlp::tls::server_name_override=tailgate-gateway.observability.svc",
+                "secretName: tailgate-tls",
+            ][..],
+        ),
+    ] {
+        let rendered = checked(
+            Command::new("helm")
+                .args(["template", &format!("tailgate-{mode}"), chart])
+                .args([
+                    "--namespace",
+                    "observability",
+                    "--set",
+                    &format!("mode={mode}"),
+                ])
+                .args(["--set", "tls.enabled=true,tls.secretName=tailgate-tls"])
+                .args([
+                    "--set",
+                    "tls.clusterPeerNames={tailgate-gateway.observability.svc}",
+                ])
+                .args([
+                    "--set",
+                    "tls.gatewayServerName=tailgate-gateway.observability.svc",
+                ])
+                .output()
+                .unwrap(),
+            &format!("helm template ({mode}, TLS)"),
+        );
+        validate_manifests(&rendered, &format!("the chart in mode {mode} with TLS"));
+        for line in expected {
+            assert!(
+                rendered.contains(line),
+                "{mode} with TLS lacks {line}:\n{rendered}"
+            );
+        }
+    }
+    let out = Command::new("helm")
+        .args(["template", "x", chart, "--set", "tls.enabled=true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls.secretName is required"));
     // A mode the chart does not know fails the render, naming it.
     let out = Command::new("helm")
         .args(["template", "x", chart, "--set", "mode=deployment"])
@@ -148,6 +205,19 @@ fn the_kubernetes_manifests_render_and_validate_against_the_schemas() {
             assert!(rendered.contains(kind), "{overlay} renders no {kind}");
         }
         validate_manifests(&rendered, overlay);
+        if overlay == "overlays/production" {
+            // Every hop inside the cluster on mTLS: the cluster plane, OTLP into the
+            // gateways, the agents' exports.
+            for line in [
+                "--set=cluster::tls::cert_file=/etc/tailgate-tls/tls.crt",
+                "--set=receivers::otlp::protocols::grpc::tls::client_ca_file=/etc/tailgate-tls/ca.crt",
+                "--set=exporters::loadbalancing::protocol::otlp::tls::key_file=/etc/tailgate-tls/tls.key",
+                "secretName: tailgate-gateway-tls",
+                "secretName: tailgate-agent-tls",
+            ] {
+                assert!(rendered.contains(line), "production lacks {line}");
+            }
+        }
     }
 }
 
@@ -181,4 +251,45 @@ fn metric_names(expr: &str) -> Vec<String> {
         .filter(|w| w.starts_with("otelcol_") || w.starts_with("tailgate_"))
         .map(str::to_string)
         .collect()
+}
+
+/// The `--set=` overrides the production overlay adds to `workload`'s args.
+fn overlay_overrides(workload: &str) -> Vec<String> {
+    let overlay = std::fs::read_to_string(repo(
+        "deploy/kubernetes/overlays/production/kustomization.yaml",
+    ))
+    .unwrap();
+    let section = overlay
+        .split("  - target:")
+        .skip(1)
+        .find(|s| s.contains(&format!("name: {workload}\n")))
+        .unwrap_or_else(|| panic!("no patch of {workload}"));
+    section
+        .lines()
+        .filter_map(|l| l.split("value: \"").nth(1))
+        .map(|v| v.trim_end_matches("\"}").to_string())
+        .filter(|v| v.starts_with("--set="))
+        .collect()
+}
+
+#[test]
+fn the_production_overlays_tls_settings_make_valid_configs() {
+    for (workload, config, expected) in [
+        ("tailgate-gateway", "gateway.yaml", 7),
+        ("tailgate-agent", "agent.yaml", 5),
+    ] {
+        let sets = overlay_overrides(workload);
+        assert_eq!(sets.len(), expected, "{sets:?}");
+        let config = repo(&format!("deploy/kubernetes/base/config/{config}"));
+        let out = Command::new(BIN)
+            .args(["validate", "--config", config.to_str().unwrap()])
+            .args(&sets)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{workload}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -47,7 +47,14 @@ impl Ca {
     /// A certificate for `localhost` and 127.0.0.1, good for servers and clients: (cert,
     /// key), PEM.
     pub(crate) fn issue(&self, name: &str) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        self.issue_with(name, &[], false)
+    }
+
+    /// Like [`Ca::issue`], with more DNS names, and expired a year ago when `expired`.
+    pub(crate) fn issue_with(&self, name: &str, dns: &[&str], expired: bool) -> (String, String) {
+        let mut sans = vec!["localhost".to_string()];
+        sans.extend(dns.iter().map(ToString::to_string));
+        let mut params = CertificateParams::new(sans).unwrap();
         params
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));
@@ -56,6 +63,10 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+        }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -64,7 +75,7 @@ impl Ca {
 
 /// Writes a file whole under a temporary name, then renames it over `path`, as a rotation
 /// of a mounted Secret swaps the files at once.
-fn write_atomically(path: &Path, contents: &str) {
+pub(crate) fn write_atomically(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();

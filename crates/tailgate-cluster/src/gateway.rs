@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tailgate_config::Config;
-use tailgate_pipeline::net::Incoming;
+use tailgate_pipeline::net::{Incoming, Network};
 use tailgate_pipeline::service::{RunningService, ServiceOptions};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,6 +24,9 @@ pub struct ClusterStart {
     /// Connections to the cluster address (already bound).
     pub incoming: Incoming,
     pub local_addr: SocketAddr,
+    /// What this gateway calls its peers over: the network `incoming` came from (with
+    /// `cluster.tls`, mutual TLS on TCP).
+    pub network: Arc<dyn Network>,
     pub wall_clock: WallClock,
 }
 
@@ -60,7 +63,7 @@ pub async fn start_gateway(
     }
     let node = ClusterNode::new(
         cluster.settings,
-        Peers::new(Arc::clone(&opts.network)),
+        Peers::new(cluster.network),
         cluster.wall_clock,
     )
     .await?;

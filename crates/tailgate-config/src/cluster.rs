@@ -11,10 +11,16 @@
 //!   member_timeout: 3s
 //!   ring_debounce: 500ms
 //!   replication_factor: 2   # every buffered span also on the ring successor (crash durability)
+//!   tls:                    # mutual TLS between gateways (docs/operations.md, "Security")
+//!     cert_file: /etc/tailgate/cluster-tls/tls.crt
+//!     key_file: /etc/tailgate/cluster-tls/tls.key
+//!     ca_file: /etc/tailgate/cluster-tls/ca.crt
+//!     allowed_peer_names: [tailgate-gateway.observability.svc]  # a SAN every member's certificate holds
 //! ```
 
 use serde::Deserialize;
 
+use crate::tls::ClusterTlsConfig;
 use crate::types::GoDuration;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -48,6 +54,10 @@ pub struct ClusterConfig {
     /// successor, so a crash of any one gateway loses no buffered trace).
     #[serde(default = "default_replication_factor")]
     pub replication_factor: u8,
+    /// Mutual TLS between gateways. Absent, the cluster port is unauthenticated (a warning
+    /// at start says so).
+    #[serde(default)]
+    pub tls: Option<ClusterTlsConfig>,
 }
 
 /// Most copies of a buffered span `replication_factor` may ask for.
@@ -80,6 +90,7 @@ impl Default for ClusterConfig {
             member_timeout: default_member_timeout(),
             ring_debounce: default_ring_debounce(),
             replication_factor: default_replication_factor(),
+            tls: None,
         }
     }
 }

@@ -298,6 +298,13 @@ fn load_cluster(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
                 ),
             );
         }
+        for (path, message) in c
+            .tls
+            .iter()
+            .flat_map(crate::tls::ClusterTlsConfig::problems)
+        {
+            l.error(format!("cluster.{path}"), message);
+        }
     }
 }
 

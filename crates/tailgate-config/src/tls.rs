@@ -1,5 +1,6 @@
 //! `tls` of a receiver's server (`receivers.otlp.protocols.{grpc,http}.tls`), with the
-//! collector's keys (`configtls.ServerConfig`). Absent, the receiver speaks plaintext.
+//! collector's keys (`configtls.ServerConfig`), and `cluster.tls`, mutual TLS between
+//! gateways. Absent, the listener speaks plaintext.
 
 use serde::Deserialize;
 
@@ -79,6 +80,70 @@ impl ServerTlsConfig {
         }
         if self.min_version() > self.max_version() {
             out.push(("tls.min_version".into(), "is newer than max_version".into()));
+        }
+        if self.reload_interval.is_some_and(|d| d.is_zero()) {
+            out.push((
+                "tls.reload_interval".into(),
+                "must be greater than 0 (leave it out to reload only on change)".into(),
+            ));
+        }
+        out
+    }
+}
+
+/// `cluster.tls`: mutual TLS on the cluster plane (Raft, join, forward, handoff,
+/// replication, admin). Every gateway presents `cert_file` to its peers, as server and as
+/// client, and accepts only peers whose certificate `ca_file` signed (and, with
+/// `allowed_peer_names`, that name one of them in a SAN). Re-read like a receiver's files.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// PEM certificate chain this gateway presents, leaf first.
+    #[serde(default)]
+    pub cert_file: String,
+    /// PEM private key of the leaf certificate.
+    #[serde(default)]
+    pub key_file: String,
+    /// PEM CA certificates of the cluster: a peer's certificate must chain to one of them.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Names a peer's certificate must be valid for (at least one), checked against its
+    /// DNS and IP SANs as an HTTPS client checks a server's (a SAN `*.x` covers `a.x`).
+    /// Use it when the CA also signs certificates of other services. Empty: any
+    /// certificate of the CA.
+    #[serde(default)]
+    pub allowed_peer_names: Vec<String>,
+    /// Re-read the files this often even if they look unchanged. Default: only on change.
+    #[serde(default)]
+    pub reload_interval: Option<GoDuration>,
+}
+
+impl ClusterTlsConfig {
+    /// What is wrong with these settings, as `(field, message)` below `cluster`.
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, file, why) in [
+            (
+                "cert_file",
+                &self.cert_file,
+                "the certificate this gateway presents",
+            ),
+            ("key_file", &self.key_file, "the key of cert_file"),
+            (
+                "ca_file",
+                &self.ca_file,
+                "the CA that signed every member's certificate",
+            ),
+        ] {
+            if file.trim().is_empty() {
+                out.push((format!("tls.{name}"), format!("required: {why}")));
+            }
+        }
+        if let Some(bad) = self.allowed_peer_names.iter().find(|n| n.trim().is_empty()) {
+            out.push((
+                "tls.allowed_peer_names".into(),
+                format!("names must not be empty (got {bad:?})"),
+            ));
         }
         if self.reload_interval.is_some_and(|d| d.is_zero()) {
             out.push((

@@ -9,6 +9,8 @@ use tailgate_cluster::proto::cluster_client::ClusterClient;
 use tailgate_cluster::proto::{
     ClearSamplingRequest, SetSamplingRequest, StatusReply, StatusRequest,
 };
+use tailgate_config::tls::ClusterTlsConfig;
+use tailgate_pipeline::tls::{TlsNetwork, cluster_tls};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Args)]
@@ -16,6 +18,27 @@ pub struct AdminArgs {
     /// Cluster address of any gateway (`--cluster-listen` / `--advertise`).
     #[arg(long, default_value = "127.0.0.1:4320")]
     pub admin: String,
+    /// With `cluster.tls`: a certificate of the cluster's CA to present (PEM).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<String>,
+    /// The key of `--tls-cert` (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<String>,
+    /// The cluster's CA certificate (PEM): the gateway's certificate must chain to it.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<String>,
+}
+
+impl AdminArgs {
+    /// The cluster TLS settings the flags give, if any.
+    fn tls(&self) -> Option<ClusterTlsConfig> {
+        Some(ClusterTlsConfig {
+            cert_file: self.tls_cert.clone()?,
+            key_file: self.tls_key.clone()?,
+            ca_file: self.tls_ca.clone()?,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -39,19 +62,30 @@ pub enum SamplingCommand {
     },
 }
 
-async fn client(addr: &str) -> anyhow::Result<ClusterClient<Channel>> {
+async fn client(args: &AdminArgs) -> anyhow::Result<ClusterClient<Channel>> {
+    let addr = &args.admin;
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    let channel = Endpoint::from_shared(uri)
+    let endpoint = Endpoint::from_shared(uri)
         .with_context(|| format!("invalid --admin address {addr:?}"))?
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {addr}"))?;
+        .timeout(Duration::from_secs(10));
+    let channel = match args.tls() {
+        None => endpoint.connect().await,
+        Some(tls) => {
+            let tls = cluster_tls(&tls).context("--tls-cert/--tls-key/--tls-ca")?;
+            TlsNetwork::new(tls).connect(endpoint).await
+        }
+    };
+    let channel = channel.map_err(|e| {
+        // The transport error's own text is "transport error"; its cause says what failed
+        // (refused, TLS handshake).
+        let cause = std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string);
+        anyhow::anyhow!("cannot reach the gateway at {addr}: {cause}")
+    })?;
     Ok(ClusterClient::new(channel))
 }
 
@@ -62,7 +96,7 @@ pub async fn sampling(cmd: SamplingCommand) -> anyhow::Result<()> {
             duration,
             admin,
         } => {
-            let mut c = client(&admin.admin).await?;
+            let mut c = client(&admin).await?;
             let r = c
                 .set_sampling(SetSamplingRequest {
                     probabilistic_percent: probabilistic,
@@ -78,7 +112,7 @@ pub async fn sampling(cmd: SamplingCommand) -> anyhow::Result<()> {
             )
         }
         SamplingCommand::Clear { admin } => {
-            let mut c = client(&admin.admin).await?;
+            let mut c = client(&admin).await?;
             let r = c
                 .clear_sampling(ClearSamplingRequest {})
                 .await
@@ -94,7 +128,7 @@ pub async fn sampling(cmd: SamplingCommand) -> anyhow::Result<()> {
 }
 
 pub async fn status(args: AdminArgs) -> anyhow::Result<()> {
-    let mut c = client(&args.admin).await?;
+    let mut c = client(&args).await?;
     let s = c
         .status(StatusRequest {})
         .await

@@ -82,7 +82,8 @@ struct DevGateway {
 
 impl DevGateway {
     async fn start(&mut self, join: &[String], seed: u64) -> anyhow::Result<()> {
-        let (incoming, local_addr) = tailgate_pipeline::net::tcp()
+        let network = tailgate_pipeline::net::tcp();
+        let (incoming, local_addr) = network
             .bind(&self.cluster_addr)
             .await
             .with_context(|| format!("{}: cannot listen on {}", self.name, self.cluster_addr))?;
@@ -97,6 +98,7 @@ impl DevGateway {
             settings,
             incoming,
             local_addr,
+            network,
             wall_clock: system_wall_clock(),
         };
         let options = ServiceOptions {

@@ -1,5 +1,6 @@
 //! `tailgate gateway --config F [--node-id ID --cluster-listen ADDR --advertise ADDR --join PEERS]`
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -7,8 +8,11 @@ use clap::Args;
 use tailgate_cluster::gateway::{ClusterStart, RunningGateway, start_gateway};
 use tailgate_cluster::{ClusterSettings, system_wall_clock};
 use tailgate_config::cluster::ClusterConfig;
+use tailgate_config::tls::ClusterTlsConfig;
 use tailgate_config::{Config, ReceiverConfig};
 use tailgate_pipeline::ServiceOptions;
+use tailgate_pipeline::net::Network;
+use tailgate_pipeline::tls::{TlsNetwork, cluster_tls};
 
 use crate::lifecycle::{ShutdownReport, StopSignal};
 
@@ -98,9 +102,11 @@ pub async fn cluster_start(
         member_timeout,
         ring_debounce,
         replication_factor,
+        tls,
     } = section;
     let listen = args.cluster_listen.clone().unwrap_or(listen);
-    let (incoming, bound) = tailgate_pipeline::net::tcp()
+    let network = cluster_network(tls.as_ref())?;
+    let (incoming, bound) = network
         .bind(&listen)
         .await
         .with_context(|| format!("cluster: cannot listen on {listen}"))?;
@@ -139,8 +145,27 @@ pub async fn cluster_start(
         settings,
         incoming,
         local_addr: bound,
+        network,
         wall_clock: system_wall_clock(),
     }))
+}
+
+/// The cluster plane's network: mutual TLS with `cluster.tls`, else plaintext TCP — and a
+/// warning, since then anyone who reaches the port can join the ring, receive handed-off
+/// traces or change the sampling.
+fn cluster_network(tls: Option<&ClusterTlsConfig>) -> anyhow::Result<Arc<dyn Network>> {
+    match tls {
+        Some(tls) => {
+            let tls = cluster_tls(tls).context("cluster.tls")?;
+            Ok(Arc::new(TlsNetwork::new(tls)))
+        }
+        None => {
+            tracing::warn!(
+                "cluster: no cluster.tls; the cluster port is unauthenticated (anyone who reaches it can join, receive traces and change sampling) — see docs/operations.md, \"Security\""
+            );
+            Ok(tailgate_pipeline::net::tcp())
+        }
+    }
 }
 
 pub fn log_addresses(g: &RunningGateway) {

@@ -249,6 +249,7 @@ pub async fn gateway_host(shared: Arc<Shared>, name: String, seed: u64) -> turmo
         settings,
         incoming,
         local_addr,
+        network: Arc::clone(&net),
         wall_clock,
     };
     let gateway = start_gateway(&cfg, opts, Some(cluster))

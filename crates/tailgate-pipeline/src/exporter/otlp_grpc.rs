@@ -54,6 +54,9 @@ pub fn client_tls(tls: &ClientTlsConfig) -> anyhow::Result<tonic::transport::Cli
             read_pem(key, "key")?,
         ));
     }
+    if let Some(name) = &tls.server_name_override {
+        out = out.domain_name(name.clone());
+    }
     Ok(out)
 }
 
