@@ -18,6 +18,28 @@ use crate::consumer::Client;
 use crate::net::PeerAddr;
 use crate::rpc::RpcStatus;
 
+#[derive(Debug, thiserror::Error)]
+pub enum GunzipError {
+    #[error("invalid gzip body: {0}")]
+    Invalid(std::io::Error),
+    #[error("decompressed body exceeds max_request_body_size ({0} bytes)")]
+    TooLarge(usize),
+}
+
+/// A gzip body decompressed, at most `max_bytes` of it: a small body that inflates to
+/// gigabytes (a zip bomb) stops at the limit, never allocating more than `max_bytes + 1`.
+pub fn gunzip(body: &[u8], max_bytes: usize) -> Result<Vec<u8>, GunzipError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_bytes + 1));
+    GzDecoder::new(body)
+        .take(max_bytes as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(GunzipError::Invalid)?;
+    if out.len() > max_bytes {
+        return Err(GunzipError::TooLarge(max_bytes));
+    }
+    Ok(out)
+}
+
 #[derive(Clone)]
 struct HttpState {
     ingest: Arc<Ingest>,
@@ -67,28 +89,15 @@ async fn traces(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity");
     let raw = match content_encoding {
-        "gzip" => {
-            let mut out = Vec::with_capacity(body.len() * 4);
-            let mut reader = GzDecoder::new(&body[..]).take(st.max_bytes as u64 + 1);
-            if let Err(e) = reader.read_to_end(&mut out) {
-                return error(
-                    encoding,
-                    StatusCode::BAD_REQUEST,
-                    &format!("invalid gzip body: {e}"),
-                );
+        "gzip" => match gunzip(&body, st.max_bytes) {
+            Ok(out) => Bytes::from(out),
+            Err(e @ GunzipError::Invalid(_)) => {
+                return error(encoding, StatusCode::BAD_REQUEST, &e.to_string());
             }
-            if out.len() > st.max_bytes {
-                return error(
-                    encoding,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
-                        "decompressed body exceeds max_request_body_size ({} bytes)",
-                        st.max_bytes
-                    ),
-                );
+            Err(e @ GunzipError::TooLarge(_)) => {
+                return error(encoding, StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
             }
-            Bytes::from(out)
-        }
+        },
         "identity" | "" => body,
         other => {
             return error(
