@@ -1,105 +1,16 @@
-//! Every supported component's settings, with the collector's names, meanings and defaults.
-//! All structs deny unknown fields: a typo is an error naming the allowed keys.
+//! Every supported component's settings, with the collector's names, meanings and defaults
+//! (the receivers' in `receivers`, re-exported here). All structs deny unknown fields: a
+//! typo is an error naming the allowed keys.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::tls::ServerTlsConfig;
-use crate::types::{
-    AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, present,
+pub use crate::receivers::{
+    GrpcKeepaliveConfig, GrpcServerConfig, GrpcServerKeepalive, HttpServerConfig, OtlpProtocols,
+    OtlpReceiverConfig,
 };
-
-// ---------------------------------------------------------------- receivers
-
-/// `receivers.otlp`
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpReceiverConfig {
-    #[serde(default)]
-    pub protocols: OtlpProtocols,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpProtocols {
-    /// Present (even empty) enables OTLP/gRPC.
-    #[serde(default, deserialize_with = "present")]
-    pub grpc: Option<GrpcServerConfig>,
-    /// Present (even empty) enables OTLP/HTTP.
-    #[serde(default, deserialize_with = "present")]
-    pub http: Option<HttpServerConfig>,
-}
-
-/// OTLP/gRPC server settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcServerConfig {
-    /// Listen address. Default `0.0.0.0:4317`.
-    #[serde(default = "default_grpc_endpoint")]
-    pub endpoint: String,
-    /// Largest accepted request in MiB, after decompression. Default 4.
-    #[serde(default = "default_max_recv_msg_size_mib")]
-    pub max_recv_msg_size_mib: u64,
-    /// Absent: plaintext.
-    #[serde(default)]
-    pub tls: Option<ServerTlsConfig>,
-}
-
-impl Default for GrpcServerConfig {
-    fn default() -> Self {
-        GrpcServerConfig {
-            endpoint: default_grpc_endpoint(),
-            max_recv_msg_size_mib: default_max_recv_msg_size_mib(),
-            tls: None,
-        }
-    }
-}
-
-/// OTLP/HTTP server settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpServerConfig {
-    /// Listen address. Default `0.0.0.0:4318`.
-    #[serde(default = "default_http_endpoint")]
-    pub endpoint: String,
-    /// Path of the trace endpoint. Default `/v1/traces`.
-    #[serde(default = "default_traces_url_path")]
-    pub traces_url_path: String,
-    /// Largest accepted body in bytes, after decompression. Default 4 MiB, like gRPC.
-    #[serde(default = "default_max_request_body_size")]
-    pub max_request_body_size: u64,
-    /// Absent: plaintext.
-    #[serde(default)]
-    pub tls: Option<ServerTlsConfig>,
-}
-
-impl Default for HttpServerConfig {
-    fn default() -> Self {
-        HttpServerConfig {
-            endpoint: default_http_endpoint(),
-            traces_url_path: default_traces_url_path(),
-            max_request_body_size: default_max_request_body_size(),
-            tls: None,
-        }
-    }
-}
-
-fn default_grpc_endpoint() -> String {
-    "0.0.0.0:4317".into()
-}
-fn default_http_endpoint() -> String {
-    "0.0.0.0:4318".into()
-}
-fn default_traces_url_path() -> String {
-    "/v1/traces".into()
-}
-fn default_max_recv_msg_size_mib() -> u64 {
-    4
-}
-fn default_max_request_body_size() -> u64 {
-    4 * 1024 * 1024
-}
+use crate::types::{AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition};
 
 // ---------------------------------------------------------------- processors
 
@@ -255,6 +166,11 @@ pub struct ClientTlsConfig {
     /// Client key (PEM) for mutual TLS; needs `cert_file`.
     #[serde(default)]
     pub key_file: Option<String>,
+    /// The name the server's certificate must hold, instead of the endpoint's host: the
+    /// `loadbalancing` exporter dials gateways by pod IP, which their certificate does not
+    /// list.
+    #[serde(default)]
+    pub server_name_override: Option<String>,
 }
 
 /// Payload compression.

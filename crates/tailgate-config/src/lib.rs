@@ -19,6 +19,7 @@ mod locate;
 mod model;
 mod overrides;
 mod reader;
+mod receivers;
 pub mod sampling;
 mod service_section;
 pub mod tls;

@@ -138,6 +138,53 @@ pub(crate) fn receiver(r: &ReceiverConfig) -> Problems {
     let mut out = Problems::new();
     let grpc = otlp.protocols.grpc.as_ref().and_then(|g| g.tls.as_ref());
     let http = otlp.protocols.http.as_ref().and_then(|h| h.tls.as_ref());
+    if let Some(g) = &otlp.protocols.grpc {
+        if g.max_concurrent_streams == 0 {
+            out.push((
+                "protocols.grpc.max_concurrent_streams".into(),
+                "must be at least 1 (0, unlimited, would let one connection hold any number of requests)".into(),
+            ));
+        }
+        if g.max_connections == 0 {
+            out.push((
+                "protocols.grpc.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let k = &g.keepalive.server_parameters;
+        for (name, d) in [
+            ("max_connection_idle", Some(k.max_connection_idle)),
+            ("max_connection_age", k.max_connection_age),
+            ("time", k.time),
+            ("timeout", k.timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                out.push((
+                    format!("protocols.grpc.keepalive.server_parameters.{name}"),
+                    "must be greater than 0".into(),
+                ));
+            }
+        }
+    }
+    if let Some(h) = &otlp.protocols.http {
+        if h.max_connections == 0 {
+            out.push((
+                "protocols.http.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (name, d) in [
+            ("read_header_timeout", h.read_header_timeout),
+            ("idle_timeout", h.idle_timeout),
+        ] {
+            if d.is_zero() {
+                out.push((
+                    format!("protocols.http.{name}"),
+                    "must be greater than 0".into(),
+                ));
+            }
+        }
+    }
     for (protocol, tls) in [("grpc", grpc), ("http", http)] {
         if let Some(tls) = tls {
             out.extend(
@@ -181,6 +228,12 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
                 }
             }
             tls(&c.tls, &mut out);
+            if c.tls.server_name_override.is_some() {
+                out.push((
+                    "tls.server_name_override".into(),
+                    "not supported by otlphttp (its HTTPS client checks the URL's host); use a host the certificate names, or the otlp exporter".into(),
+                ));
+            }
             retry(&c.retry_on_failure, &mut out);
             queue(&c.sending_queue, &mut out);
         }

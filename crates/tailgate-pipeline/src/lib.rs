@@ -19,6 +19,7 @@
 //! can drive this code.
 
 pub mod cluster;
+pub mod connections;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;

@@ -21,6 +21,10 @@ pub const RECEIVER_BAD_REQUESTS: &str = "tailgate_receiver_bad_requests_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "tailgate_tls_handshake_failures_total";
 /// Re-reads of a listener's certificate files. Labels: listener, result (ok | failed).
 pub const TLS_RELOADS: &str = "tailgate_tls_reloads_total";
+/// Connections a receiver closed to bound what clients hold (`listener`, `reason`).
+pub const CONNECTIONS_CLOSED: &str = "tailgate_receiver_connections_closed_total";
+/// Connections a receiver holds open (`listener`).
+pub const CONNECTIONS_OPEN: &str = "tailgate_receiver_connections_open";
 
 // Processors. Label: processor.
 pub const PROCESSOR_INCOMING_ITEMS: &str = "otelcol_processor_incoming_items_total";

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -15,11 +16,12 @@ use tailgate_config::components::MetricsLevel;
 use tailgate_config::{Config, ExtensionConfig, ReceiverConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::service::Routes;
 
-use super::{BoundAddresses, ServiceOptions};
+use super::http_serve::serve_http;
+use super::{BoundAddresses, Server, ServiceOptions};
+use crate::connections::{ConnectionLimits, guard_connections};
 use crate::consumer::Consumer;
 use crate::extension::health::Health;
 use crate::memory::MemorySource;
@@ -28,18 +30,15 @@ use crate::receiver::Ingest;
 use crate::receiver::grpc::OtlpGrpcService;
 use crate::stages::Tee;
 use crate::telemetry::{PROCESS_UPTIME, recorder};
-use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls, StreamListener, accept_tls};
+use crate::tls::{ALPN_GRPC, ALPN_HTTP, accept_tls, receiver_tls};
 
 /// HTTP/2 flow-control windows and frame size of the OTLP/gRPC receiver.
 const GRPC_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 const GRPC_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 const GRPC_FRAME_BYTES_MAX: u32 = 1024 * 1024;
-
-/// A listening task and the signal that stops it gracefully.
-pub(super) struct Server {
-    pub(super) stop: oneshot::Sender<()>,
-    pub(super) task: JoinHandle<()>,
-}
+/// A new OTLP/gRPC connection must send the HTTP/2 preface within this (see
+/// `connections`): one that says nothing, or a byte a second, is closed.
+const GRPC_PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Listeners started so far, and where they bound.
 #[derive(Default)]
@@ -86,26 +85,27 @@ impl Listeners {
             if let Some(http) = &otlp.protocols.http {
                 let what = format!("receivers.{id}.protocols.http");
                 let router = crate::receiver::http::router(Arc::clone(&ingest), http);
-                let server = match &http.tls {
-                    None => {
-                        let listener = bind(&http.endpoint, &what).await?;
-                        self.addresses
-                            .otlp_http
-                            .insert(id.to_string(), listener.local_addr()?);
-                        spawn_axum(listener, router)
-                    }
+                let (incoming, local) = opts
+                    .network
+                    .bind(&http.endpoint)
+                    .await
+                    .with_context(|| format!("{what}: cannot listen on {}", http.endpoint))?;
+                self.addresses.otlp_http.insert(id.to_string(), local);
+                let limits = ConnectionLimits {
+                    max_connections: http.max_connections,
+                    first_bytes_timeout: http.read_header_timeout.0,
+                    idle_timeout: http.idle_timeout.0,
+                };
+                let incoming = guard_connections(incoming, limits, &what);
+                let incoming = match &http.tls {
+                    None => incoming,
                     Some(tls) => {
-                        let (incoming, local) =
-                            opts.network.bind(&http.endpoint).await.with_context(|| {
-                                format!("{what}: cannot listen on {}", http.endpoint)
-                            })?;
-                        self.addresses.otlp_http.insert(id.to_string(), local);
-                        let tls = ServerTls::start(tls, ALPN_HTTP, &what)
+                        let tls = receiver_tls(tls, ALPN_HTTP, &what)
                             .with_context(|| format!("{what}.tls"))?;
-                        let incoming = accept_tls(tls, incoming, &what);
-                        spawn_axum(StreamListener::new(incoming, local), router)
+                        accept_tls(tls, incoming, &what)
                     }
                 };
+                let server = serve_http(incoming, router, http.read_header_timeout.0);
                 self.receivers.push(server);
             }
         }
@@ -126,12 +126,19 @@ impl Listeners {
             )
         })?;
         self.addresses.otlp_grpc.insert(id.to_string(), local);
+        let what = format!("receivers.{id}.protocols.grpc");
+        let keepalive = &grpc.keepalive.server_parameters;
+        let limits = ConnectionLimits {
+            max_connections: grpc.max_connections,
+            first_bytes_timeout: GRPC_PREFACE_TIMEOUT,
+            idle_timeout: keepalive.max_connection_idle.0,
+        };
+        let incoming = guard_connections(incoming, limits, &what);
         let incoming = match &grpc.tls {
             None => incoming,
             Some(tls) => {
-                let what = format!("receivers.{id}.protocols.grpc");
-                let tls = ServerTls::start(tls, ALPN_GRPC, &what)
-                    .with_context(|| format!("{what}.tls"))?;
+                let tls =
+                    receiver_tls(tls, ALPN_GRPC, &what).with_context(|| format!("{what}.tls"))?;
                 accept_tls(tls, incoming, &what)
             }
         };
@@ -140,14 +147,29 @@ impl Listeners {
         if let Some(add) = &opts.grpc_services {
             routes = add(routes);
         }
+        let max_concurrent_streams = grpc.max_concurrent_streams;
+        let ping_every = keepalive.time.map(|d| d.0);
+        let ping_timeout = keepalive.timeout.map(|d| d.0);
+        let max_age = keepalive.max_connection_age.map(|d| d.0);
+        let max_age_grace = keepalive.max_connection_age_grace.map(|d| d.0);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             // Large requests (hundreds of spans) arrive in fewer frames and without waiting
             // on window updates; h2's 64 KiB defaults cost a third of the CPU at load.
-            let result = tonic::transport::Server::builder()
+            let mut server = tonic::transport::Server::builder()
                 .initial_stream_window_size(GRPC_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(GRPC_CONNECTION_WINDOW_BYTES)
                 .max_frame_size(GRPC_FRAME_BYTES_MAX)
+                .max_concurrent_streams(max_concurrent_streams)
+                .http2_keepalive_interval(ping_every)
+                .http2_keepalive_timeout(ping_timeout);
+            if let Some(age) = max_age {
+                server = server.max_connection_age(age);
+            }
+            if let Some(grace) = max_age_grace {
+                server = server.max_connection_age_grace(grace);
+            }
+            let result = server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -247,12 +269,6 @@ where
 
 impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> PeerAddr {
-        PeerAddr(Some(*stream.remote_addr()))
-    }
-}
-
-impl Connected<IncomingStream<'_, StreamListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, StreamListener>) -> PeerAddr {
         PeerAddr(Some(*stream.remote_addr()))
     }
 }

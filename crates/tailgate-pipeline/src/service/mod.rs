@@ -5,6 +5,7 @@
 //! stage by stage into its exporters → exporters drain their queues until the deadline, and
 //! count what they could not send as failed (`reason="shutdown"`).
 
+mod http_serve;
 mod listeners;
 mod topology;
 
@@ -26,7 +27,7 @@ use crate::memory::{MemorySource, ProcessRss};
 use crate::net::Network;
 use crate::sampling::TailSamplingStage;
 use crate::telemetry::recorder;
-use listeners::{Listeners, Server};
+use listeners::Listeners;
 use topology::{Exporters, build_pipelines};
 
 /// Knobs that are not in the config file.
@@ -86,6 +87,12 @@ impl Default for ServiceOptions {
             components: None,
         }
     }
+}
+
+/// A listening task and the signal that stops it gracefully.
+pub(crate) struct Server {
+    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
+    pub(crate) task: JoinHandle<()>,
 }
 
 /// Where each listener actually bound (ports may be 0 in the config).
