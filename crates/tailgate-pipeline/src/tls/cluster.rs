@@ -282,13 +282,22 @@ impl TlsNetwork {
     /// A channel to `endpoint` connected now (an error says why it could not be), for one-off
     /// callers such as `tailgate status`.
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+        endpoint.connect_with_connector(self.connector()).await
+    }
+
+    /// Dials a peer over TLS with the client config current at each connection's start.
+    fn connector(
+        &self,
+    ) -> impl tower::Service<
+        Uri,
+        Response = TokioIo<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>,
+        Error = io::Error,
+        Future = impl Future + Send,
+    > + Clone
+    + Send
+    + 'static {
         let tls = Arc::clone(&self.tls);
-        endpoint
-            .connect_with_connector(tower::service_fn(move |uri: Uri| {
-                let config = Arc::clone(&tls.current().client);
-                connect(uri, config)
-            }))
-            .await
+        tower::service_fn(move |uri: Uri| connect(uri, Arc::clone(&tls.current().client)))
     }
 }
 
@@ -303,11 +312,7 @@ impl Network for TlsNetwork {
     }
 
     fn channel(&self, endpoint: Endpoint) -> Channel {
-        let tls = Arc::clone(&self.tls);
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
-            let config = Arc::clone(&tls.current().client);
-            connect(uri, config)
-        }))
+        endpoint.connect_with_connector_lazy(self.connector())
     }
 }
 
