@@ -10,13 +10,19 @@ use crate::model::{Config, ConfigError, ConfigErrors, ProcessorConfig};
 /// `tailsampling.composite_policy`, `tailsampling.cached_decision`), as `record_policy: true`.
 pub const RECORD_POLICY: &str = "processor.tailsamplingprocessor.recordpolicy";
 
+/// `tail_sampling` follows OpenTelemetry probability sampling in W3C `tracestate` (OTEP 235):
+/// `probabilistic` uses the trace's randomness, rate and bytes limits record the threshold
+/// they implied, and kept spans carry the effective `ot=th`.
+pub const USE_TRACESTATE: &str = "processor.tailsamplingprocessor.usetracestate";
+
 /// Every gate Tailgate implements.
-pub const KNOWN: &[&str] = &[RECORD_POLICY];
+pub const KNOWN: &[&str] = &[RECORD_POLICY, USE_TRACESTATE];
 
 /// The gates the command line turned on or off.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeatureGates {
     pub record_policy: bool,
+    pub use_tracestate: bool,
 }
 
 impl FeatureGates {
@@ -35,6 +41,7 @@ impl FeatureGates {
             };
             match name {
                 RECORD_POLICY => gates.record_policy = on,
+                USE_TRACESTATE => gates.use_tracestate = on,
                 other => errors.push(ConfigError {
                     file: "(command line)".into(),
                     path: "--feature-gates".into(),
@@ -56,11 +63,10 @@ impl FeatureGates {
     /// Applies the gates to a loaded config. A gate that is on overrides the config; one that
     /// is off leaves the config's own setting alone.
     pub fn apply(&self, cfg: &mut Config) {
-        if self.record_policy {
-            for p in cfg.processors.values_mut() {
-                if let ProcessorConfig::TailSampling(ts) = p {
-                    ts.record_policy = true;
-                }
+        for p in cfg.processors.values_mut() {
+            if let ProcessorConfig::TailSampling(ts) = p {
+                ts.record_policy |= self.record_policy;
+                ts.use_tracestate |= self.use_tracestate;
             }
         }
     }
@@ -77,6 +83,8 @@ mod tests {
         let off = FeatureGates::parse(&[format!("{RECORD_POLICY},-{RECORD_POLICY}")]).unwrap();
         assert!(!off.record_policy);
         assert_eq!(FeatureGates::parse(&[]).unwrap(), FeatureGates::default());
+        let both = FeatureGates::parse(&[format!("{RECORD_POLICY},{USE_TRACESTATE}")]).unwrap();
+        assert!(both.record_policy && both.use_tracestate);
     }
 
     #[test]

@@ -138,6 +138,46 @@ impl EncodedSpan {
         string_field(&self.bytes, SPAN_TRACE_STATE).unwrap_or("")
     }
 
+    /// The span with its W3C trace state replaced (written where the old one was, or after
+    /// the span ID when it had none); every other field keeps its bytes.
+    pub fn with_trace_state(&self, trace_state: &str) -> EncodedSpan {
+        let mut out = Vec::with_capacity(self.bytes.len() + trace_state.len() + 2);
+        let mut written = false;
+        let mut reader = FieldReader::new(&self.bytes);
+        loop {
+            let start = reader.position();
+            let Some(Ok((num, _))) = reader.next_field() else {
+                break;
+            };
+            if num == SPAN_TRACE_STATE {
+                if !written && !trace_state.is_empty() {
+                    crate::wire::put_len_field(&mut out, SPAN_TRACE_STATE, trace_state.as_bytes());
+                }
+                written = true;
+                continue;
+            }
+            out.extend_from_slice(&self.bytes[start..reader.position()]);
+            if num == SPAN_SPAN_ID && !written && !trace_state.is_empty() && !self.has_trace_state()
+            {
+                crate::wire::put_len_field(&mut out, SPAN_TRACE_STATE, trace_state.as_bytes());
+                written = true;
+            }
+        }
+        if !written && !trace_state.is_empty() {
+            crate::wire::put_len_field(&mut out, SPAN_TRACE_STATE, trace_state.as_bytes());
+        }
+        EncodedSpan {
+            context: Arc::clone(&self.context),
+            bytes: Bytes::from(out),
+            meta: self.meta,
+        }
+    }
+
+    fn has_trace_state(&self) -> bool {
+        FieldReader::new(&self.bytes)
+            .any(|f| matches!(f, Ok((SPAN_TRACE_STATE, FieldValue::Len(_)))))
+    }
+
     /// `service.name` from the resource, if set.
     pub fn service_name(&self) -> Option<&str> {
         match self.resource_attribute("service.name") {

@@ -201,3 +201,29 @@ proptest! {
         prop_assert_eq!(flat, spans);
     }
 }
+
+#[test]
+fn a_rewritten_trace_state_replaces_the_old_one_and_nothing_else() {
+    let mut with_state = span(1, 1, None, 0);
+    with_state.trace_state = "vendor=x".into();
+    let body = request(vec![vec![with_state.clone(), span(1, 2, Some(1), 0)]]).encode_to_vec();
+    let scanned = scan_export_request(&Bytes::from(body)).unwrap();
+    for (s, original) in scanned
+        .spans
+        .iter()
+        .zip([with_state, span(1, 2, Some(1), 0)])
+    {
+        let rewritten = s.with_trace_state("ot=th:8,vendor=x");
+        assert_eq!(rewritten.trace_state(), "ot=th:8,vendor=x");
+        assert_eq!(rewritten.meta, s.meta);
+        let decoded = Span::decode(rewritten.bytes.clone()).unwrap();
+        assert_eq!(
+            decoded,
+            Span {
+                trace_state: "ot=th:8,vendor=x".into(),
+                ..original
+            }
+        );
+        assert_eq!(rewritten.with_trace_state("").trace_state(), "");
+    }
+}

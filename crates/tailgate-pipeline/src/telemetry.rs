@@ -72,6 +72,9 @@ pub const TAIL_SAMPLING_NEW_TRACE_ID_RECEIVED: &str =
 pub const TAIL_SAMPLING_DECISION_TIMER_LATENCY: &str =
     "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
 /// Late spans settled by the decision cache. Label: sampled.
+/// Kept spans whose `tracestate` could not be parsed, so no `ot=th` was recorded.
+pub const TAIL_SAMPLING_UNPARSEABLE_TRACESTATE: &str =
+    "otelcol_processor_tail_sampling_count_spans_with_unparseable_tracestate_total";
 pub const TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE: &str =
     "otelcol_processor_tail_sampling_early_releases_from_cache_decision_total";
 pub const SAMPLING_SPANS_RECEIVED: &str = "tailgate_sampling_spans_received_total";

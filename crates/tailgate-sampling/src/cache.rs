@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tailgate_otlp::{SpanId, TraceId};
 
+use crate::tracestate::Threshold;
 use crate::{IdMap, IdSet};
 
 /// Most span IDs remembered per kept trace (8 bytes each).
@@ -24,6 +25,8 @@ pub struct CachedDecision {
     pub decided_at: Duration,
     /// Index of the deciding policy, for `record_policy` on late spans.
     pub policy: Option<usize>,
+    /// The effective threshold of a kept trace (thresholds on), recorded on late spans too.
+    pub threshold: Option<Threshold>,
 }
 
 #[derive(Debug)]
@@ -214,6 +217,7 @@ mod tests {
             keep: true,
             decided_at: Duration::from_secs(s),
             policy: None,
+            threshold: None,
         };
         c.insert(id(1), at(1));
         c.insert(id(2), at(2));
@@ -231,6 +235,7 @@ mod tests {
                 keep: false,
                 decided_at: Duration::from_secs(4),
                 policy: None,
+                threshold: None,
             },
         );
         assert_eq!(
@@ -260,6 +265,7 @@ mod tests {
                 keep: true,
                 decided_at: Duration::ZERO,
                 policy: None,
+                threshold: None,
             },
         );
         assert_eq!(c.get(&id(1), Duration::ZERO), None);

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod policy;
 pub mod record;
 pub mod shard;
+pub mod tracestate;
 
 pub use budget::BufferBudget;
 pub use buffer::TraceBuffer;

@@ -65,6 +65,13 @@ pub struct TailSamplingConfig {
     /// does (`tailsampling.policy`, `tailsampling.composite_policy`, `tailsampling.cached_decision`).
     #[serde(default)]
     pub record_policy: bool,
+    /// OpenTelemetry probability sampling in `tracestate` (OTEP 235): set only by the
+    /// collector's gate `processor.tailsamplingprocessor.usetracestate`, as in the collector
+    /// (no config key). `probabilistic` then samples by the trace's randomness when its spans
+    /// carry `ot=rv`/`ot=th`, rate and bytes limits become batch thresholds, and kept spans
+    /// record the effective `ot=th`.
+    #[serde(skip)]
+    pub use_tracestate: bool,
     /// Tailgate: shard actors hosting the per-trace state machines. Default: CPU count.
     #[serde(default)]
     pub shards: Option<usize>,

@@ -31,6 +31,7 @@ pub(super) struct ShardMetrics {
     dropped: [Counter; 4],
     late: [Counter; 2],
     late_age: Histogram,
+    unparseable_tracestate: Counter,
     timer_latency: Histogram,
     pub(super) buffered_spans: Gauge,
     pub(super) traces_on_memory: Gauge,
@@ -76,6 +77,7 @@ impl ShardMetrics {
                 counter!(TAIL_SAMPLING_EARLY_RELEASES_FROM_CACHE, "processor" => p(), "sampled" => "false"),
             ],
             late_age: histogram!(TAIL_SAMPLING_LATE_SPAN_AGE, "processor" => p()),
+            unparseable_tracestate: counter!(TAIL_SAMPLING_UNPARSEABLE_TRACESTATE, "processor" => p()),
             timer_latency: histogram!(TAIL_SAMPLING_DECISION_TIMER_LATENCY, "processor" => p()),
             buffered_spans: gauge!(SAMPLING_BUFFERED_SPANS, "processor" => p(), "shard" => shard.to_string()),
             traces_on_memory: gauge!(TAIL_SAMPLING_TRACES_ON_MEMORY, "processor" => p()),
@@ -115,6 +117,8 @@ impl ShardMetrics {
         }
         self.late[0].increment(c.late_spans_kept);
         self.late[1].increment(c.late_spans_dropped);
+        self.unparseable_tracestate
+            .increment(c.spans_unparseable_tracestate);
         for age in c.late_span_ages {
             self.late_age.record(age.as_secs_f64());
         }

@@ -155,6 +155,7 @@ impl TailSamplingStage {
                 cfg.sample_on_first_match,
                 1.0 / shards as f64,
             );
+            policies.set_use_tracestate(cfg.use_tracestate);
             let shard_cluster = cluster.as_ref().map(|link| {
                 let ring = Arc::clone(&link.ring().borrow());
                 policies.set_rate_share(1.0 / (shards * ring.owners().len().max(1)) as f64);

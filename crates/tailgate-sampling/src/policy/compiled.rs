@@ -9,11 +9,13 @@ use tailgate_otlp::{AnyValueRef, StatusCode, export_request_len};
 use tailgate_ottl::Condition;
 use tailgate_processors::filter::{SpanContext, SpanEventContext};
 
+use super::batch::budget_threshold;
 use super::composite::Composite;
 use super::rate::TokenBucket;
 use super::{
     DEFAULT_HASH_SALT, Decision, NamedPolicy, TraceView, probabilistic_threshold, trace_id_hash,
 };
+use crate::tracestate::Threshold;
 
 #[derive(Debug)]
 pub(super) enum StringMatcher {
@@ -37,6 +39,9 @@ pub(super) enum CompiledPolicy {
     Probabilistic {
         threshold: u64,
         salt: String,
+        /// The same percentage as an OpenTelemetry threshold (recorded on kept spans, and
+        /// compared with the trace's randomness when its spans carry `ot=rv`/`ot=th`).
+        otel_threshold: Threshold,
     },
     StatusCode {
         codes: Vec<StatusCode>,
@@ -55,11 +60,14 @@ pub(super) enum CompiledPolicy {
         bucket: TokenBucket,
         spans_per_sec: f64,
         burst: f64,
+        /// Set by `batch::threshold_for_batch` when thresholds are on (`usetracestate`).
+        batch: Option<Threshold>,
     },
     BytesLimiting {
         bucket: TokenBucket,
         bytes_per_sec: f64,
         burst: f64,
+        batch: Option<Threshold>,
     },
     SpanCount {
         min: u64,
@@ -148,6 +156,7 @@ impl CompiledPolicy {
             },
             PolicyKind::Probabilistic(p) => CompiledPolicy::Probabilistic {
                 threshold: probabilistic_threshold(p.sampling_percentage),
+                otel_threshold: Threshold::from_probability(p.sampling_percentage / 100.0),
                 salt: p
                     .hash_salt
                     .clone()
@@ -180,6 +189,7 @@ impl CompiledPolicy {
                     bucket: TokenBucket::new(rate * rate_share, burst * rate_share),
                     spans_per_sec: rate,
                     burst,
+                    batch: None,
                 }
             }
             PolicyKind::BytesLimiting(b) => {
@@ -188,6 +198,7 @@ impl CompiledPolicy {
                     bucket: TokenBucket::new(rate * rate_share, burst * rate_share),
                     bytes_per_sec: rate,
                     burst,
+                    batch: None,
                 }
             }
             PolicyKind::SpanCount(c) => CompiledPolicy::SpanCount {
@@ -221,11 +232,13 @@ impl CompiledPolicy {
                 bucket,
                 spans_per_sec,
                 burst,
+                ..
             } => bucket.rescale(*spans_per_sec * share, *burst * share),
             CompiledPolicy::BytesLimiting {
                 bucket,
                 bytes_per_sec,
                 burst,
+                ..
             } => bucket.rescale(*bytes_per_sec * share, *burst * share),
             CompiledPolicy::And(subs) | CompiledPolicy::Drop(subs) => {
                 subs.iter_mut().for_each(|s| s.set_rate_share(share));
@@ -236,18 +249,49 @@ impl CompiledPolicy {
         }
     }
 
-    /// This policy's vote on a trace.
-    pub(super) fn evaluate(&mut self, t: &TraceView<'_>, now: Duration) -> Decision {
+    /// A rate or bytes limit, which becomes a batch threshold when thresholds are on.
+    pub(super) fn is_budget_limit(&self) -> bool {
+        matches!(
+            self,
+            CompiledPolicy::RateLimiting { .. } | CompiledPolicy::BytesLimiting { .. }
+        )
+    }
+
+    /// For a rate or bytes limit, the threshold its budget implies for the traces due
+    /// together (`batch.rs`); other policies ignore batches, as in the collector.
+    pub(super) fn calculate_batch_threshold(
+        &mut self,
+        candidates: &[&TraceView<'_>],
+        now: Duration,
+    ) {
+        match self {
+            CompiledPolicy::RateLimiting { bucket, batch, .. } => {
+                let cost = |t: &TraceView<'_>| t.spans.len() as f64;
+                *batch = Some(budget_threshold(bucket, candidates, cost, now));
+            }
+            CompiledPolicy::BytesLimiting { bucket, batch, .. } => {
+                let cost = |t: &TraceView<'_>| export_request_len(t.spans) as f64;
+                *batch = Some(budget_threshold(bucket, candidates, cost, now));
+            }
+            _ => {}
+        }
+    }
+
+    /// This policy's vote on a trace, with the threshold it implies when it samples
+    /// (`Threshold::ALWAYS` for every policy that has no probability of its own, as in the
+    /// collector).
+    pub(super) fn evaluate(&mut self, t: &TraceView<'_>, now: Duration) -> (Decision, Threshold) {
         let yes = |b: bool| {
-            if b {
+            let d = if b {
                 Decision::Sampled
             } else {
                 Decision::NotSampled
-            }
+            };
+            (d, Threshold::ALWAYS)
         };
         let invertible = |found: bool, invert: bool| yes(found != invert);
         match self {
-            CompiledPolicy::AlwaysSample => Decision::Sampled,
+            CompiledPolicy::AlwaysSample => yes(true),
             CompiledPolicy::Latency { threshold, upper } => {
                 let d = trace_duration(t);
                 yes(d >= *threshold && upper.is_none_or(|u| d <= u))
@@ -268,9 +312,11 @@ impl CompiledPolicy {
                 };
                 invertible(any_attribute(t, key, in_range), *invert)
             }
-            CompiledPolicy::Probabilistic { threshold, salt } => {
-                yes(*threshold > 0 && trace_id_hash(salt, &t.trace_id) <= *threshold)
-            }
+            CompiledPolicy::Probabilistic {
+                threshold,
+                salt,
+                otel_threshold,
+            } => probabilistic_vote(*threshold, salt, *otel_threshold, t),
             CompiledPolicy::StatusCode { codes } => {
                 yes(t.spans.iter().any(|s| codes.contains(&s.meta.status_code)))
             }
@@ -294,13 +340,14 @@ impl CompiledPolicy {
                 let matches = |v: Option<AnyValueRef<'_>>| matches!(v, Some(AnyValueRef::Bool(b)) if b == value);
                 invertible(any_attribute(t, key, matches), *invert)
             }
-            CompiledPolicy::RateLimiting { bucket, .. } => {
-                yes(bucket.try_take(t.spans.len() as f64, now))
+            CompiledPolicy::RateLimiting { bucket, batch, .. } => {
+                limit_vote(bucket, *batch, t.spans.len() as f64, t, now)
             }
-            CompiledPolicy::BytesLimiting { bucket, .. } => {
+            CompiledPolicy::BytesLimiting { bucket, batch, .. } => {
                 // The collector charges the protobuf size of the trace's data, resource and
                 // scope included.
-                yes(bucket.try_take(export_request_len(t.spans) as f64, now))
+                let cost = export_request_len(t.spans) as f64;
+                limit_vote(bucket, *batch, cost, t, now)
             }
             CompiledPolicy::SpanCount { min, max } => {
                 let n = t.spans.len() as u64;
@@ -309,28 +356,84 @@ impl CompiledPolicy {
             CompiledPolicy::TraceState { key, values } => yes(trace_state_matches(t, key, values)),
             CompiledPolicy::TraceFlags => yes(t.spans.iter().any(|s| s.meta.flags & 0x01 != 0)),
             CompiledPolicy::Ottl { span, spanevent } => yes(ottl_matches(t, span, spanevent)),
-            CompiledPolicy::And(subs) => {
-                for sub in subs {
-                    if !sub.evaluate(t, now).is_sampled() {
-                        return Decision::NotSampled;
-                    }
-                }
-                Decision::Sampled
-            }
+            CompiledPolicy::And(subs) => and_vote(subs, t, now),
             CompiledPolicy::Not(sub) => match sub.evaluate(t, now) {
-                Decision::Sampled => Decision::NotSampled,
-                Decision::NotSampled => Decision::Sampled,
-                Decision::Dropped => Decision::Dropped,
+                Decision::Sampled => yes(false),
+                Decision::NotSampled => yes(true),
+                Decision::Dropped => (Decision::Dropped, Threshold::ALWAYS),
             },
             CompiledPolicy::Drop(subs) => {
                 for sub in subs {
                     if !sub.evaluate(t, now).is_sampled() {
-                        return Decision::NotSampled;
+                        return yes(false);
                     }
                 }
-                Decision::Dropped
+                (Decision::Dropped, Threshold::ALWAYS)
             }
             CompiledPolicy::Composite(c) => yes(c.evaluate(t, now)),
+        }
+    }
+}
+
+/// With thresholds on, a trace whose spans carry OpenTelemetry sampling information is
+/// sampled by its randomness; otherwise (and always with them off) by the salted hash, as the
+/// collector does. Either way the vote carries the percentage as a threshold.
+fn probabilistic_vote(
+    hash_threshold: u64,
+    salt: &str,
+    otel_threshold: Threshold,
+    t: &TraceView<'_>,
+) -> (Decision, Threshold) {
+    let sampled = match t.sampling.filter(|info| info.present) {
+        Some(info) => otel_threshold.should_sample(info.randomness_or(&t.trace_id)),
+        None => hash_threshold > 0 && trace_id_hash(salt, &t.trace_id) <= hash_threshold,
+    };
+    let decision = if sampled {
+        Decision::Sampled
+    } else {
+        Decision::NotSampled
+    };
+    (decision, otel_threshold)
+}
+
+/// Kept only if every sub-policy keeps it: the strictest threshold applies.
+fn and_vote(subs: &mut [NamedPolicy], t: &TraceView<'_>, now: Duration) -> (Decision, Threshold) {
+    let mut strictest = Threshold::ALWAYS;
+    for sub in subs {
+        let (d, th) = sub.policy.evaluate(t, now);
+        if !d.is_sampled() {
+            return (Decision::NotSampled, Threshold::ALWAYS);
+        }
+        strictest = strictest.max(th);
+    }
+    (Decision::Sampled, strictest)
+}
+
+/// A rate or bytes limit's vote. Without a batch threshold it is a token bucket; with one
+/// (thresholds on, the tick's budget already taken by `batch`), a trace is kept when its
+/// randomness clears the threshold the budget implied — a trace costing more than the burst
+/// never is.
+fn limit_vote(
+    bucket: &mut TokenBucket,
+    batch: Option<Threshold>,
+    cost: f64,
+    t: &TraceView<'_>,
+    now: Duration,
+) -> (Decision, Threshold) {
+    let not_sampled = (Decision::NotSampled, Threshold::ALWAYS);
+    if cost > bucket.capacity() {
+        return not_sampled;
+    }
+    match batch {
+        None if bucket.try_take(cost, now) => (Decision::Sampled, Threshold::ALWAYS),
+        None => not_sampled,
+        Some(th) => {
+            let randomness = t.sampling.unwrap_or_default().randomness_or(&t.trace_id);
+            if th.should_sample(randomness) {
+                (Decision::Sampled, th)
+            } else {
+                not_sampled
+            }
         }
     }
 }

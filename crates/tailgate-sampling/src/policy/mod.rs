@@ -11,6 +11,7 @@
 //! and the `now` passed in. Probabilistic sampling hashes only the trace ID (FNV-1a 64 with the
 //! salt, as the collector does), so every node decides alike.
 
+mod batch;
 mod compiled;
 mod composite;
 mod rate;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use tailgate_config::sampling::Policy as PolicyConfig;
 use tailgate_otlp::{EncodedSpan, TraceId};
 
+use crate::tracestate::{SamplingInfo, Threshold};
 use compiled::CompiledPolicy;
 pub use rate::TokenBucket;
 pub use set::{PolicySet, Verdict};
@@ -64,6 +66,30 @@ impl Decision {
 pub struct TraceView<'a> {
     pub trace_id: TraceId,
     pub spans: &'a [EncodedSpan],
+    /// What the spans' `tracestate` says about sampling; `None` when thresholds are off
+    /// (filled in by [`PolicySet`]).
+    pub sampling: Option<SamplingInfo>,
+}
+
+impl<'a> TraceView<'a> {
+    pub fn new(trace_id: TraceId, spans: &'a [EncodedSpan]) -> TraceView<'a> {
+        TraceView {
+            trace_id,
+            spans,
+            sampling: None,
+        }
+    }
+
+    /// The view with the spans' sampling information read.
+    fn with_sampling_info(&self) -> TraceView<'a> {
+        TraceView {
+            trace_id: self.trace_id,
+            spans: self.spans,
+            sampling: Some(SamplingInfo::scan(
+                self.spans.iter().map(EncodedSpan::trace_state),
+            )),
+        }
+    }
 }
 
 /// A policy with its configured name.
@@ -95,6 +121,15 @@ impl NamedPolicy {
 
     /// This policy's vote on a trace.
     pub fn evaluate(&mut self, t: &TraceView<'_>, now: Duration) -> Decision {
+        self.policy.evaluate(t, now).0
+    }
+
+    /// This policy's vote, with the threshold it implies when it samples.
+    fn evaluate_with_threshold(
+        &mut self,
+        t: &TraceView<'_>,
+        now: Duration,
+    ) -> (Decision, Threshold) {
         self.policy.evaluate(t, now)
     }
 

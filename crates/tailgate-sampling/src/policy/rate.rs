@@ -51,6 +51,17 @@ impl TokenBucket {
         }
     }
 
+    /// The most tokens it holds.
+    pub fn capacity(&self) -> f64 {
+        self.capacity
+    }
+
+    /// The tokens available at `now` (refilled up to it).
+    pub fn tokens_at(&mut self, now: Duration) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
     /// Returns tokens taken for something that did not happen after all.
     pub fn give_back(&mut self, n: f64) {
         self.tokens = (self.tokens + n).min(self.capacity);

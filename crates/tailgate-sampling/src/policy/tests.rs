@@ -52,13 +52,7 @@ fn vote(p: &mut NamedPolicy, spans: &[EncodedSpan]) -> Decision {
 }
 
 fn vote_at(p: &mut NamedPolicy, spans: &[EncodedSpan], now: Duration) -> Decision {
-    p.evaluate(
-        &TraceView {
-            trace_id: spans[0].meta.trace_id,
-            spans,
-        },
-        now,
-    )
+    p.evaluate(&TraceView::new(spans[0].meta.trace_id, spans), now)
 }
 
 use Decision::*;
@@ -332,10 +326,7 @@ fn probabilistic_is_a_pure_function_of_the_trace_id_near_the_configured_rate() {
         id[8..12].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
         id[0] = (i % 251) as u8 + 1;
         let spans = trace(1, vec![(1, 0, vec![])], vec![]);
-        let view = TraceView {
-            trace_id: TraceId(id),
-            spans: &spans,
-        };
+        let view = TraceView::new(TraceId(id), &spans);
         let a = p.evaluate(&view, Duration::ZERO);
         assert_eq!(
             a,
@@ -506,10 +497,7 @@ fn combination_semantics_table() {
             .collect();
         let mut set = PolicySet::compile(&configs, false, 1.0);
         let v = set.decide(
-            &TraceView {
-                trace_id: spans[0].meta.trace_id,
-                spans,
-            },
+            &TraceView::new(spans[0].meta.trace_id, spans),
             Duration::ZERO,
         );
         let names: Vec<&str> = cfgs.iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -529,10 +517,7 @@ fn sample_on_first_match_stops_at_the_first_sampled_vote() {
         serde_json::from_value(json!({"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}})).unwrap(),
         serde_json::from_value(json!({"name": "rate", "type": "rate_limiting", "rate_limiting": {"spans_per_second": 1}})).unwrap(),
     ];
-    let view = TraceView {
-        trace_id: spans[0].meta.trace_id,
-        spans: &spans,
-    };
+    let view = TraceView::new(spans[0].meta.trace_id, &spans);
     let mut first = PolicySet::compile(&configs, true, 1.0);
     assert_eq!(first.decide(&view, Duration::ZERO).votes.len(), 1);
     let mut all = PolicySet::compile(&configs, false, 1.0);

@@ -76,6 +76,9 @@ pub struct ShardCounters {
     pub spans_received_by_handoff: u64,
     /// Traces kept only by the runtime sampling override.
     pub traces_kept_by_override: u64,
+    /// Kept spans whose `tracestate` did not parse, so no `ot=th` could be recorded (the
+    /// collector's `count_spans_with_unparseable_tracestate`).
+    pub spans_unparseable_tracestate: u64,
     /// Buffered traces decided by a decision that arrived from their previous owner.
     pub traces_decided_by_handoff: u64,
     /// Traces taken for a handoff that failed and came back (`restore_trace`).

@@ -157,6 +157,7 @@ impl TraceShard {
                 keep: d.keep,
                 decided_at: now.saturating_sub(d.age),
                 policy: None,
+                threshold: None,
             },
         );
         self.cache

@@ -35,11 +35,12 @@ use tailgate_otlp::{EncodedSpan, TraceId};
 use crate::budget::BufferBudget;
 use crate::buffer::TraceBuffer;
 use crate::cache::{CachedDecision, DecisionCache};
-use crate::policy::{Decision, PolicySet, TraceView};
+use crate::policy::PolicySet;
 use crate::record::DecisionRecord;
 use crate::{IdMap, IdSet};
 
 mod counters;
+mod decide;
 mod handoff;
 mod replica;
 
@@ -48,6 +49,10 @@ pub use handoff::{DecisionTransfer, TraceTransfer};
 pub use replica::ReplicaCounters;
 
 use replica::ReplicaStore;
+
+/// Deciding in batches (thresholds on, with a rate or bytes limit), traces due within one
+/// tick are decided together, as the collector's decision ticker does once a second.
+pub const DECISION_TICK: Duration = Duration::from_secs(1);
 
 /// Settings of one shard, derived from the processor config.
 #[derive(Debug, Clone)]
@@ -187,9 +192,17 @@ impl TraceShard {
         }
     }
 
-    /// When the next decision falls due, if any trace is buffered.
+    /// When the next decision falls due, if any trace is buffered. Deciding in batches, due
+    /// traces wait for the next whole tick.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.by_deadline.first().map(|(at, _, _)| *at)
+        let at = self.by_deadline.first().map(|(at, _, _)| *at)?;
+        if !self.policies.decides_in_batches() {
+            return Some(at);
+        }
+        let tick = DECISION_TICK.as_nanos();
+        Some(Duration::from_nanos(
+            (at.as_nanos().div_ceil(tick) * tick) as u64,
+        ))
     }
 
     /// When the next replica copy expires, if any is held.
@@ -304,6 +317,7 @@ impl TraceShard {
         if d.keep {
             self.counters.late_spans_kept += n;
             self.counters.spans_kept += n;
+            let spans = self.write_threshold(spans, d.threshold);
             let record = DecisionRecord {
                 cached: self.cfg.record_policy,
                 ..self.record(d.policy, None)
@@ -395,15 +409,16 @@ impl TraceShard {
     /// Decides every trace whose deadline has come, and expires old cache entries.
     pub fn poll(&mut self, now: Duration) -> Released {
         let mut out = Released::default();
-        while let Some(&(at, _, id)) = self.by_deadline.first() {
-            if self.fenced {
-                break;
+        if self.policies.decides_in_batches() {
+            self.decide_due_batch(now, &mut out);
+        } else {
+            while let Some(&(at, _, id)) = self.by_deadline.first() {
+                if self.fenced || at > now {
+                    break;
+                }
+                self.counters.decision_lateness.push(now.saturating_sub(at));
+                self.decide(id, None, now, &mut out);
             }
-            if at > now {
-                break;
-            }
-            self.counters.decision_lateness.push(now.saturating_sub(at));
-            self.decide(id, None, now, &mut out);
         }
         self.cache.expire(now);
         self.expire_replicas(now);
@@ -442,98 +457,6 @@ impl TraceShard {
         self.budget.release(entry.buffer.encoded_bytes());
         self.budget.trace_removed();
         Some(entry)
-    }
-
-    fn decide(
-        &mut self,
-        id: TraceId,
-        early: Option<EarlyReason>,
-        now: Duration,
-        out: &mut Released,
-    ) {
-        let entry = self.remove(&id).expect("deciding a buffered trace");
-        if let Some(d) = self.cache.get(&id, now) {
-            // Held spans of a trace decided before (see `ingest_held`): that decision stands.
-            self.follow_decision(id, d, entry.buffer.spans(), now, out);
-            return;
-        }
-        if let Some(reason) = early {
-            *self.counters.early_decisions.entry(reason).or_default() += 1;
-        }
-        let spans = entry.buffer.spans();
-        let view = TraceView {
-            trace_id: id,
-            spans: &spans,
-        };
-        let verdict = self.policies.decide(&view, now);
-        if verdict.by_override {
-            self.counters.traces_kept_by_override += 1;
-        }
-        for (i, d) in &verdict.votes {
-            *self.counters.votes.entry((*i, *d)).or_default() += 1;
-        }
-        let decision = match (
-            verdict.keep,
-            verdict.votes.iter().any(|(_, d)| *d == Decision::Dropped),
-        ) {
-            (true, _) => Decision::Sampled,
-            (false, true) => Decision::Dropped,
-            (false, false) => Decision::NotSampled,
-        };
-        *self.counters.decisions.entry(decision).or_default() += 1;
-        for service in entry.buffer.orphans() {
-            *self
-                .counters
-                .orphan_spans
-                .entry(service.unwrap_or_default())
-                .or_default() += 1;
-        }
-        self.cache.insert(
-            id,
-            CachedDecision {
-                keep: verdict.keep,
-                decided_at: now,
-                policy: verdict.decided_by,
-            },
-        );
-        let n = spans.len() as u64;
-        if self.cfg.report_decisions {
-            out.decided.push(DecisionTransfer {
-                trace_id: id,
-                keep: verdict.keep,
-                age: Duration::ZERO,
-                released: if verdict.keep {
-                    spans.iter().map(|s| s.meta.span_id).collect()
-                } else {
-                    Vec::new()
-                },
-            });
-        }
-        if verdict.keep {
-            self.cache
-                .record_released(id, spans.iter().map(|s| s.meta.span_id));
-            self.counters.spans_kept += n;
-            let record = self.record(verdict.decided_by, verdict.composite_policy.as_deref());
-            out.kept.extend(record.write(spans));
-        } else {
-            self.counters.spans_dropped_policy += n;
-        }
-    }
-
-    /// What `record_policy` writes on a kept trace (nothing when it is off).
-    fn record<'a>(
-        &'a self,
-        policy: Option<usize>,
-        composite_policy: Option<&'a str>,
-    ) -> DecisionRecord<'a> {
-        if !self.cfg.record_policy {
-            return DecisionRecord::default();
-        }
-        DecisionRecord {
-            policy: policy.map(|i| self.policies.names()[i].as_str()),
-            composite_policy,
-            cached: false,
-        }
     }
 
     /// Shutdown without a peer: decide every buffered trace on the data at hand (or drop them

@@ -18,6 +18,7 @@ use crate::policy::PolicySet;
 use crate::*;
 
 mod replica;
+mod thresholds;
 
 const S: Duration = Duration::from_secs(1);
 
