@@ -24,4 +24,5 @@ mod reliability;
 mod sampling;
 mod slow_clients;
 mod support;
+mod throughput_target;
 mod tls;

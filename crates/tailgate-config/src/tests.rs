@@ -339,7 +339,7 @@ fn tail_sampling_mistakes_give_exact_errors() {
         (
             wrap("      - name: slow\n        type: latency\n        latency_ms: 5\n"),
             vec![
-                "test.yaml: processors.tail_sampling.policies[0].latency_ms: unknown field `latency_ms`, expected one of `name`, `type`, `latency`, `numeric_attribute`, `probabilistic`, `status_code`, `string_attribute`, `boolean_attribute`, `rate_limiting`, `bytes_limiting`, `span_count`, `trace_state`, `ottl_condition`, `and`, `not`, `drop`, `composite`; did you mean `latency`?",
+                "test.yaml: processors.tail_sampling.policies[0].latency_ms: unknown field `latency_ms`, expected one of `name`, `type`, `latency`, `numeric_attribute`, `probabilistic`, `status_code`, `string_attribute`, `boolean_attribute`, `rate_limiting`, `bytes_limiting`, `span_count`, `trace_state`, `ottl_condition`, `and`, `not`, `drop`, `composite`, `throughput_target`; did you mean `latency`?",
             ],
         ),
         (
@@ -381,6 +381,17 @@ fn tail_sampling_mistakes_give_exact_errors() {
             ),
             vec![
                 "test.yaml: processors.tail_sampling.policies[0].string_attribute.values: invalid regex `(unclosed`: regex parse error:\n    (unclosed\n    ^\nerror: unclosed group",
+            ],
+        ),
+        (
+            wrap(
+                "      - name: t\n        type: throughput_target\n        throughput_target: {traces_per_second: 0, adjustment_interval: 500ms, max_keys: 0, fingerprint_attributes: []}\n",
+            ),
+            vec![
+                "test.yaml: processors.tail_sampling.policies[0].throughput_target.traces_per_second: must be a number greater than 0",
+                "test.yaml: processors.tail_sampling.policies[0].throughput_target.adjustment_interval: must be at least 1s: shorter windows hold too few traces to estimate rates",
+                "test.yaml: processors.tail_sampling.policies[0].throughput_target.max_keys: must be greater than 0",
+                "test.yaml: processors.tail_sampling.policies[0].throughput_target.fingerprint_attributes: at least one attribute is required",
             ],
         ),
         (

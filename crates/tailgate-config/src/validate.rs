@@ -417,6 +417,7 @@ fn policy(kind: &PolicyKind, here: &str, out: &mut Problems) {
                 problem("bytes_limiting.bytes_per_second", "must be greater than 0");
             }
         }
+        PolicyKind::ThroughputTarget(t) => throughput_target(t, &mut problem),
         PolicyKind::SpanCount(c) => {
             if c.max_spans != 0 && c.max_spans < c.min_spans {
                 problem(
@@ -488,5 +489,33 @@ fn composite(c: &CompositeConfig<Policy>, at: &str, out: &mut Problems) {
             format!("{at}.rate_allocation"),
             format!("percentages add up to {total}, more than 100"),
         ));
+    }
+}
+
+/// `throughput_target`'s settings.
+fn throughput_target(
+    t: &crate::sampling::ThroughputTargetConfig,
+    problem: &mut impl FnMut(&str, &str),
+) {
+    if !(t.traces_per_second > 0.0 && t.traces_per_second.is_finite()) {
+        problem(
+            "throughput_target.traces_per_second",
+            "must be a number greater than 0",
+        );
+    }
+    if t.adjustment_interval.0 < std::time::Duration::from_secs(1) {
+        problem(
+            "throughput_target.adjustment_interval",
+            "must be at least 1s: shorter windows hold too few traces to estimate rates",
+        );
+    }
+    if t.max_keys == 0 {
+        problem("throughput_target.max_keys", "must be greater than 0");
+    }
+    if t.fingerprint_attributes.is_empty() {
+        problem(
+            "throughput_target.fingerprint_attributes",
+            "at least one attribute is required",
+        );
     }
 }

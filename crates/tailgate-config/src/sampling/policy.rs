@@ -33,6 +33,7 @@ pub enum PolicyType {
     Not,
     Drop,
     Composite,
+    ThroughputTarget,
 }
 
 impl PolicyType {
@@ -56,6 +57,7 @@ impl PolicyType {
             PolicyType::Not => "not",
             PolicyType::Drop => "drop",
             PolicyType::Composite => "composite",
+            PolicyType::ThroughputTarget => "throughput_target",
         }
     }
 
@@ -106,6 +108,8 @@ pub struct RawPolicy {
     pub(crate) drop: Option<RawDropConfig>,
     #[serde(default)]
     pub(crate) composite: Option<CompositeConfig<RawPolicy>>,
+    #[serde(default)]
+    pub(crate) throughput_target: Option<ThroughputTargetConfig>,
 }
 
 /// `and`: sampled when every sub-policy samples.
@@ -151,7 +155,8 @@ impl RawPolicy {
             and,
             not,
             drop,
-            composite
+            composite,
+            throughput_target
         );
         out
     }
@@ -185,6 +190,7 @@ pub enum PolicyKind {
     Not(Box<Policy>),
     Drop(Vec<Policy>),
     Composite(CompositeConfig<Policy>),
+    ThroughputTarget(ThroughputTargetConfig),
 }
 
 impl PolicyKind {
@@ -207,6 +213,7 @@ impl PolicyKind {
             PolicyKind::Not(_) => PolicyType::Not,
             PolicyKind::Drop(_) => PolicyType::Drop,
             PolicyKind::Composite(_) => PolicyType::Composite,
+            PolicyKind::ThroughputTarget(_) => PolicyType::ThroughputTarget,
         }
     }
 }
@@ -367,6 +374,7 @@ fn convert(raw: RawPolicy, at: &str, out: &mut Problems) -> Option<Policy> {
         PolicyType::SpanCount => PolicyKind::SpanCount(raw.span_count?),
         PolicyType::TraceState => PolicyKind::TraceState(raw.trace_state?),
         PolicyType::OttlCondition => PolicyKind::OttlCondition(raw.ottl_condition?),
+        PolicyType::ThroughputTarget => PolicyKind::ThroughputTarget(raw.throughput_target?),
         PolicyType::And => PolicyKind::And(convert_list(
             raw.and?.and_sub_policy,
             &join(at, "and.and_sub_policy"),

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use crate::components::ErrorMode;
-use crate::types::{SpanCondition, SpanEventCondition};
+use crate::types::{GoDuration, SpanCondition, SpanEventCondition};
 
 /// Sampled when the trace (earliest start to latest end) lasts at least `threshold_ms` and,
 /// when set, at most `upper_threshold_ms`.
@@ -130,4 +130,40 @@ pub struct OttlConditionConfig {
     pub span: Vec<SpanCondition>,
     #[serde(default)]
     pub spanevent: Vec<SpanEventCondition>,
+}
+
+/// Tailgate's `throughput_target` (the collector v0.161.0 has no adaptive sampler to match):
+/// keeps about `traces_per_second` traces per second across the whole cluster, whatever the
+/// traffic. Every `adjustment_interval` each evaluator re-divides its share of the target
+/// among the fingerprints it saw (values of `fingerprint_attributes`, at most `max_keys`),
+/// giving rare fingerprints everything they send before common ones get the rest, and
+/// samples each trace by its randomness at its fingerprint's probability.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThroughputTargetConfig {
+    /// Kept traces per second, for the whole cluster.
+    pub traces_per_second: f64,
+    /// How often the per-fingerprint probabilities are recomputed. Default 10s.
+    #[serde(default = "default_adjustment_interval")]
+    pub adjustment_interval: GoDuration,
+    /// Span or resource attributes whose values form a trace's fingerprint (the first span
+    /// that has each). Default `[service.name]`.
+    #[serde(default = "default_fingerprint_attributes")]
+    pub fingerprint_attributes: Vec<String>,
+    /// Distinct fingerprints tracked per interval; the rest share one overflow fingerprint.
+    /// Default 1000.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_adjustment_interval() -> GoDuration {
+    GoDuration::from_secs(10)
+}
+
+fn default_fingerprint_attributes() -> Vec<String> {
+    vec!["service.name".to_string()]
+}
+
+fn default_max_keys() -> usize {
+    1000
 }

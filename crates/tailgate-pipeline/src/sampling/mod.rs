@@ -167,7 +167,6 @@ impl TailSamplingStage {
                     in_flight: Arc::clone(&in_flight),
                     retry_at: None,
                     resend_decisions: false,
-                    shards,
                     replication: replicating.then(shard::Replication::default),
                 }
             });

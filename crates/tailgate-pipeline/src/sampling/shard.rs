@@ -135,7 +135,6 @@ pub(super) struct ShardCluster {
     /// shard does not own again (without them the new owner decides its own copy of a trace
     /// already exported here — a duplicate the simulator found under asymmetric partitions).
     pub(super) resend_decisions: bool,
-    pub(super) shards: usize,
     /// With `replication_factor: 2`: decisions on their way to the replicas, copies on
     /// their way to another node.
     pub(super) replication: Option<Replication>,
@@ -265,8 +264,11 @@ impl ShardState {
     async fn on_ring(&mut self, myself: &ActorRef<ShardMsg>, ring: Arc<Ring>) {
         let Some(c) = &mut self.cluster else { return };
         let owners = ring.owners().len().max(1);
-        // Rate limits are cluster-wide: each owner takes its share.
-        self.shard.set_rate_share(1.0 / (c.shards * owners) as f64);
+        // Rate limits and throughput targets are cluster-wide: each owner takes its share
+        // (the shard divides it among the node's shards). Passing the per-shard share here
+        // divided by the shard count twice: every cluster member kept half (two shards) of
+        // its rate limit after its first ring change.
+        self.shard.set_rate_share(1.0 / owners as f64);
         let old = std::mem::replace(&mut c.ring, ring);
         let now = self.now();
         self.note_ring_change(&old, now);

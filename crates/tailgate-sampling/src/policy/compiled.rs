@@ -12,6 +12,7 @@ use tailgate_processors::filter::{SpanContext, SpanEventContext};
 use super::batch::budget_threshold;
 use super::composite::Composite;
 use super::rate::TokenBucket;
+use super::throughput::ThroughputTarget;
 use super::{
     DEFAULT_HASH_SALT, Decision, NamedPolicy, TraceView, probabilistic_threshold, trace_id_hash,
 };
@@ -86,6 +87,7 @@ pub(super) enum CompiledPolicy {
     Not(Box<NamedPolicy>),
     Drop(Vec<NamedPolicy>),
     Composite(Composite),
+    ThroughputTarget(ThroughputTarget),
 }
 
 /// An attribute key with a substring prefilter: a span whose bytes do not contain the key
@@ -222,6 +224,9 @@ impl CompiledPolicy {
             PolicyKind::Composite(c) => {
                 CompiledPolicy::Composite(Composite::compile(c, rate_share))
             }
+            PolicyKind::ThroughputTarget(t) => {
+                CompiledPolicy::ThroughputTarget(ThroughputTarget::compile(t, rate_share))
+            }
         }
     }
 
@@ -245,7 +250,21 @@ impl CompiledPolicy {
             }
             CompiledPolicy::Not(sub) => sub.set_rate_share(share),
             CompiledPolicy::Composite(c) => c.set_rate_share(share),
+            CompiledPolicy::ThroughputTarget(t) => t.set_rate_share(share),
             _ => {}
+        }
+    }
+
+    /// Whether this policy, or one below it, is a `throughput_target` (whose thresholds are
+    /// recorded on kept spans whether or not the `usetracestate` gate is on).
+    pub(super) fn has_throughput_target(&self) -> bool {
+        match self {
+            CompiledPolicy::ThroughputTarget(_) => true,
+            CompiledPolicy::And(subs) | CompiledPolicy::Drop(subs) => {
+                subs.iter().any(|s| s.policy.has_throughput_target())
+            }
+            CompiledPolicy::Not(sub) => sub.policy.has_throughput_target(),
+            _ => false,
         }
     }
 
@@ -371,6 +390,7 @@ impl CompiledPolicy {
                 (Decision::Dropped, Threshold::ALWAYS)
             }
             CompiledPolicy::Composite(c) => yes(c.evaluate(t, now)),
+            CompiledPolicy::ThroughputTarget(target) => target.evaluate(t, now),
         }
     }
 }

@@ -16,6 +16,7 @@ mod compiled;
 mod composite;
 mod rate;
 mod set;
+mod throughput;
 
 use std::time::Duration;
 

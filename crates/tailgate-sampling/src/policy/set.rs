@@ -38,6 +38,9 @@ pub struct PolicySet {
     override_otel: Option<Threshold>,
     /// OpenTelemetry probability sampling in `tracestate` (the `usetracestate` gate).
     use_tracestate: bool,
+    /// Kept traces record their threshold: the gate is on, or a `throughput_target` samples
+    /// at probabilities backends must be able to re-weight.
+    records_thresholds: bool,
 }
 
 /// The votes cast on one trace so far.
@@ -79,6 +82,7 @@ impl PolicySet {
         // Stable: drop policies first, each group in configured order.
         policies.sort_by_key(|p| !p.is_drop());
         let names = policies.iter().map(|p| p.name.clone()).collect();
+        let records_thresholds = policies.iter().any(|p| p.policy.has_throughput_target());
         PolicySet {
             policies,
             names,
@@ -86,6 +90,7 @@ impl PolicySet {
             override_threshold: None,
             override_otel: None,
             use_tracestate: false,
+            records_thresholds,
         }
     }
 
@@ -93,6 +98,7 @@ impl PolicySet {
     /// `processor.tailsamplingprocessor.usetracestate` gate).
     pub fn set_use_tracestate(&mut self, on: bool) {
         self.use_tracestate = on;
+        self.records_thresholds |= on;
     }
 
     /// Decisions must be taken in batches ([`PolicySet::decide_batch`]): thresholds are on
@@ -223,7 +229,7 @@ impl PolicySet {
             .filter_map(|(i, _)| self.policies[*i].composite_sampled_by())
             .next_back()
             .map(str::to_string);
-        let threshold = match (self.use_tracestate, keep, by_override) {
+        let threshold = match (self.records_thresholds, keep, by_override) {
             (true, true, _) => tally.threshold,
             (true, false, true) => self.override_otel,
             _ => None,

@@ -156,6 +156,8 @@ impl TraceShard {
         self.policies.names()
     }
 
+    /// This node's share of the cluster-wide rates (rate limits, throughput targets); each of
+    /// its `shard_count` shards takes an equal part of it.
     pub fn set_rate_share(&mut self, share: f64) {
         self.policies
             .set_rate_share(share / self.shard_count as f64);

@@ -19,6 +19,7 @@ use crate::*;
 
 mod replica;
 mod thresholds;
+mod throughput;
 
 const S: Duration = Duration::from_secs(1);
 
