@@ -18,6 +18,7 @@ mod mixed_fleet;
 mod otlp;
 mod overload;
 mod parity;
+mod parity_spanmetrics;
 mod parity_tracestate;
 mod python_sdk;
 mod reliability;

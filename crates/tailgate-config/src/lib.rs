@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod components;
+pub mod connectors;
 mod env;
 pub mod feature_gates;
 mod field_errors;
@@ -30,7 +31,7 @@ pub use feature_gates::FeatureGates;
 pub use load::{load_file, load_file_with_overrides, load_str};
 pub use model::{
     ComponentId, Config, ConfigError, ConfigErrors, ExporterConfig, ExtensionConfig,
-    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig,
+    PipelineConfig, ProcessorConfig, ReceiverConfig, ServiceConfig, Signal,
 };
 pub use types::{
     AttributeValue, ConfigRegex, GoDuration, SpanCondition, SpanEventCondition, parse_go_duration,

@@ -24,7 +24,15 @@ const PROCESSOR_TYPES: &[&str] = &[
     "resource",
     "tail_sampling",
 ];
-const EXPORTER_TYPES: &[&str] = &["debug", "file", "loadbalancing", "otlp", "otlphttp"];
+const EXPORTER_TYPES: &[&str] = &[
+    "debug",
+    "file",
+    "loadbalancing",
+    "otlp",
+    "otlphttp",
+    "prometheus",
+];
+const CONNECTOR_TYPES: &[&str] = &["spanmetrics"];
 const EXTENSION_TYPES: &[&str] = &["health_check", "pprof"];
 
 fn unknown_type(singular: &str, kind: &str, supported: &[&str]) -> String {
@@ -90,6 +98,7 @@ fn load_text(
     load_processors(&mut l, &mut root, &mut cfg);
     load_exporters(&mut l, &mut root, &mut cfg);
     load_extensions(&mut l, &mut root, &mut cfg);
+    load_connectors(&mut l, &mut root, &mut cfg);
     if let Some(v) = root.remove("cluster") {
         load_cluster(&mut l, v, &mut cfg);
     }
@@ -245,6 +254,7 @@ fn load_exporters(l: &mut Loader<'_>, root: &mut Root, cfg: &mut Config) {
             "file" => l.typed(&base, value).map(ExporterConfig::File),
             "debug" => l.typed(&base, value).map(ExporterConfig::Debug),
             "loadbalancing" => l.typed(&base, value).map(ExporterConfig::LoadBalancing),
+            "prometheus" => l.typed(&base, value).map(ExporterConfig::Prometheus),
             other => {
                 let msg = unknown_type("exporter", other, EXPORTER_TYPES);
                 l.error(base.clone(), msg);
@@ -274,6 +284,28 @@ fn load_extensions(l: &mut Loader<'_>, root: &mut Root, cfg: &mut Config) {
         };
         if let Some(p) = parsed {
             cfg.extensions.insert(id, p);
+        }
+    }
+}
+
+fn load_connectors(l: &mut Loader<'_>, root: &mut Root, cfg: &mut Config) {
+    use crate::connectors::{ConnectorConfig, span_metrics_problems};
+    for (id, value) in l.section(root, "connectors") {
+        let base = format!("connectors.{id}");
+        let parsed = match id.kind.as_str() {
+            "spanmetrics" => l.typed(&base, value).map(ConnectorConfig::SpanMetrics),
+            other => {
+                let msg = unknown_type("connector", other, CONNECTOR_TYPES);
+                l.error(base.clone(), msg);
+                None
+            }
+        };
+        if let Some(c) = parsed {
+            let ConnectorConfig::SpanMetrics(s) = &c;
+            for (sub, msg) in span_metrics_problems(s) {
+                l.error(join(&base, &sub), msg);
+            }
+            cfg.connectors.insert(id, c);
         }
     }
 }
@@ -315,16 +347,15 @@ fn report_unknown_top_level_keys(l: &mut Loader<'_>, root: &Root) {
         "processors",
         "exporters",
         "extensions",
+        "connectors",
         "service",
         "cluster",
     ];
     for key in root.keys() {
-        let mut msg = if key == "connectors" {
-            "connectors are not supported; allowed top-level keys: receivers, processors, exporters, extensions, service, cluster".to_string()
-        } else {
-            "unknown top-level key; allowed: receivers, processors, exporters, extensions, service, cluster"
-                .to_string()
-        };
+        let mut msg = format!(
+            "unknown top-level key; allowed: {}",
+            TOP_LEVEL_KEYS.join(", ")
+        );
         if let Some(near) = closest(key, TOP_LEVEL_KEYS.iter().copied()) {
             msg.push_str(&format!("; did you mean `{near}`?"));
         }

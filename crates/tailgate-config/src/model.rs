@@ -70,6 +70,34 @@ pub enum ExporterConfig {
     File(FileExporterConfig),
     Debug(DebugExporterConfig),
     LoadBalancing(crate::agent::LoadBalancingConfig),
+    Prometheus(crate::connectors::PrometheusExporterConfig),
+}
+
+impl ExporterConfig {
+    /// The signals it exports.
+    pub fn signals(&self) -> &'static [Signal] {
+        match self {
+            ExporterConfig::Otlp(_) => &[Signal::Traces, Signal::Metrics],
+            ExporterConfig::Prometheus(_) => &[Signal::Metrics],
+            _ => &[Signal::Traces],
+        }
+    }
+}
+
+/// What a pipeline carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,10 +106,12 @@ pub enum ExtensionConfig {
     Pprof(PprofConfig),
 }
 
-/// One `service.pipelines.traces[/name]` entry.
+/// One `service.pipelines.traces[/name]` or `metrics[/name]` entry. A traces pipeline's
+/// exporters may include connectors; a metrics pipeline's receivers are connectors.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub id: ComponentId,
+    pub signal: Signal,
     pub receivers: Vec<ComponentId>,
     pub processors: Vec<ComponentId>,
     pub exporters: Vec<ComponentId>,
@@ -94,6 +124,16 @@ pub struct ServiceConfig {
     pub telemetry: TelemetryConfig,
 }
 
+impl Config {
+    /// The pipelines carrying `signal`, in config order.
+    pub fn pipelines(&self, signal: Signal) -> impl Iterator<Item = &PipelineConfig> {
+        self.service
+            .pipelines
+            .iter()
+            .filter(move |p| p.signal == signal)
+    }
+}
+
 /// A loaded, validated configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -103,6 +143,7 @@ pub struct Config {
     pub processors: BTreeMap<ComponentId, ProcessorConfig>,
     pub exporters: BTreeMap<ComponentId, ExporterConfig>,
     pub extensions: BTreeMap<ComponentId, ExtensionConfig>,
+    pub connectors: BTreeMap<ComponentId, crate::connectors::ConnectorConfig>,
     pub service: ServiceConfig,
     /// Tailgate's own `cluster` section (not a collector key).
     pub cluster: Option<crate::cluster::ClusterConfig>,

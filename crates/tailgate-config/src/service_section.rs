@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::components::TelemetryConfig;
 use crate::field_errors::closest;
-use crate::model::{ComponentId, Config, PipelineConfig, ProcessorConfig};
+use crate::model::{ComponentId, Config, PipelineConfig, ProcessorConfig, Signal};
 use crate::reader::Loader;
 
 #[derive(serde::Deserialize)]
@@ -59,10 +59,17 @@ pub(crate) fn load_service(l: &mut Loader<'_>, value: Value, cfg: &mut Config) {
             cfg.service.pipelines.push(pipeline);
         }
     }
+    if cfg.pipelines(Signal::Traces).next().is_none() && !cfg.service.pipelines.is_empty() {
+        l.error(
+            "service.pipelines",
+            "no traces pipeline: define `service.pipelines.traces`",
+        );
+    }
+    check_connectors(l, cfg);
 }
 
 /// One `service.pipelines` entry with its references resolved; `None` when its name is not a
-/// traces pipeline.
+/// traces or metrics pipeline.
 fn load_pipeline(
     l: &mut Loader<'_>,
     name: &str,
@@ -70,13 +77,14 @@ fn load_pipeline(
     cfg: &Config,
 ) -> Option<PipelineConfig> {
     let base = format!("service.pipelines.{name}");
-    let id = match ComponentId::parse(name) {
-        Ok(id) if id.kind == "traces" => id,
-        Ok(id) if id.kind == "metrics" || id.kind == "logs" || id.kind == "profiles" => {
+    let signal = match ComponentId::parse(name) {
+        Ok(id) if id.kind == "traces" => Signal::Traces,
+        Ok(id) if id.kind == "metrics" => Signal::Metrics,
+        Ok(id) if id.kind == "logs" || id.kind == "profiles" => {
             l.error(
                 base,
                 format!(
-                    "{} pipelines are not supported: Tailgate handles traces only",
+                    "{} pipelines are not supported: Tailgate handles traces, and the metrics its connectors make",
                     id.kind
                 ),
             );
@@ -85,7 +93,7 @@ fn load_pipeline(
         Ok(_) => {
             l.error(
                 base,
-                "unknown pipeline type; allowed: traces, traces/<name>",
+                "unknown pipeline type; allowed: traces[/<name>], metrics[/<name>]",
             );
             return None;
         }
@@ -94,6 +102,7 @@ fn load_pipeline(
             return None;
         }
     };
+    let id = ComponentId::parse(name).expect("parsed above");
     if p.receivers.is_empty() {
         l.error(
             format!("{base}.receivers"),
@@ -106,32 +115,43 @@ fn load_pipeline(
             "a pipeline needs at least one exporter",
         );
     }
-    let pipeline = PipelineConfig {
-        id,
-        receivers: refs(
-            l,
-            &base,
-            "receivers",
-            "receiver",
-            &p.receivers,
-            &cfg.receivers,
-        ),
-        processors: refs(
-            l,
-            &base,
-            "processors",
-            "processor",
-            &p.processors,
-            &cfg.processors,
-        ),
-        exporters: refs(
-            l,
-            &base,
-            "exporters",
-            "exporter",
-            &p.exporters,
-            &cfg.exporters,
-        ),
+    let pipeline = match signal {
+        Signal::Traces => PipelineConfig {
+            id,
+            signal,
+            receivers: refs(
+                l,
+                &base,
+                "receivers",
+                "receiver",
+                &p.receivers,
+                &cfg.receivers,
+            ),
+            processors: refs(
+                l,
+                &base,
+                "processors",
+                "processor",
+                &p.processors,
+                &cfg.processors,
+            ),
+            exporters: traces_exporters(l, &base, &p.exporters, cfg),
+        },
+        Signal::Metrics => {
+            if !p.processors.is_empty() {
+                l.error(
+                    format!("{base}.processors"),
+                    "metrics pipelines take no processors in Tailgate: a connector's metrics go straight to the exporters",
+                );
+            }
+            PipelineConfig {
+                id,
+                signal,
+                receivers: metrics_receivers(l, &base, &p.receivers, cfg),
+                processors: Vec::new(),
+                exporters: metrics_exporters(l, &base, &p.exporters, cfg),
+            }
+        }
     };
     for (i, id) in pipeline.processors.iter().enumerate() {
         let is_memory_limiter = matches!(
@@ -146,6 +166,157 @@ fn load_pipeline(
         }
     }
     Some(pipeline)
+}
+
+/// A traces pipeline's exporters: exporters of traces, or connectors.
+fn traces_exporters(
+    l: &mut Loader<'_>,
+    base: &str,
+    names: &[String],
+    cfg: &Config,
+) -> Vec<ComponentId> {
+    let mut out: Vec<(usize, ComponentId)> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if let Ok(id) = ComponentId::parse(name)
+            && cfg.connectors.contains_key(&id)
+        {
+            out.push((i, id));
+            continue;
+        }
+        let path = format!("{base}.exporters[{i}]");
+        if let Some(id) = one_ref(l, &path, "exporter", name, &cfg.exporters) {
+            if cfg.exporters[&id].signals().contains(&Signal::Traces) {
+                out.push((i, id));
+            } else {
+                l.error(
+                    path,
+                    format!(
+                        "exporter `{id}` exports metrics, not traces; use it in a metrics pipeline"
+                    ),
+                );
+            }
+        }
+    }
+    out.sort();
+    dedup(l, base, "exporters", "exporter", out)
+}
+
+/// A metrics pipeline's receivers: connectors.
+fn metrics_receivers(
+    l: &mut Loader<'_>,
+    base: &str,
+    names: &[String],
+    cfg: &Config,
+) -> Vec<ComponentId> {
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("{base}.receivers[{i}]");
+        if let Ok(id) = ComponentId::parse(name)
+            && cfg.receivers.contains_key(&id)
+        {
+            l.error(
+                path,
+                format!("receiver `{id}` does not receive metrics in Tailgate: a metrics pipeline's receivers are connectors, such as spanmetrics"),
+            );
+            continue;
+        }
+        if let Some(id) = one_ref(l, &path, "connector", name, &cfg.connectors) {
+            out.push((i, id));
+        }
+    }
+    dedup(l, base, "receivers", "receiver", out)
+}
+
+/// A metrics pipeline's exporters: those that export metrics.
+fn metrics_exporters(
+    l: &mut Loader<'_>,
+    base: &str,
+    names: &[String],
+    cfg: &Config,
+) -> Vec<ComponentId> {
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("{base}.exporters[{i}]");
+        if let Some(id) = one_ref(l, &path, "exporter", name, &cfg.exporters) {
+            if cfg.exporters[&id].signals().contains(&Signal::Metrics) {
+                out.push((i, id));
+            } else {
+                l.error(path, format!("exporter `{id}` does not export metrics; metrics exporters: otlp, prometheus"));
+            }
+        }
+    }
+    dedup(l, base, "exporters", "exporter", out)
+}
+
+/// One reference, resolved; `None` (reported) when it names nothing defined.
+fn one_ref<T>(
+    l: &mut Loader<'_>,
+    path: &str,
+    singular: &str,
+    name: &str,
+    defined: &BTreeMap<ComponentId, T>,
+) -> Option<ComponentId> {
+    match ComponentId::parse(name) {
+        Err(msg) => {
+            l.error(path, msg);
+            None
+        }
+        Ok(id) if defined.contains_key(&id) => Some(id),
+        Ok(id) => {
+            let section = format!("{singular}s");
+            if !l.declared.contains(&format!("{section}.{id}")) {
+                let msg = undefined(singular, &id, defined.keys());
+                l.error(path, msg);
+            }
+            None
+        }
+    }
+}
+
+fn dedup(
+    l: &mut Loader<'_>,
+    base: &str,
+    field: &str,
+    singular: &str,
+    refs: Vec<(usize, ComponentId)>,
+) -> Vec<ComponentId> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, id) in refs {
+        if seen.insert(id.clone()) {
+            out.push(id);
+        } else {
+            l.error(
+                format!("{base}.{field}[{i}]"),
+                format!("{singular} `{id}` is listed twice"),
+            );
+        }
+    }
+    out
+}
+
+/// Every connector must end a traces pipeline and start a metrics pipeline, as in the
+/// collector: one without the other would count spans nobody reads, or read nothing.
+pub(crate) fn check_connectors(l: &mut Loader<'_>, cfg: &Config) {
+    for id in cfg.connectors.keys() {
+        let exported = cfg
+            .pipelines(Signal::Traces)
+            .any(|p| p.exporters.contains(id));
+        let received = cfg
+            .pipelines(Signal::Metrics)
+            .any(|p| p.receivers.contains(id));
+        match (exported, received) {
+            (true, false) => l.error(
+                format!("connectors.{id}"),
+                format!("connector `{id}` is a traces pipeline's exporter but no metrics pipeline's receiver"),
+            ),
+            (false, true) => l.error(
+                format!("connectors.{id}"),
+                format!("connector `{id}` is a metrics pipeline's receiver but no traces pipeline's exporter"),
+            ),
+            _ => {}
+        }
+    }
 }
 
 fn refs<T>(

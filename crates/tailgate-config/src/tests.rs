@@ -117,7 +117,7 @@ fn bad_configs_give_exact_errors() {
         // 1. unknown component type
         (
             format!("receivers:\n  otlp:\nexporters:\n  debug:\n  kafka:\n{MINIMAL_SERVICE}"),
-            vec!["test.yaml: exporters.kafka: unknown exporter type `kafka`; supported: debug, file, loadbalancing, otlp, otlphttp"],
+            vec!["test.yaml: exporters.kafka: unknown exporter type `kafka`; supported: debug, file, loadbalancing, otlp, otlphttp, prometheus"],
         ),
         // 2. unknown key inside a component
         (
@@ -144,12 +144,16 @@ fn bad_configs_give_exact_errors() {
         // 6. unknown top-level key
         (
             format!("receivers:\n  otlp:\nexporters:\n  debug:\nrecievers: {{}}\n{MINIMAL_SERVICE}"),
-            vec!["test.yaml: recievers: unknown top-level key; allowed: receivers, processors, exporters, extensions, service, cluster; did you mean `receivers`?"],
+            vec!["test.yaml: recievers: unknown top-level key; allowed: receivers, processors, exporters, extensions, connectors, service, cluster; did you mean `receivers`?"],
         ),
         // 7. metrics pipeline
         (
             "receivers:\n  otlp:\nexporters:\n  debug:\nservice:\n  pipelines:\n    metrics:\n      receivers: [otlp]\n      exporters: [debug]\n".into(),
-            vec!["test.yaml: service.pipelines.metrics: metrics pipelines are not supported: Tailgate handles traces only"],
+            vec![
+                "test.yaml: service.pipelines.metrics.receivers[0]: receiver `otlp` does not receive metrics in Tailgate: a metrics pipeline's receivers are connectors, such as spanmetrics",
+                "test.yaml: service.pipelines.metrics.exporters[0]: exporter `debug` does not export metrics; metrics exporters: otlp, prometheus",
+                "test.yaml: service.pipelines: no traces pipeline: define `service.pipelines.traces`",
+            ],
         ),
         // 8. OTTL outside the subset
         (

@@ -200,6 +200,18 @@ pub(crate) fn receiver(r: &ReceiverConfig) -> Problems {
 pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
     let mut out = Problems::new();
     match e {
+        ExporterConfig::Prometheus(p) => {
+            let has_port = p
+                .endpoint
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+            if !has_port {
+                out.push((
+                    "endpoint".into(),
+                    format!("`{}` is not `host:port`", p.endpoint),
+                ));
+            }
+        }
         ExporterConfig::Otlp(c) => {
             if c.endpoint.trim().is_empty() {
                 out.push((

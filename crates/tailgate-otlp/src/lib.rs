@@ -18,6 +18,7 @@ pub mod codec;
 pub mod json;
 mod scan;
 mod span;
+pub mod tracestate;
 pub mod wire;
 
 pub use build::{encode_export_request, export_request_len};

@@ -20,6 +20,7 @@
 
 pub mod cluster;
 pub mod connections;
+pub mod connector;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;

@@ -46,6 +46,12 @@ pub const EXPORTER_SENT_SPANS: &str = "otelcol_exporter_sent_spans_total";
 /// Label `reason`: permanent | retries_exhausted | partial_success | shutdown.
 pub const EXPORTER_SEND_FAILED_SPANS: &str = "otelcol_exporter_send_failed_spans_total";
 pub const EXPORTER_ENQUEUE_FAILED_SPANS: &str = "otelcol_exporter_enqueue_failed_spans_total";
+/// The same three for a metrics pipeline's exporters (data points, not spans).
+pub const EXPORTER_SENT_METRIC_POINTS: &str = "otelcol_exporter_sent_metric_points_total";
+pub const EXPORTER_SEND_FAILED_METRIC_POINTS: &str =
+    "otelcol_exporter_send_failed_metric_points_total";
+pub const EXPORTER_ENQUEUE_FAILED_METRIC_POINTS: &str =
+    "otelcol_exporter_enqueue_failed_metric_points_total";
 pub const EXPORTER_QUEUE_SIZE: &str = "otelcol_exporter_queue_size";
 pub const EXPORTER_QUEUE_CAPACITY: &str = "otelcol_exporter_queue_capacity";
 /// Retries of a failed export attempt.
@@ -142,6 +148,10 @@ pub const MEMORY_RELEASED_BYTES: &str = "tailgate_memory_released_bytes_total";
 pub const RECEIVER_INFLIGHT_BYTES: &str = "tailgate_receiver_inflight_bytes";
 /// Encoded batches in an exporter's sending queue or being sent. Label: exporter.
 pub const EXPORTER_QUEUE_BYTES: &str = "tailgate_exporter_queue_bytes";
+/// Spans a `spanmetrics` connector counted. Label: connector.
+pub const SPANMETRICS_SPANS: &str = "tailgate_spanmetrics_spans_total";
+/// Series a `spanmetrics` connector holds (all metrics, all resources). Label: connector.
+pub const SPANMETRICS_SERIES: &str = "tailgate_spanmetrics_series";
 pub const PROCESS_UPTIME: &str = "otelcol_process_uptime";
 /// The memory limiter's state: 1 while refusing.
 pub const MEMORY_LIMITER_REFUSING: &str = "tailgate_memory_limiter_refusing";

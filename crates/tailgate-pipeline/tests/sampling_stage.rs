@@ -85,6 +85,7 @@ async fn stage(cfg: TailSamplingConfig, budget: u64) -> (TailSamplingStage, Arc<
         cfg,
         buffer_limit_bytes: budget,
         shards: 2,
+        kept_observer: None,
     };
     (
         TailSamplingStage::start(setup, capture.clone(), None)

@@ -17,7 +17,7 @@ pub mod cache;
 pub mod policy;
 pub mod record;
 pub mod shard;
-pub mod tracestate;
+pub use tailgate_otlp::tracestate;
 
 pub use budget::BufferBudget;
 pub use buffer::TraceBuffer;

@@ -47,6 +47,62 @@ fn describe_memory_limiter(m: &tailgate_config::components::MemoryLimiterConfig)
     format!("check every {}, {limits}", m.check_interval)
 }
 
+/// One exporter (or connector) line of a pipeline.
+fn describe_exporter(cfg: &Config, id: &tailgate_config::ComponentId) -> String {
+    if let Some(tailgate_config::connectors::ConnectorConfig::SpanMetrics(m)) =
+        cfg.connectors.get(id)
+    {
+        return format!(
+            "  connector {id}: RED metrics `{}.*` every {}, {} dimension(s){}\n",
+            m.namespace,
+            m.metrics_flush_interval,
+            m.dimensions.len(),
+            if m.exemplars.enabled {
+                ", exemplars of kept traces"
+            } else {
+                ""
+            }
+        );
+    }
+    let detail = match &cfg.exporters[id] {
+        ExporterConfig::Otlp(o) => format!("OTLP/gRPC to {}", o.endpoint),
+        ExporterConfig::OtlpHttp(o) => {
+            format!(
+                "OTLP/HTTP to {}",
+                o.traces_endpoint
+                    .clone()
+                    .or(o.endpoint.clone())
+                    .unwrap_or_default()
+            )
+        }
+        ExporterConfig::File(f) => format!("OTLP/JSON lines to {}", f.path),
+        ExporterConfig::Debug(d) => format!("log summary ({:?})", d.verbosity).to_lowercase(),
+        ExporterConfig::LoadBalancing(lb) => {
+            let r = &lb.resolver;
+            let resolver = if let Some(s) = &r.static_ {
+                format!("static {}", s.hostnames.join(", "))
+            } else if let Some(d) = &r.dns {
+                format!("dns {}:{}", d.hostname, d.port)
+            } else if let Some(k) = &r.k8s {
+                format!("k8s service {}", k.service)
+            } else {
+                String::new()
+            };
+            format!("by trace ID to the owning gateway ({resolver})")
+        }
+        ExporterConfig::Prometheus(p) => format!(
+            "Prometheus scrape endpoint on {}{}",
+            p.endpoint,
+            if p.enable_open_metrics {
+                " (OpenMetrics with exemplars)"
+            } else {
+                ""
+            }
+        ),
+    };
+    format!("  exporter  {id}: {detail}\n")
+}
+
 /// The resolved pipelines, one stage per line.
 pub fn describe(cfg: &Config) -> String {
     let mut out = format!("{}: valid\n", cfg.source);
@@ -98,36 +154,7 @@ pub fn describe(cfg: &Config) -> String {
             out.push_str(&format!("  processor {id}: {detail}\n"));
         }
         for id in &p.exporters {
-            let detail = match &cfg.exporters[id] {
-                ExporterConfig::Otlp(o) => format!("OTLP/gRPC to {}", o.endpoint),
-                ExporterConfig::OtlpHttp(o) => {
-                    format!(
-                        "OTLP/HTTP to {}",
-                        o.traces_endpoint
-                            .clone()
-                            .or(o.endpoint.clone())
-                            .unwrap_or_default()
-                    )
-                }
-                ExporterConfig::File(f) => format!("OTLP/JSON lines to {}", f.path),
-                ExporterConfig::Debug(d) => {
-                    format!("log summary ({:?})", d.verbosity).to_lowercase()
-                }
-                ExporterConfig::LoadBalancing(lb) => {
-                    let r = &lb.resolver;
-                    let resolver = if let Some(s) = &r.static_ {
-                        format!("static {}", s.hostnames.join(", "))
-                    } else if let Some(d) = &r.dns {
-                        format!("dns {}:{}", d.hostname, d.port)
-                    } else if let Some(k) = &r.k8s {
-                        format!("k8s service {}", k.service)
-                    } else {
-                        String::new()
-                    };
-                    format!("by trace ID to the owning gateway ({resolver})")
-                }
-            };
-            out.push_str(&format!("  exporter  {id}: {detail}\n"));
+            out.push_str(&describe_exporter(cfg, id));
         }
     }
     if !cfg.service.extensions.is_empty() {

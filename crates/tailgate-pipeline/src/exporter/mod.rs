@@ -13,7 +13,7 @@
 
 mod debug;
 mod file;
-mod otlp_grpc;
+pub(crate) mod otlp_grpc;
 mod otlp_http;
 mod retry;
 
@@ -119,6 +119,9 @@ pub fn build_exporter(
                 "exporters.{id}: `loadbalancing` routes spans itself; build it with a ComponentFactory"
             )
         }
+        ExporterConfig::Prometheus(_) => {
+            anyhow::bail!("exporters.{id}: `prometheus` serves metrics; it takes no traces")
+        }
     })
 }
 
@@ -132,7 +135,7 @@ pub fn queue_and_retry(cfg: &ExporterConfig) -> (QueueConfig, RetryConfig) {
             c.protocol.otlp.sending_queue.clone(),
             c.protocol.otlp.retry_on_failure.clone(),
         ),
-        ExporterConfig::File(_) | ExporterConfig::Debug(_) => (
+        ExporterConfig::File(_) | ExporterConfig::Debug(_) | ExporterConfig::Prometheus(_) => (
             QueueConfig {
                 enabled: false,
                 ..QueueConfig::default()
@@ -148,6 +151,8 @@ pub fn queue_and_retry(cfg: &ExporterConfig) -> (QueueConfig, RetryConfig) {
 /// An exporter with its retry policy and (optionally) its sending queue.
 pub struct ManagedExporter {
     name: String,
+    /// What its batches carry: the counters are named for it, as the collector's are.
+    items: ExportedItems,
     exporter: Arc<dyn Exporter>,
     retry: RetryConfig,
     seed: u64,
@@ -160,6 +165,45 @@ pub struct ManagedExporter {
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
+/// What an exporter's batches carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportedItems {
+    Spans,
+    /// Metric data points (a metrics pipeline's `otlp` exporter).
+    MetricPoints,
+}
+
+impl ExportedItems {
+    /// The collector's `data_type` label.
+    fn data_type(self) -> &'static str {
+        match self {
+            ExportedItems::Spans => "traces",
+            ExportedItems::MetricPoints => "metrics",
+        }
+    }
+
+    fn sent(self) -> &'static str {
+        match self {
+            ExportedItems::Spans => EXPORTER_SENT_SPANS,
+            ExportedItems::MetricPoints => EXPORTER_SENT_METRIC_POINTS,
+        }
+    }
+
+    fn send_failed(self) -> &'static str {
+        match self {
+            ExportedItems::Spans => EXPORTER_SEND_FAILED_SPANS,
+            ExportedItems::MetricPoints => EXPORTER_SEND_FAILED_METRIC_POINTS,
+        }
+    }
+
+    fn enqueue_failed(self) -> &'static str {
+        match self {
+            ExportedItems::Spans => EXPORTER_ENQUEUE_FAILED_SPANS,
+            ExportedItems::MetricPoints => EXPORTER_ENQUEUE_FAILED_METRIC_POINTS,
+        }
+    }
+}
+
 impl ManagedExporter {
     /// `seed` drives retry jitter, so runs are reproducible.
     pub fn start(
@@ -169,8 +213,22 @@ impl ManagedExporter {
         retry: RetryConfig,
         seed: u64,
     ) -> Arc<Self> {
+        Self::start_for(ExportedItems::Spans, name, exporter, queue, retry, seed)
+    }
+
+    /// Like [`ManagedExporter::start`], for batches of `items`.
+    pub fn start_for(
+        items: ExportedItems,
+        name: String,
+        exporter: Arc<dyn Exporter>,
+        queue: &QueueConfig,
+        retry: RetryConfig,
+        seed: u64,
+    ) -> Arc<Self> {
         let deadline = Arc::new(std::sync::Mutex::new(None));
+        let data_type = items.data_type();
         let me = Arc::new(ManagedExporter {
+            items,
             name: name.clone(),
             exporter,
             retry,
@@ -182,10 +240,12 @@ impl ManagedExporter {
         });
         if queue.enabled {
             let (tx, rx) = mpsc::channel::<ExportBatch>(queue.queue_size);
-            gauge!(EXPORTER_QUEUE_CAPACITY, "exporter" => name.clone())
+            gauge!(EXPORTER_QUEUE_CAPACITY, "exporter" => name.clone(), "data_type" => data_type)
                 .set(queue.queue_size as f64);
-            gauge!(EXPORTER_QUEUE_SIZE, "exporter" => name.clone()).set(0.0);
-            gauge!(EXPORTER_QUEUE_BYTES, "exporter" => name.clone()).set(0.0);
+            gauge!(EXPORTER_QUEUE_SIZE, "exporter" => name.clone(), "data_type" => data_type)
+                .set(0.0);
+            gauge!(EXPORTER_QUEUE_BYTES, "exporter" => name.clone(), "data_type" => data_type)
+                .set(0.0);
             let rx = Arc::new(Mutex::new(rx));
             let mut workers = Vec::with_capacity(queue.num_consumers);
             for worker in 0..queue.num_consumers {
@@ -197,10 +257,10 @@ impl ManagedExporter {
                     loop {
                         let next = { rx.lock().await.recv().await };
                         let Some(batch) = next else { break };
-                        gauge!(EXPORTER_QUEUE_SIZE, "exporter" => me2.name.clone()).decrement(1.0);
+                        gauge!(EXPORTER_QUEUE_SIZE, "exporter" => me2.name.clone(), "data_type" => data_type).decrement(1.0);
                         // Failures are counted inside; a queued batch has no caller to tell.
                         let _ = me2.send_with_retry(&batch, &mut backoff).await;
-                        gauge!(EXPORTER_QUEUE_BYTES, "exporter" => me2.name.clone())
+                        gauge!(EXPORTER_QUEUE_BYTES, "exporter" => me2.name.clone(), "data_type" => data_type)
                             .decrement(batch.request.len() as f64);
                     }
                 }));
@@ -275,11 +335,11 @@ impl ManagedExporter {
             match attempt {
                 Ok(outcome) => {
                     let accepted = batch.spans.saturating_sub(outcome.rejected_spans);
-                    counter!(EXPORTER_SENT_SPANS, "exporter" => self.name.clone())
+                    counter!(self.items.sent(), "exporter" => self.name.clone())
                         .increment(accepted);
                     if outcome.rejected_spans > 0 {
                         tracing::warn!(exporter = %self.name, rejected = outcome.rejected_spans, message = %outcome.message, "backend rejected spans (partial success)");
-                        counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => "partial_success")
+                        counter!(self.items.send_failed(), "exporter" => self.name.clone(), "reason" => "partial_success")
                             .increment(outcome.rejected_spans);
                     }
                     return Ok(());
@@ -291,7 +351,7 @@ impl ManagedExporter {
                         "permanent"
                     };
                     tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed permanently; dropping batch");
-                    counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => reason).increment(batch.spans);
+                    counter!(self.items.send_failed(), "exporter" => self.name.clone(), "reason" => reason).increment(batch.spans);
                     return Err(ExportError::Permanent { message });
                 }
                 Err(ExportError::Retryable {
@@ -324,7 +384,7 @@ impl ManagedExporter {
                                 "retries_exhausted"
                             };
                             tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed, no retries left; dropping batch");
-                            counter!(EXPORTER_SEND_FAILED_SPANS, "exporter" => self.name.clone(), "reason" => reason)
+                            counter!(self.items.send_failed(), "exporter" => self.name.clone(), "reason" => reason)
                                 .increment(batch.spans);
                             return Err(ExportError::Retryable {
                                 message,
@@ -375,7 +435,23 @@ impl Consumer for FanOut {
             if spans.is_empty() {
                 return Ok(());
             }
-            let batch = ExportBatch::from_spans(&spans);
+            self.send_batch(ExportBatch::from_spans(&spans)).await
+        })
+    }
+
+    fn shutdown(&self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for e in &self.exporters {
+                e.shutdown(deadline).await;
+            }
+        })
+    }
+}
+
+impl FanOut {
+    /// One encoded batch to every exporter: queued ones all or none, the others inline.
+    pub async fn send_batch(&self, batch: ExportBatch) -> Result<(), ConsumeError> {
+        {
             // Reserve a slot in every queue first: all or nothing.
             let mut permits = Vec::new();
             for e in &self.exporters {
@@ -388,7 +464,7 @@ impl Consumer for FanOut {
                 match tx.try_reserve_owned() {
                     Ok(p) => permits.push((Arc::clone(e), p)),
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        counter!(EXPORTER_ENQUEUE_FAILED_SPANS, "exporter" => e.name.clone())
+                        counter!(e.items.enqueue_failed(), "exporter" => e.name.clone())
                             .increment(batch.spans);
                         return Err(ConsumeError::Refused {
                             reason: RefuseReason::ExporterQueueFull,
@@ -401,8 +477,10 @@ impl Consumer for FanOut {
                 }
             }
             for (e, permit) in permits {
-                gauge!(EXPORTER_QUEUE_SIZE, "exporter" => e.name.clone()).increment(1.0);
-                gauge!(EXPORTER_QUEUE_BYTES, "exporter" => e.name.clone())
+                let data_type = e.items.data_type();
+                gauge!(EXPORTER_QUEUE_SIZE, "exporter" => e.name.clone(), "data_type" => data_type)
+                    .increment(1.0);
+                gauge!(EXPORTER_QUEUE_BYTES, "exporter" => e.name.clone(), "data_type" => data_type)
                     .increment(batch.request.len() as f64);
                 permit.send(batch.clone());
             }
@@ -419,15 +497,7 @@ impl Consumer for FanOut {
                 Some(ExportError::Permanent { message }) => Err(ConsumeError::Failed(message)),
                 Some(ExportError::Retryable { message, .. }) => Err(ConsumeError::Failed(message)),
             }
-        })
-    }
-
-    fn shutdown(&self, deadline: Instant) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            for e in &self.exporters {
-                e.shutdown(deadline).await;
-            }
-        })
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::rpc;
 pub struct OtlpGrpcExporter {
     /// The endpoint's URI, named in every error.
     uri: String,
+    /// The gRPC method: trace or metrics `Export`.
+    path: &'static str,
     channel: Channel,
     headers: Vec<(
         MetadataKey<tonic::metadata::Ascii>,
@@ -64,11 +66,35 @@ pub(crate) fn read_pem(path: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {what} `{path}`: {e}"))
 }
 
+/// `MetricsService/Export`: a metrics pipeline's `otlp` exporter sends encoded
+/// `ExportMetricsServiceRequest`s here.
+pub const METRICS_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
 impl OtlpGrpcExporter {
     pub fn new(
         id: &ComponentId,
         cfg: &OtlpExporterConfig,
         net: &dyn crate::net::Network,
+    ) -> anyhow::Result<Self> {
+        Self::with_path(id, cfg, net, TRACE_EXPORT_PATH)
+    }
+
+    /// The same exporter for a metrics pipeline. Both responses carry their partial success
+    /// (rejected items, message) in the same fields, so one reader serves both.
+    pub fn for_metrics(
+        id: &ComponentId,
+        cfg: &OtlpExporterConfig,
+        net: &dyn crate::net::Network,
+    ) -> anyhow::Result<Self> {
+        Self::with_path(id, cfg, net, METRICS_EXPORT_PATH)
+    }
+
+    fn with_path(
+        id: &ComponentId,
+        cfg: &OtlpExporterConfig,
+        net: &dyn crate::net::Network,
+        path: &'static str,
     ) -> anyhow::Result<Self> {
         let uri = endpoint_uri(&cfg.endpoint, &cfg.tls);
         let mut endpoint = Endpoint::from_shared(uri.clone())
@@ -93,6 +119,7 @@ impl OtlpGrpcExporter {
         }
         Ok(OtlpGrpcExporter {
             uri,
+            path,
             channel: net.channel(endpoint),
             headers,
             gzip: cfg.compression == Compression::Gzip,
@@ -119,7 +146,7 @@ impl Exporter for OtlpGrpcExporter {
             for (k, v) in &self.headers {
                 req.metadata_mut().insert(k.clone(), v.clone());
             }
-            let path = PathAndQuery::from_static(TRACE_EXPORT_PATH);
+            let path = PathAndQuery::from_static(self.path);
             match grpc
                 .unary::<Bytes, Bytes, _>(req, path, RawCodec::default())
                 .await

@@ -82,6 +82,16 @@ pub struct SamplingSetup {
     /// Resolved byte budget (config, or derived from `memory_limiter`).
     pub buffer_limit_bytes: u64,
     pub shards: usize,
+    /// Told which traces were kept, once their spans are handed to the exporters (the
+    /// span-metrics connectors' exemplars link only to such traces).
+    pub kept_observer: Option<Arc<dyn KeptTraces>>,
+}
+
+/// Learns which traces a sampling stage kept.
+pub trait KeptTraces: Send + Sync {
+    /// `ids` were kept and their spans accepted by the next stage (an ID may repeat: late
+    /// spans of a kept trace are reported again).
+    fn kept(&self, ids: &mut dyn Iterator<Item = TraceId>);
 }
 
 /// What a node buffers, for `tailgate status` and for waiting out a handoff.
@@ -176,6 +186,7 @@ impl TailSamplingStage {
                 processor: setup.name.clone(),
                 shard: TraceShard::new(shard_cfg.clone(), policies, Arc::clone(&budget), shards),
                 next: Arc::clone(&next),
+                kept_observer: setup.kept_observer.clone(),
                 epoch,
                 tick_at: None,
                 cluster: shard_cluster,

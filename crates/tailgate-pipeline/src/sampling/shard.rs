@@ -148,6 +148,7 @@ pub(super) struct ShardState {
     pub(super) processor: String,
     pub(super) shard: TraceShard,
     pub(super) next: Arc<dyn Consumer>,
+    pub(super) kept_observer: Option<Arc<dyn super::KeptTraces>>,
     pub(super) epoch: Instant,
     pub(super) tick_at: Option<Duration>,
     pub(super) cluster: Option<ShardCluster>,
@@ -167,7 +168,17 @@ impl ShardState {
         }
         loop {
             match self.next.consume(kept.clone()).await {
-                Ok(()) | Err(ConsumeError::Failed(_)) => return,
+                Ok(()) => {
+                    if let Some(observer) = &self.kept_observer {
+                        let mut last = None;
+                        observer.kept(&mut kept.iter().filter_map(|s| {
+                            let id = s.meta.trace_id;
+                            (last.replace(id) != Some(id)).then_some(id)
+                        }));
+                    }
+                    return;
+                }
+                Err(ConsumeError::Failed(_)) => return,
                 Err(ConsumeError::ShuttingDown) => {
                     counter!(SAMPLING_SPANS_DROPPED, "processor" => self.processor.clone(), "reason" => "downstream_closed")
                         .increment(kept.len() as u64);

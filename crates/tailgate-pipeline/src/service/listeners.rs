@@ -61,9 +61,7 @@ impl Listeners {
     ) -> anyhow::Result<()> {
         for (id, rcfg) in &cfg.receivers {
             let mut pipelines: Vec<Arc<dyn Consumer>> = cfg
-                .service
-                .pipelines
-                .iter()
+                .pipelines(tailgate_config::Signal::Traces)
                 .zip(heads)
                 .filter(|(p, _)| p.receivers.contains(id))
                 .map(|(_, head)| Arc::clone(head))

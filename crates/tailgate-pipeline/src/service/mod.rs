@@ -1,9 +1,11 @@
 //! Building and running everything a [`Config`] describes, and shutting it down in order.
 //!
-//! Start: exporters → processor stages (built back to front) → receivers → extensions.
+//! Start: exporters → connectors and their metrics exporters → processor stages (built back
+//! to front) → receivers → extensions.
 //! Shutdown: receivers stop taking requests (in-flight ones finish) → each pipeline flushes
 //! stage by stage into its exporters → exporters drain their queues until the deadline, and
-//! count what they could not send as failed (`reason="shutdown"`).
+//! count what they could not send as failed (`reason="shutdown"`) → connectors flush once
+//! more into their metrics exporters.
 
 mod http_serve;
 mod listeners;
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 use tonic::service::Routes;
 
 use crate::cluster::ClusterLink;
+use crate::connector::Connectors;
 use crate::consumer::{BoxFuture, Consumer};
 use crate::extension::health::Health;
 use crate::memory::{MemorySource, ProcessRss};
@@ -115,6 +118,7 @@ pub struct RunningService {
     auxiliary: Vec<Server>,
     pipelines: Vec<Arc<dyn Consumer>>,
     samplers: Vec<Arc<TailSamplingStage>>,
+    connectors: Connectors,
     health: Arc<Health>,
     /// Measures memory every second (gauges; gives freed memory back after a burst).
     memory_monitor: JoinHandle<()>,
@@ -134,7 +138,8 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         .unwrap_or_else(|| Arc::new(ProcessRss));
 
     let exporters = Exporters::start(cfg, &opts).await?;
-    let pipelines = build_pipelines(cfg, &opts, &exporters, &memory_source).await?;
+    let connectors = Connectors::start(cfg, opts.seed, opts.network.as_ref()).await?;
+    let pipelines = build_pipelines(cfg, &opts, &exporters, &connectors, &memory_source).await?;
     let health = Health::new(exporters.managed.values().cloned().collect());
     let mut listeners = Listeners::default();
     listeners
@@ -152,6 +157,7 @@ pub async fn start(cfg: &Config, opts: ServiceOptions) -> anyhow::Result<Running
         auxiliary: listeners.auxiliary,
         pipelines: pipelines.heads,
         samplers: pipelines.samplers,
+        connectors,
         health,
         memory_monitor: crate::memory::spawn_monitor(memory_source),
     })
@@ -187,6 +193,8 @@ impl RunningService {
         for p in &self.pipelines {
             p.shutdown(deadline).await;
         }
+        // Last: every span the pipelines delivered is counted before the final flush.
+        self.connectors.shutdown(deadline).await;
         for s in self.auxiliary {
             let _ = s.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(1), s.task).await;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tailgate_config::sampling::TailSamplingConfig;
-use tailgate_config::{ComponentId, Config, ExporterConfig, PipelineConfig, ProcessorConfig};
+use tailgate_config::{
+    ComponentId, Config, ExporterConfig, PipelineConfig, ProcessorConfig, Signal,
+};
 use tailgate_processors::attributes::AttributesProcessor;
 use tailgate_processors::batch::Batcher;
 use tailgate_processors::filter::FilterProcessor;
@@ -14,6 +16,7 @@ use tailgate_processors::memory::MemoryLimits;
 use tailgate_processors::resource::ResourceProcessor;
 
 use super::ServiceOptions;
+use crate::connector::Connectors;
 use crate::consumer::Consumer;
 use crate::exporter::{ExportFork, FanOut, ManagedExporter, build_exporter, queue_and_retry};
 use crate::memory::{MemorySource, MemoryStage, total_memory_bytes};
@@ -30,14 +33,13 @@ pub(super) struct Exporters {
 }
 
 impl Exporters {
-    /// Starts every exporter some pipeline names; unused ones are not started.
+    /// Starts every exporter some traces pipeline names; unused ones are not started (a
+    /// metrics pipeline's exporters are started with the connectors).
     pub(super) async fn start(cfg: &Config, opts: &ServiceOptions) -> anyhow::Result<Exporters> {
         let mut out = Exporters::default();
         for (i, (id, ecfg)) in cfg.exporters.iter().enumerate() {
             let used = cfg
-                .service
-                .pipelines
-                .iter()
+                .pipelines(Signal::Traces)
                 .any(|p| p.exporters.contains(id));
             if !used {
                 continue;
@@ -65,7 +67,12 @@ impl Exporters {
     }
 
     /// The one consumer a pipeline's last stage hands its spans to.
-    fn sink_for(&self, pipeline: &PipelineConfig, seed: u64) -> Arc<dyn Consumer> {
+    fn sink_for(
+        &self,
+        pipeline: &PipelineConfig,
+        connectors: &Connectors,
+        seed: u64,
+    ) -> Arc<dyn Consumer> {
         let managed: Vec<Arc<ManagedExporter>> = pipeline
             .exporters
             .iter()
@@ -81,6 +88,12 @@ impl Exporters {
                 .iter()
                 .filter_map(|id| self.routing.get(id).cloned()),
         );
+        parts.extend(pipeline.exporters.iter().filter_map(|id| {
+            connectors
+                .by_id
+                .get(id)
+                .map(|c| Arc::clone(c) as Arc<dyn Consumer>)
+        }));
         if parts.len() == 1 {
             parts.swap_remove(0)
         } else {
@@ -100,20 +113,33 @@ pub(super) async fn build_pipelines(
     cfg: &Config,
     opts: &ServiceOptions,
     exporters: &Exporters,
+    connectors: &Connectors,
     memory_source: &Arc<dyn MemorySource>,
 ) -> anyhow::Result<Pipelines> {
     let mut out = Pipelines {
         heads: Vec::new(),
         samplers: Vec::new(),
     };
-    for pipeline in &cfg.service.pipelines {
-        let mut next = exporters.sink_for(pipeline, opts.seed);
+    let built = Built {
+        opts,
+        memory_source,
+        connectors,
+    };
+    for pipeline in cfg.pipelines(Signal::Traces) {
+        let mut next = exporters.sink_for(pipeline, connectors, opts.seed);
         for id in pipeline.processors.iter().rev() {
-            next = processor_stage(cfg, pipeline, id, next, opts, memory_source, &mut out).await?;
+            next = processor_stage(cfg, pipeline, id, next, &built, &mut out).await?;
         }
         out.heads.push(next);
     }
     Ok(out)
+}
+
+/// What processor stages are built with.
+struct Built<'a> {
+    opts: &'a ServiceOptions,
+    memory_source: &'a Arc<dyn MemorySource>,
+    connectors: &'a Connectors,
 }
 
 /// One processor's stage in front of `next`.
@@ -122,10 +148,10 @@ async fn processor_stage(
     pipeline: &PipelineConfig,
     id: &ComponentId,
     next: Arc<dyn Consumer>,
-    opts: &ServiceOptions,
-    memory_source: &Arc<dyn MemorySource>,
+    with: &Built<'_>,
     built: &mut Pipelines,
 ) -> anyhow::Result<Arc<dyn Consumer>> {
+    let (opts, memory_source) = (with.opts, with.memory_source);
     let name = id.to_string();
     Ok(match &cfg.processors[id] {
         ProcessorConfig::MemoryLimiter(m) => {
@@ -166,6 +192,7 @@ async fn processor_stage(
                         .map(std::num::NonZero::get)
                         .unwrap_or(2)
                 }),
+                kept_observer: with.connectors.board.clone().map(|b| b as _),
             };
             let stage =
                 Arc::new(TailSamplingStage::start(setup, next, opts.cluster.clone()).await?);

@@ -7,7 +7,7 @@
 //! the `ot` member first, `rv` before `th` before the other `ot` fields, as it does — so the
 //! same traffic through Tailgate and the collector leaves byte-identical trace states.
 
-use tailgate_otlp::TraceId;
+use crate::TraceId;
 
 /// 2^56: thresholds and randomness are 56-bit.
 pub const MAX_ADJUSTED_COUNT: u64 = 1 << 56;

@@ -1,0 +1,367 @@
+//! The `spanmetrics` connector's aggregation, as the collector v0.161.0 does it: per resource
+//! (all its attributes, or `resource_metrics_key_attributes`), a `calls` sum and a
+//! `duration` histogram per label set — `service.name`, `span.name`, `span.kind`,
+//! `status.code`, `collector.instance.id` and the configured dimensions — and an `events`
+//! sum when enabled. Spans stay encoded: only the fields the labels need are read.
+//!
+//! Differences, on purpose: exemplars are chosen at flush among spans of traces the gateway
+//! **kept** (the caller says which, see [`Fate`]) instead of the first spans seen, so every
+//! exemplar opens a trace the backend has; glob dimensions and exponential histograms are
+//! refused at load.
+//!
+//! **Invariant:** no I/O and no clock: `now` (for expirations) and the flush's wall-clock
+//! timestamp are passed in.
+
+mod flush;
+mod labels;
+mod series;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tailgate_config::connectors::{
+    DEFAULT_BUCKETS_MS, Dimension, HistogramUnit, SpanMetricsConfig,
+    Temporality as ConfigTemporality,
+};
+use tailgate_otlp::{AnyValueRef, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope, TraceId};
+
+use crate::model::*;
+use crate::tracestate_count::adjusted_count;
+use labels::{Dim, attr_value, build_attributes, build_key};
+use series::{Buckets, Candidate, Count, Series, Table};
+
+pub use series::OVERFLOW_ATTRIBUTE;
+
+/// The instrumentation scope of emitted metrics, as the collector names it.
+pub const SCOPE_NAME: &str = "spanmetricsconnector";
+/// Exemplar candidates a series holds per exemplar it may carry: most spans seen belong to
+/// traces that will be dropped, so several per slot are watched.
+pub const CANDIDATES_PER_EXEMPLAR: usize = 8;
+const KEY_SEPARATOR: u8 = 0;
+const SPAN_KIND_NAMES: [&str; 6] = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+];
+const STATUS_CODE_NAMES: [&str; 3] = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+
+/// What became of an exemplar candidate's trace, as the caller knows it at flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Kept: the exporter has the whole trace.
+    Kept,
+    /// Not decided yet: ask again at the next flush.
+    Undecided,
+    /// Dropped, or not known here and too old to wait for.
+    Gone,
+}
+
+struct Settings {
+    calls_name: String,
+    duration_name: String,
+    events_name: String,
+    dims: Vec<Dim>,
+    calls_dims: Vec<Dim>,
+    histogram_dims: Vec<Dim>,
+    event_dims: Vec<Dim>,
+    /// `exclude_dimensions` of service.name, span.name, span.kind, status.code.
+    exclude: [bool; 4],
+    instance_id: String,
+    temporality: Temporality,
+    /// Bounds in the histogram's unit, and the unit; `None` when disabled.
+    histogram: Option<(Arc<[f64]>, &'static str)>,
+    /// Nanoseconds per histogram unit (exemplar values use it even with the histogram off).
+    unit_nanos: f64,
+    /// Exemplars per data point; `None` when disabled.
+    exemplars: Option<usize>,
+    cardinality_limit: usize,
+    key_attributes: Vec<String>,
+    include_scopes: Vec<String>,
+    sampling_method: bool,
+    events: bool,
+    series_expiration: Duration,
+    metrics_expiration: Duration,
+}
+
+struct ResourceState {
+    attributes: Attributes,
+    calls: Table<Count>,
+    durations: Table<Buckets>,
+    events: Table<Count>,
+    last_seen: Duration,
+}
+
+/// One connector's series.
+pub struct SpanMetrics {
+    settings: Settings,
+    resources: BTreeMap<Vec<u8>, ResourceState>,
+    /// For rounding counts scaled by a sampling threshold (`ot=th`) at random, as the
+    /// collector does; seeded, so runs repeat.
+    rng: u64,
+    key: Vec<u8>,
+    /// When the last flush ran: a delta series not seen since is forgotten (one seen since
+    /// keeps its interval start, as the collector's timestamp cache does).
+    last_flush: Duration,
+}
+
+/// Per-span facts every metric's key and labels start from.
+struct SpanFacts<'a> {
+    service: &'a str,
+    span: &'a EncodedSpan,
+    scope: Option<(&'a str, &'a str)>,
+    count: u64,
+    adjusted: bool,
+}
+
+impl SpanMetrics {
+    /// `instance_id` is this process's `collector.instance.id`; `seed` drives rounding.
+    pub fn new(cfg: &SpanMetricsConfig, instance_id: String, seed: u64) -> SpanMetrics {
+        let dims = |list: &[Dimension]| list.iter().map(Dim::from_config).collect();
+        let unit = cfg.histogram.unit;
+        let bounds: Arc<[f64]> = match &cfg.histogram.explicit {
+            Some(e) => e
+                .buckets
+                .iter()
+                .map(|d| d.0.as_nanos() as f64 / unit.nanos())
+                .collect(),
+            None => DEFAULT_BUCKETS_MS
+                .iter()
+                .map(|ms| match unit {
+                    HistogramUnit::Milliseconds => *ms,
+                    HistogramUnit::Seconds => ms / 1000.0,
+                })
+                .collect(),
+        };
+        let name = |n: &str| {
+            if cfg.namespace.is_empty() {
+                n.to_string()
+            } else {
+                format!("{}.{n}", cfg.namespace)
+            }
+        };
+        let excluded = |d: &str| cfg.exclude_dimensions.iter().any(|e| e == d);
+        SpanMetrics {
+            settings: Settings {
+                calls_name: name("calls"),
+                duration_name: name("duration"),
+                events_name: name("events"),
+                dims: dims(&cfg.dimensions),
+                calls_dims: dims(&cfg.calls_dimensions),
+                histogram_dims: dims(&cfg.histogram.dimensions),
+                event_dims: dims(&cfg.events.dimensions),
+                exclude: ["service.name", "span.name", "span.kind", "status.code"].map(excluded),
+                instance_id,
+                temporality: match cfg.aggregation_temporality {
+                    ConfigTemporality::Cumulative => Temporality::Cumulative,
+                    ConfigTemporality::Delta => Temporality::Delta,
+                },
+                histogram: (!cfg.histogram.disable).then(|| (bounds, unit.ucum())),
+                unit_nanos: unit.nanos(),
+                exemplars: cfg
+                    .exemplars
+                    .enabled
+                    .then_some(cfg.exemplars.max_per_data_point),
+                cardinality_limit: cfg.aggregation_cardinality_limit,
+                key_attributes: cfg.resource_metrics_key_attributes.clone(),
+                include_scopes: cfg.include_instrumentation_scope.clone(),
+                sampling_method: cfg.enable_metrics_sampling_method,
+                events: cfg.events.enabled,
+                series_expiration: cfg.series_expiration.0,
+                metrics_expiration: cfg.metrics_expiration.0,
+            },
+            resources: BTreeMap::new(),
+            rng: seed | 1,
+            key: Vec::with_capacity(256),
+            last_flush: Duration::ZERO,
+        }
+    }
+
+    /// Counts `spans`. `watched` receives the trace IDs of new exemplar candidates (the
+    /// caller learns their fate before the next flush).
+    pub fn ingest(
+        &mut self,
+        spans: &[EncodedSpan],
+        now: Duration,
+        unix_nano: u64,
+        watched: &mut Vec<TraceId>,
+    ) {
+        let mut resource_keys: Vec<(*const ResourceScope, Option<Vec<u8>>)> = Vec::new();
+        for span in spans {
+            let ptr = Arc::as_ptr(&span.context);
+            let key = match resource_keys.iter().find(|(p, _)| *p == ptr) {
+                Some((_, k)) => k.clone(),
+                None => {
+                    let k = self.resource_for(&span.context, now);
+                    resource_keys.push((ptr, k.clone()));
+                    k
+                }
+            };
+            // The collector skips resources without `service.name`.
+            let Some(resource_key) = key else { continue };
+            let Some(service) = span.service_name() else {
+                continue;
+            };
+            let (count, adjusted) = adjusted_count(span.trace_state(), &mut self.rng);
+            let facts = SpanFacts {
+                service,
+                span,
+                scope: self.scope_of(span),
+                count,
+                adjusted,
+            };
+            self.record(&resource_key, &facts, now, unix_nano, watched);
+        }
+    }
+
+    /// The resource's key, its state created when new; `None` without `service.name`.
+    fn resource_for(&mut self, context: &ResourceScope, now: Duration) -> Option<Vec<u8>> {
+        let mut attributes: Vec<(String, AttrValue)> = Vec::new();
+        tailgate_otlp::for_each_attribute(&context.resource, RESOURCE_ATTRIBUTES, |k, v| {
+            if let Some(v) = attr_value(AnyValueRef::parse(v)) {
+                attributes.push((k.to_string(), v));
+            }
+        });
+        if !attributes
+            .iter()
+            .any(|(k, v)| k == "service.name" && matches!(v, AttrValue::Str(_)))
+        {
+            return None;
+        }
+        let mut keyed: Vec<&(String, AttrValue)> = attributes
+            .iter()
+            .filter(|(k, _)| {
+                self.settings.key_attributes.is_empty() || self.settings.key_attributes.contains(k)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut key = Vec::new();
+        for (k, v) in keyed {
+            key.extend_from_slice(k.as_bytes());
+            key.push(KEY_SEPARATOR);
+            key.extend_from_slice(format!("{v:?}").as_bytes());
+            key.push(KEY_SEPARATOR);
+        }
+        let limit = self.settings.cardinality_limit;
+        let state = self
+            .resources
+            .entry(key.clone())
+            .or_insert_with(|| ResourceState {
+                attributes: attributes.into(),
+                calls: Table::new(limit),
+                durations: Table::new(limit),
+                events: Table::new(limit),
+                last_seen: now,
+            });
+        state.last_seen = now;
+        Some(key)
+    }
+
+    fn scope_of<'a>(&self, span: &'a EncodedSpan) -> Option<(&'a str, &'a str)> {
+        if self.settings.include_scopes.is_empty() {
+            return None;
+        }
+        let name = tailgate_otlp::string_field(&span.context.scope, 1).unwrap_or("");
+        let version = tailgate_otlp::string_field(&span.context.scope, 2).unwrap_or("");
+        (!name.is_empty() && self.settings.include_scopes.iter().any(|s| s == name))
+            .then_some((name, version))
+    }
+
+    fn record(
+        &mut self,
+        resource_key: &[u8],
+        f: &SpanFacts<'_>,
+        now: Duration,
+        unix_nano: u64,
+        watched: &mut Vec<TraceId>,
+    ) {
+        let s = &self.settings;
+        let state = self.resources.get_mut(resource_key).expect("created above");
+        let meta = &f.span.meta;
+        let traced = meta.trace_id.0 != [0; 16];
+        let duration_nanos = meta.duration_nanos() as f64;
+        let exemplar_slots = s.exemplars.map(|m| m * CANDIDATES_PER_EXEMPLAR);
+
+        build_key(&mut self.key, s, f, &s.calls_dims, None);
+        let (calls, overflowed) = state.calls.get_or_create(
+            &self.key,
+            || build_attributes(s, f, &s.calls_dims, None),
+            Count::default,
+            unix_nano,
+            now,
+        );
+        calls.value.0 += f.count;
+        let value = duration_nanos / s.unit_nanos;
+        if traced && !overflowed {
+            watch(calls, exemplar_slots, f, value, now, watched);
+        }
+
+        if let Some((bounds, _)) = &s.histogram {
+            build_key(&mut self.key, s, f, &s.histogram_dims, None);
+            let (h, overflowed) = state.durations.get_or_create(
+                &self.key,
+                || build_attributes(s, f, &s.histogram_dims, None),
+                || Buckets::new(bounds.len()),
+                unix_nano,
+                now,
+            );
+            h.value.observe(bounds, value, f.count);
+            if traced && !overflowed {
+                watch(h, exemplar_slots, f, value, now, watched);
+            }
+        }
+
+        if s.events {
+            for event in f.span.events() {
+                build_key(&mut self.key, s, f, &s.event_dims, Some(event));
+                let (e, overflowed) = state.events.get_or_create(
+                    &self.key,
+                    || build_attributes(s, f, &s.event_dims, Some(event)),
+                    Count::default,
+                    unix_nano,
+                    now,
+                );
+                e.value.0 += f.count;
+                if traced && !overflowed {
+                    watch(e, exemplar_slots, f, value, now, watched);
+                }
+            }
+        }
+    }
+
+    /// Series held, over all resources and metrics.
+    pub fn series(&self) -> usize {
+        self.resources
+            .values()
+            .map(|r| r.calls.series.len() + r.durations.series.len() + r.events.series.len())
+            .sum()
+    }
+}
+
+/// Adds the span as an exemplar candidate while the series has room.
+fn watch<V>(
+    series: &mut Series<V>,
+    slots: Option<usize>,
+    f: &SpanFacts<'_>,
+    value: f64,
+    now: Duration,
+    watched: &mut Vec<TraceId>,
+) {
+    let Some(slots) = slots else { return };
+    if series.candidates.len() >= slots {
+        return;
+    }
+    series.candidates.push(Candidate {
+        trace_id: f.span.meta.trace_id,
+        span_id: f.span.meta.span_id,
+        value,
+        seen_at: now,
+    });
+    watched.push(f.span.meta.trace_id);
+}
+
+#[cfg(test)]
+mod tests;
