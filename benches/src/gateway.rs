@@ -51,6 +51,25 @@ pub struct GatewayArgs {
     /// `benches/allocators.sh`). Default: the `tailgate` binary beside this one.
     #[arg(long = "tailgate-bin", value_parser = parse_labelled_path)]
     pub tailgate_bins: Vec<(String, PathBuf)>,
+    /// Also run each Tailgate build with RED metrics before sampling (a `spanmetrics`
+    /// connector fed by every span, served by a `prometheus` exporter), as its own row.
+    #[arg(long)]
+    pub span_metrics: bool,
+}
+
+/// The P1 config plus RED metrics from every span: the form users write (a second traces
+/// pipeline from the same receiver into the connector, a metrics pipeline to Prometheus).
+fn with_span_metrics(cfg: &str, prometheus_port: u16) -> String {
+    cfg.replace(
+        "exporters:\n  otlp/sink:",
+        &format!(
+            "connectors:\n  spanmetrics:\n    dimensions: [{{name: http.route}}]\n    exemplars: {{enabled: true}}\n    metrics_flush_interval: 5s\nexporters:\n  prometheus:\n    endpoint: 127.0.0.1:{prometheus_port}\n  otlp/sink:"
+        ),
+    )
+    .replace(
+        "      exporters: [otlp/sink]\n",
+        "      exporters: [otlp/sink]\n    traces/spanmetrics:\n      receivers: [otlp]\n      exporters: [spanmetrics]\n    metrics:\n      receivers: [spanmetrics]\n      exporters: [prometheus]\n",
+    )
 }
 
 fn parse_labelled_path(s: &str) -> Result<(String, PathBuf), String> {
@@ -136,6 +155,8 @@ enum System {
     Tailgate {
         label: String,
         binary: PathBuf,
+        /// With `--span-metrics`: RED metrics from every span before sampling.
+        span_metrics: bool,
     },
     /// The same YAML in the collector (its metrics endpoint off: CPU and RSS come from /proc).
     Collector(PathBuf),
@@ -159,10 +180,14 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
     std::fs::create_dir_all(&dir)?;
     let mut metrics_port = None;
     let (target, quiet) = match system {
-        System::Tailgate { binary, .. } => {
+        System::Tailgate {
+            binary,
+            span_metrics,
+            ..
+        } => {
             let metrics = free_port();
             metrics_port = Some(metrics);
-            let cfg = render_config(&GatewayParams {
+            let mut cfg = render_config(&GatewayParams {
                 grpc_port: port,
                 sink_port,
                 metrics_port: metrics,
@@ -172,6 +197,9 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
                 extra_sampling: "",
                 compression: &args.compression,
             });
+            if *span_metrics {
+                cfg = with_span_metrics(&cfg, free_port());
+            }
             let p = start_gateway_binary(binary, &dir, &cfg)?;
             let wait = crate::parse_wait(&args.decision_wait) + Duration::from_secs(3);
             (p, wait)
@@ -245,20 +273,26 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
 }
 
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let mut systems: Vec<System> = if args.tailgate_bins.is_empty() {
-        vec![System::Tailgate {
-            label: "tailgate".into(),
-            binary: sibling_binary("tailgate"),
-        }]
+    let builds: Vec<(String, PathBuf)> = if args.tailgate_bins.is_empty() {
+        vec![("tailgate".into(), sibling_binary("tailgate"))]
     } else {
-        args.tailgate_bins
-            .iter()
-            .map(|(label, binary)| System::Tailgate {
-                label: label.clone(),
-                binary: binary.clone(),
-            })
-            .collect()
+        args.tailgate_bins.clone()
     };
+    let mut systems: Vec<System> = Vec::new();
+    for (label, binary) in builds {
+        if args.span_metrics {
+            systems.push(System::Tailgate {
+                label: format!("{label}+red"),
+                binary: binary.clone(),
+                span_metrics: true,
+            });
+        }
+        systems.push(System::Tailgate {
+            label,
+            binary,
+            span_metrics: false,
+        });
+    }
     if let Some(c) = &args.collector {
         systems.push(System::Collector(c.clone()));
     }
@@ -364,5 +398,29 @@ fn print_medians(systems: &[System], results: &[RunResult]) {
                 println!("ratio rotel / {first}: {:.2}x", m / t);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_span_metrics_variant_is_a_valid_config() {
+        let cfg = render_config(&GatewayParams {
+            grpc_port: 4317,
+            sink_port: 4318,
+            metrics_port: 8888,
+            limit_mib: "4096",
+            decision_wait: "2s",
+            num_traces: "200000",
+            extra_sampling: "",
+            compression: "none",
+        });
+        let red = with_span_metrics(&cfg, 8889);
+        let loaded = tailgate_config::load_str(&red, "p1-red.yaml", &|_| None)
+            .unwrap_or_else(|e| panic!("{e}\n{red}"));
+        assert_eq!(loaded.service.pipelines.len(), 3);
+        assert_eq!(loaded.connectors.len(), 1);
     }
 }

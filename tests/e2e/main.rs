@@ -21,6 +21,7 @@ mod parity;
 mod parity_spanmetrics;
 mod parity_tracestate;
 mod python_sdk;
+mod red_metrics;
 mod reliability;
 mod sampling;
 mod slow_clients;

@@ -73,7 +73,13 @@ def main():
         attrs["k8s.pod.ip"] = args.pod_ip
     provider = TracerProvider(resource=Resource.create(attrs))
     exporter = Recording(exporter_for(args.protocol, args.endpoint))
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=64))
+    # The SDK drops spans silently once its queue is full: make room for every span sent.
+    spans_total = args.traces * (args.children + 1) + args.health_checks
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            exporter, max_export_batch_size=64, max_queue_size=max(2048, spans_total)
+        )
+    )
     tracer = provider.get_tracer("tailgate-e2e")
 
     sent = []

@@ -463,3 +463,38 @@ fn a_replication_factor_other_than_one_or_two_is_refused_at_its_key() {
     let cfg = load_str(&text, "test.yaml", &no_env).unwrap();
     assert_eq!(cfg.cluster.unwrap().replication_factor, 2);
 }
+
+#[test]
+fn the_span_metrics_form_users_write_loads_and_its_mistakes_are_named() {
+    let good = "receivers:\n  otlp:\nprocessors:\n  tail_sampling:\n    policies: [{name: all, type: always_sample}]\nconnectors:\n  spanmetrics:\n    dimensions: [{name: http.route}]\n    exemplars: {enabled: true}\nexporters:\n  otlp:\n    endpoint: backend:4317\n  prometheus:\n    endpoint: 0.0.0.0:8889\n    enable_open_metrics: true\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      processors: [tail_sampling]\n      exporters: [otlp]\n    traces/spanmetrics:\n      receivers: [otlp]\n      exporters: [spanmetrics]\n    metrics:\n      receivers: [spanmetrics]\n      exporters: [prometheus, otlp]\n";
+    let cfg = load_str(good, "test.yaml", &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.pipelines(Signal::Traces).count(), 2);
+    assert_eq!(cfg.pipelines(Signal::Metrics).count(), 1);
+    let bad = good
+        .replace("      exporters: [spanmetrics]\n", "      exporters: [spanmetrics, prometheus]\n")
+        .replace("    dimensions: [{name: http.route}]\n", "    dimensions: [{name: span.kind}, {glob: 'http.*'}]\n    histogram: {exponential: {max_size: 160}}\n");
+    assert_eq!(
+        errors(&bad),
+        [
+            "test.yaml: connectors.spanmetrics.dimensions[0].name: duplicate dimension name `span.kind`",
+            "test.yaml: connectors.spanmetrics.dimensions[1].glob: glob dimensions are not supported by Tailgate; list the attribute names",
+            "test.yaml: connectors.spanmetrics.histogram.exponential: exponential histograms are not supported by Tailgate; use `explicit` buckets",
+            "test.yaml: service.pipelines.traces/spanmetrics.exporters[1]: exporter `prometheus` exports metrics, not traces; use it in a metrics pipeline",
+        ]
+    );
+    let unused = good
+        .replace(
+            "      receivers: [spanmetrics]\n      exporters: [prometheus, otlp]\n",
+            "      receivers: [spanmetrics]\n      exporters: [prometheus]\n",
+        )
+        .replace(
+            "    traces/spanmetrics:\n      receivers: [otlp]\n      exporters: [spanmetrics]\n",
+            "",
+        );
+    assert_eq!(
+        errors(&unused),
+        [
+            "test.yaml: connectors.spanmetrics: connector `spanmetrics` is a metrics pipeline's receiver but no traces pipeline's exporter"
+        ]
+    );
+}

@@ -36,8 +36,9 @@ pub use series::OVERFLOW_ATTRIBUTE;
 /// The instrumentation scope of emitted metrics, as the collector names it.
 pub const SCOPE_NAME: &str = "spanmetricsconnector";
 /// Exemplar candidates a series holds per exemplar it may carry: most spans seen belong to
-/// traces that will be dropped, so several per slot are watched.
-pub const CANDIDATES_PER_EXEMPLAR: usize = 8;
+/// traces that will be dropped, so many per slot are watched (at 5% sampling, 32 per slot
+/// leave a series without a kept one about once in 5,000 flushes).
+pub const CANDIDATES_PER_EXEMPLAR: usize = 32;
 const KEY_SEPARATOR: u8 = 0;
 const SPAN_KIND_NAMES: [&str; 6] = [
     "SPAN_KIND_UNSPECIFIED",

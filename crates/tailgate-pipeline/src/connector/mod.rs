@@ -26,8 +26,9 @@ use exemplars::ExemplarBoard;
 use sinks::{MetricsSink, start_sink};
 
 /// An exemplar candidate's trace is given up this long after the longest `decision_wait`:
-/// by then its owner has decided (a trace another gateway owns is never reported here).
-const EXEMPLAR_WAIT_MARGIN: Duration = Duration::from_secs(10);
+/// by then it was decided, and not kept here (dropped, or owned by another gateway), and its
+/// slot goes to a newer candidate.
+const EXEMPLAR_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// The connectors of a service and the metrics exporters they feed.
 #[derive(Default)]

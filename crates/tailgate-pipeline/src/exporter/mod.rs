@@ -350,7 +350,7 @@ impl ManagedExporter {
                     } else {
                         "permanent"
                     };
-                    tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed permanently; dropping batch");
+                    tracing::error!(exporter = %self.name, items = batch.spans, %message, "export failed permanently; dropping batch");
                     counter!(self.items.send_failed(), "exporter" => self.name.clone(), "reason" => reason).increment(batch.spans);
                     return Err(ExportError::Permanent { message });
                 }
@@ -383,7 +383,7 @@ impl ManagedExporter {
                             } else {
                                 "retries_exhausted"
                             };
-                            tracing::error!(exporter = %self.name, spans = batch.spans, %message, "export failed, no retries left; dropping batch");
+                            tracing::error!(exporter = %self.name, items = batch.spans, %message, "export failed, no retries left; dropping batch");
                             counter!(self.items.send_failed(), "exporter" => self.name.clone(), "reason" => reason)
                                 .increment(batch.spans);
                             return Err(ExportError::Retryable {
