@@ -25,8 +25,8 @@ pub use build::{encode_export_request, export_request_len};
 pub use scan::{ScanError, ScannedRequest, scan_export_request};
 pub use span::{
     AnyValueRef, EVENT_ATTRIBUTES, EVENT_NAME, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope,
-    SpanId, SpanMeta, StatusCode, TraceId, find_attribute, for_each_attribute,
-    for_each_attribute_raw, string_field,
+    SPAN_ATTRIBUTES, SPAN_NAME, SPAN_TRACE_STATE, SpanId, SpanMeta, StatusCode, TraceId,
+    find_attribute, for_each_attribute, for_each_attribute_raw, string_field,
 };
 
 /// The generated OTLP message types, for OTLP/JSON and for tests.

@@ -197,13 +197,16 @@ impl EncodedSpan {
 
 pub(crate) const SPAN_TRACE_ID: u32 = 1;
 pub(crate) const SPAN_SPAN_ID: u32 = 2;
-pub(crate) const SPAN_TRACE_STATE: u32 = 3;
+/// `Span.trace_state`.
+pub const SPAN_TRACE_STATE: u32 = 3;
 pub(crate) const SPAN_PARENT_SPAN_ID: u32 = 4;
-pub(crate) const SPAN_NAME: u32 = 5;
+/// `Span.name`.
+pub const SPAN_NAME: u32 = 5;
 pub(crate) const SPAN_KIND: u32 = 6;
 pub(crate) const SPAN_START: u32 = 7;
 pub(crate) const SPAN_END: u32 = 8;
-pub(crate) const SPAN_ATTRIBUTES: u32 = 9;
+/// `Span.attributes`.
+pub const SPAN_ATTRIBUTES: u32 = 9;
 pub(crate) const SPAN_EVENTS: u32 = 11;
 pub(crate) const SPAN_STATUS: u32 = 15;
 pub(crate) const SPAN_FLAGS: u32 = 16;

@@ -2,43 +2,148 @@
 //! new series' attributes, in the collector's order.
 
 use tailgate_config::connectors::Dimension;
-use tailgate_otlp::{AnyValueRef, EncodedSpan};
+use tailgate_otlp::wire::{FieldReader, FieldValue};
+use tailgate_otlp::{AnyValueRef, EncodedSpan, SPAN_ATTRIBUTES, SPAN_NAME, SPAN_TRACE_STATE};
 
 use super::{KEY_SEPARATOR, SPAN_KIND_NAMES, STATUS_CODE_NAMES, Settings, SpanFacts};
 use crate::model::*;
 
-/// A label from an attribute, with its default.
+/// A label from an attribute, with its default. `slot` indexes the values read per span
+/// (`Settings::dim_names`): every dimension name is read once per span, whichever metrics
+/// use it.
 pub(super) struct Dim {
     pub(super) name: String,
     pub(super) default: Option<AttrValue>,
+    pub(super) slot: usize,
 }
 
 impl Dim {
-    pub(super) fn from_config(d: &Dimension) -> Dim {
+    /// The dimension, its name given a slot in `names` (added when new).
+    pub(super) fn from_config(d: &Dimension, names: &mut Vec<String>) -> Dim {
+        let slot = match names.iter().position(|n| *n == d.name) {
+            Some(i) => i,
+            None => {
+                names.push(d.name.clone());
+                names.len() - 1
+            }
+        };
         Dim {
             name: d.name.clone(),
             default: d.default.clone().map(AttrValue::Str),
+            slot,
         }
     }
 }
 
+/// A label value, borrowed from the span or the config.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum LabelValue<'a> {
+    Read(AnyValueRef<'a>),
+    Default(&'a AttrValue),
+}
+
+impl LabelValue<'_> {
+    /// Written into a series key as the collector's `AsString` spells it, allocation-free
+    /// for strings, integers and booleans.
+    fn write_into(self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        match self {
+            LabelValue::Read(AnyValueRef::String(s)) => out.extend_from_slice(s.as_bytes()),
+            LabelValue::Read(AnyValueRef::Int(i)) => {
+                let _ = write!(out, "{i}");
+            }
+            LabelValue::Read(AnyValueRef::Bool(b)) => {
+                out.extend_from_slice(if b { b"true" } else { b"false" });
+            }
+            LabelValue::Read(other) => {
+                if let Some(v) = attr_value(other) {
+                    out.extend_from_slice(v.as_label().as_bytes());
+                }
+            }
+            LabelValue::Default(v) => out.extend_from_slice(v.as_label().as_bytes()),
+        }
+    }
+
+    fn to_attr(self) -> Option<AttrValue> {
+        match self {
+            LabelValue::Read(v) => attr_value(v),
+            LabelValue::Default(v) => Some(v.clone()),
+        }
+    }
+}
+
+/// A span's fields the labels need, read in one pass over its bytes: its name, its trace
+/// state, and the span attribute of every dimension name (into `values`, by slot; scalar
+/// values only, as the collector labels only those).
+pub(super) fn scan_span<'a>(
+    span: &'a EncodedSpan,
+    names: &[String],
+    values: &mut Vec<Option<AnyValueRef<'a>>>,
+) -> (&'a str, &'a str) {
+    values.clear();
+    values.resize(names.len(), None);
+    let (mut name, mut trace_state) = ("", "");
+    for field in FieldReader::new(&span.bytes) {
+        let Ok((num, FieldValue::Len(b))) = field else {
+            continue;
+        };
+        match num {
+            SPAN_NAME => name = std::str::from_utf8(b).unwrap_or(""),
+            SPAN_TRACE_STATE => trace_state = std::str::from_utf8(b).unwrap_or(""),
+            SPAN_ATTRIBUTES if !names.is_empty() => {
+                let (key, value) = key_value(b);
+                if let Some(slot) = names.iter().position(|n| n.as_bytes() == key) {
+                    let v = AnyValueRef::parse(value);
+                    if attr_value(v).is_some() {
+                        values[slot] = Some(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (name, trace_state)
+}
+
+/// An encoded `KeyValue`'s key and encoded value. Fast path: it almost always starts with its
+/// key (tag 0x0a, one-byte length), and the value follows.
+fn key_value(kv: &[u8]) -> (&[u8], &[u8]) {
+    if let [0x0a, len, rest @ ..] = kv
+        && *len < 0x80
+        && let Some(key) = rest.get(..*len as usize)
+        && let [0x12, vlen, value @ ..] = &rest[key.len()..]
+        && *vlen < 0x80
+        && value.len() == *vlen as usize
+    {
+        return (key, value);
+    }
+    let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+    for part in FieldReader::new(kv) {
+        match part {
+            Ok((1, FieldValue::Len(k))) => key = k,
+            Ok((2, FieldValue::Len(v))) => value = v,
+            _ => {}
+        }
+    }
+    (key, value)
+}
+
 /// A dimension's value: the span's attribute, else the event's (for `events`), else the
 /// resource's, else the default; `None` leaves the label out.
-pub(super) fn dimension_value(
-    d: &Dim,
-    span: &EncodedSpan,
-    event: Option<&[u8]>,
-) -> Option<AttrValue> {
-    span.attribute(&d.name)
-        .and_then(attr_value)
+fn dimension_value<'a>(
+    d: &'a Dim,
+    f: &SpanFacts<'a>,
+    event: Option<&'a [u8]>,
+) -> Option<LabelValue<'a>> {
+    f.span_values[d.slot]
         .or_else(|| {
-            event.and_then(|e| {
-                tailgate_otlp::find_attribute(e, tailgate_otlp::EVENT_ATTRIBUTES, &d.name)
-                    .and_then(attr_value)
-            })
+            let e = event?;
+            tailgate_otlp::find_attribute(e, tailgate_otlp::EVENT_ATTRIBUTES, &d.name)
+                .filter(|v| attr_value(*v).is_some())
         })
-        .or_else(|| span.resource_attribute(&d.name).and_then(attr_value))
-        .or_else(|| d.default.clone())
+        .or(f.resource_values[d.slot])
+        .map(LabelValue::Read)
+        .or(d.default.as_ref().map(LabelValue::Default))
 }
 
 pub(super) fn attr_value(v: AnyValueRef<'_>) -> Option<AttrValue> {
@@ -67,17 +172,17 @@ pub(super) fn status_name(code: i32) -> &'static str {
 
 /// The series key: the intrinsic labels' values, then each dimension's `name:value`, as the
 /// collector concatenates them.
-pub(super) fn build_key(
+pub(super) fn build_key<'a>(
     out: &mut Vec<u8>,
-    s: &Settings,
-    f: &SpanFacts<'_>,
-    extra: &[Dim],
-    event: Option<&[u8]>,
+    s: &'a Settings,
+    f: &SpanFacts<'a>,
+    extra: &'a [Dim],
+    event: Option<&'a [u8]>,
 ) {
     out.clear();
     let intrinsic = [
         f.service,
-        f.span.name(),
+        f.name,
         kind_name(f.span.meta.kind),
         status_name(f.span.meta.status_code.0),
     ];
@@ -94,10 +199,10 @@ pub(super) fn build_key(
         out.push(KEY_SEPARATOR);
     }
     for d in s.dims.iter().chain(extra) {
-        if let Some(v) = dimension_value(d, f.span, event) {
+        if let Some(v) = dimension_value(d, f, event) {
             out.extend_from_slice(d.name.as_bytes());
             out.push(b':');
-            out.extend_from_slice(v.as_label().as_bytes());
+            v.write_into(out);
             out.push(KEY_SEPARATOR);
         }
     }
@@ -107,16 +212,16 @@ pub(super) fn build_key(
 }
 
 /// A new series' attributes, in the collector's order.
-pub(super) fn build_attributes(
-    s: &Settings,
-    f: &SpanFacts<'_>,
-    extra: &[Dim],
-    event: Option<&[u8]>,
+pub(super) fn build_attributes<'a>(
+    s: &'a Settings,
+    f: &SpanFacts<'a>,
+    extra: &'a [Dim],
+    event: Option<&'a [u8]>,
 ) -> Attributes {
     let mut out: Vec<(String, AttrValue)> = Vec::with_capacity(6 + s.dims.len() + extra.len());
     let intrinsic = [
         ("service.name", f.service),
-        ("span.name", f.span.name()),
+        ("span.name", f.name),
         ("span.kind", kind_name(f.span.meta.kind)),
         ("status.code", status_name(f.span.meta.status_code.0)),
     ];
@@ -150,7 +255,7 @@ pub(super) fn build_attributes(
         out.push(("sampling.method".to_string(), AttrValue::Str(method.into())));
     }
     for d in s.dims.iter().chain(extra) {
-        if let Some(v) = dimension_value(d, f.span, event) {
+        if let Some(v) = dimension_value(d, f, event).and_then(LabelValue::to_attr) {
             out.push((d.name.clone(), v));
         }
     }

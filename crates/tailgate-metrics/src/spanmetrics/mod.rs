@@ -16,10 +16,11 @@ mod flush;
 mod labels;
 mod series;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tailgate_config::connectors::{
     DEFAULT_BUCKETS_MS, Dimension, HistogramUnit, SpanMetricsConfig,
     Temporality as ConfigTemporality,
@@ -28,11 +29,13 @@ use tailgate_otlp::{AnyValueRef, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope
 
 use crate::model::*;
 use crate::tracestate_count::adjusted_count;
-use labels::{Dim, attr_value, build_attributes, build_key};
+use labels::{Dim, attr_value, build_attributes, build_key, scan_span};
 use series::{Buckets, Candidate, Count, Series, Table};
 
 pub use series::OVERFLOW_ATTRIBUTE;
 
+/// Resource keys remembered (cleared when full: they are a cache).
+const RESOURCE_KEYS_CACHED_MAX: usize = 4096;
 /// The instrumentation scope of emitted metrics, as the collector names it.
 pub const SCOPE_NAME: &str = "spanmetricsconnector";
 /// Exemplar candidates a series holds per exemplar it may carry: most spans seen belong to
@@ -65,6 +68,8 @@ struct Settings {
     calls_name: String,
     duration_name: String,
     events_name: String,
+    /// Every dimension name, once: what is read per span.
+    dim_names: Vec<String>,
     dims: Vec<Dim>,
     calls_dims: Vec<Dim>,
     histogram_dims: Vec<Dim>,
@@ -104,6 +109,9 @@ pub struct SpanMetrics {
     /// collector does; seeded, so runs repeat.
     rng: u64,
     key: Vec<u8>,
+    /// Resource keys by the resource's encoded bytes: working a resource's key out reads and
+    /// sorts all its attributes, and requests repeat the same few resources.
+    resource_keys: HashMap<Bytes, Option<Vec<u8>>, foldhash::fast::RandomState>,
     /// When the last flush ran: a delta series not seen since is forgotten (one seen since
     /// keeps its interval start, as the collector's timestamp cache does).
     last_flush: Duration,
@@ -112,8 +120,13 @@ pub struct SpanMetrics {
 /// Per-span facts every metric's key and labels start from.
 struct SpanFacts<'a> {
     service: &'a str,
+    name: &'a str,
     span: &'a EncodedSpan,
     scope: Option<(&'a str, &'a str)>,
+    /// Each dimension name's span attribute, by slot.
+    span_values: &'a [Option<AnyValueRef<'a>>],
+    /// Each dimension name's resource attribute, by slot.
+    resource_values: &'a [Option<AnyValueRef<'a>>],
     count: u64,
     adjusted: bool,
 }
@@ -121,7 +134,18 @@ struct SpanFacts<'a> {
 impl SpanMetrics {
     /// `instance_id` is this process's `collector.instance.id`; `seed` drives rounding.
     pub fn new(cfg: &SpanMetricsConfig, instance_id: String, seed: u64) -> SpanMetrics {
-        let dims = |list: &[Dimension]| list.iter().map(Dim::from_config).collect();
+        let mut dim_names = Vec::new();
+        let mut dims = |list: &[Dimension]| -> Vec<Dim> {
+            list.iter()
+                .map(|d| Dim::from_config(d, &mut dim_names))
+                .collect()
+        };
+        let (plain, calls, histogram, events) = (
+            dims(&cfg.dimensions),
+            dims(&cfg.calls_dimensions),
+            dims(&cfg.histogram.dimensions),
+            dims(&cfg.events.dimensions),
+        );
         let unit = cfg.histogram.unit;
         let bounds: Arc<[f64]> = match &cfg.histogram.explicit {
             Some(e) => e
@@ -150,10 +174,11 @@ impl SpanMetrics {
                 calls_name: name("calls"),
                 duration_name: name("duration"),
                 events_name: name("events"),
-                dims: dims(&cfg.dimensions),
-                calls_dims: dims(&cfg.calls_dimensions),
-                histogram_dims: dims(&cfg.histogram.dimensions),
-                event_dims: dims(&cfg.events.dimensions),
+                dim_names,
+                dims: plain,
+                calls_dims: calls,
+                histogram_dims: histogram,
+                event_dims: events,
                 exclude: ["service.name", "span.name", "span.kind", "status.code"].map(excluded),
                 instance_id,
                 temporality: match cfg.aggregation_temporality {
@@ -177,6 +202,7 @@ impl SpanMetrics {
             resources: BTreeMap::new(),
             rng: seed | 1,
             key: Vec::with_capacity(256),
+            resource_keys: HashMap::default(),
             last_flush: Duration::ZERO,
         }
     }
@@ -190,36 +216,73 @@ impl SpanMetrics {
         unix_nano: u64,
         watched: &mut Vec<TraceId>,
     ) {
-        let mut resource_keys: Vec<(*const ResourceScope, Option<Vec<u8>>)> = Vec::new();
-        for span in spans {
-            let ptr = Arc::as_ptr(&span.context);
-            let key = match resource_keys.iter().find(|(p, _)| *p == ptr) {
-                Some((_, k)) => k.clone(),
-                None => {
-                    let k = self.resource_for(&span.context, now);
-                    resource_keys.push((ptr, k.clone()));
-                    k
-                }
-            };
+        let mut span_values = Vec::with_capacity(self.settings.dim_names.len());
+        // Spans of one request come in runs sharing their resource and scope.
+        for run in spans.chunk_by(|a, b| Arc::ptr_eq(&a.context, &b.context)) {
+            let context = &run[0].context;
             // The collector skips resources without `service.name`.
-            let Some(resource_key) = key else { continue };
-            let Some(service) = span.service_name() else {
+            let Some(resource_key) = self.resource_for(context, now) else {
                 continue;
             };
-            let (count, adjusted) = adjusted_count(span.trace_state(), &mut self.rng);
-            let facts = SpanFacts {
-                service,
-                span,
-                scope: self.scope_of(span),
-                count,
-                adjusted,
+            let Some(service) = run[0].service_name() else {
+                continue;
             };
-            self.record(&resource_key, &facts, now, unix_nano, watched);
+            let SpanMetrics {
+                settings,
+                resources,
+                rng,
+                key,
+                ..
+            } = self;
+            let resource_values: Vec<Option<AnyValueRef<'_>>> = settings
+                .dim_names
+                .iter()
+                .map(|n| {
+                    tailgate_otlp::find_attribute(&context.resource, RESOURCE_ATTRIBUTES, n)
+                        .filter(|v| attr_value(*v).is_some())
+                })
+                .collect();
+            let scope = scope_of(settings, &run[0]);
+            let state = resources.get_mut(&resource_key).expect("created above");
+            for span in run {
+                let (name, trace_state) = scan_span(span, &settings.dim_names, &mut span_values);
+                let (count, adjusted) = adjusted_count(trace_state, rng);
+                let facts = SpanFacts {
+                    service,
+                    name,
+                    span,
+                    scope,
+                    span_values: &span_values,
+                    resource_values: &resource_values,
+                    count,
+                    adjusted,
+                };
+                record(settings, state, key, &facts, now, unix_nano, watched);
+            }
         }
     }
 
-    /// The resource's key, its state created when new; `None` without `service.name`.
+    /// The resource's key, its state created (again, after an expiry) when missing; `None`
+    /// without `service.name`.
     fn resource_for(&mut self, context: &ResourceScope, now: Duration) -> Option<Vec<u8>> {
+        if let Some(known) = self.resource_keys.get(&context.resource) {
+            let key = known.clone()?;
+            if let Some(state) = self.resources.get_mut(&key) {
+                state.last_seen = now;
+                return Some(key);
+            }
+        }
+        if self.resource_keys.len() >= RESOURCE_KEYS_CACHED_MAX {
+            self.resource_keys.clear();
+        }
+        let key = self.resource_state(context, now);
+        self.resource_keys
+            .insert(context.resource.clone(), key.clone());
+        key
+    }
+
+    /// Works out a resource's key and creates its state.
+    fn resource_state(&mut self, context: &ResourceScope, now: Duration) -> Option<Vec<u8>> {
         let mut attributes: Vec<(String, AttrValue)> = Vec::new();
         tailgate_otlp::for_each_attribute(&context.resource, RESOURCE_ATTRIBUTES, |k, v| {
             if let Some(v) = attr_value(AnyValueRef::parse(v)) {
@@ -261,84 +324,88 @@ impl SpanMetrics {
         Some(key)
     }
 
-    fn scope_of<'a>(&self, span: &'a EncodedSpan) -> Option<(&'a str, &'a str)> {
-        if self.settings.include_scopes.is_empty() {
-            return None;
-        }
-        let name = tailgate_otlp::string_field(&span.context.scope, 1).unwrap_or("");
-        let version = tailgate_otlp::string_field(&span.context.scope, 2).unwrap_or("");
-        (!name.is_empty() && self.settings.include_scopes.iter().any(|s| s == name))
-            .then_some((name, version))
-    }
-
-    fn record(
-        &mut self,
-        resource_key: &[u8],
-        f: &SpanFacts<'_>,
-        now: Duration,
-        unix_nano: u64,
-        watched: &mut Vec<TraceId>,
-    ) {
-        let s = &self.settings;
-        let state = self.resources.get_mut(resource_key).expect("created above");
-        let meta = &f.span.meta;
-        let traced = meta.trace_id.0 != [0; 16];
-        let duration_nanos = meta.duration_nanos() as f64;
-        let exemplar_slots = s.exemplars.map(|m| m * CANDIDATES_PER_EXEMPLAR);
-
-        build_key(&mut self.key, s, f, &s.calls_dims, None);
-        let (calls, overflowed) = state.calls.get_or_create(
-            &self.key,
-            || build_attributes(s, f, &s.calls_dims, None),
-            Count::default,
-            unix_nano,
-            now,
-        );
-        calls.value.0 += f.count;
-        let value = duration_nanos / s.unit_nanos;
-        if traced && !overflowed {
-            watch(calls, exemplar_slots, f, value, now, watched);
-        }
-
-        if let Some((bounds, _)) = &s.histogram {
-            build_key(&mut self.key, s, f, &s.histogram_dims, None);
-            let (h, overflowed) = state.durations.get_or_create(
-                &self.key,
-                || build_attributes(s, f, &s.histogram_dims, None),
-                || Buckets::new(bounds.len()),
-                unix_nano,
-                now,
-            );
-            h.value.observe(bounds, value, f.count);
-            if traced && !overflowed {
-                watch(h, exemplar_slots, f, value, now, watched);
-            }
-        }
-
-        if s.events {
-            for event in f.span.events() {
-                build_key(&mut self.key, s, f, &s.event_dims, Some(event));
-                let (e, overflowed) = state.events.get_or_create(
-                    &self.key,
-                    || build_attributes(s, f, &s.event_dims, Some(event)),
-                    Count::default,
-                    unix_nano,
-                    now,
-                );
-                e.value.0 += f.count;
-                if traced && !overflowed {
-                    watch(e, exemplar_slots, f, value, now, watched);
-                }
-            }
-        }
-    }
-
     /// Series held, over all resources and metrics.
     pub fn series(&self) -> usize {
         self.resources
             .values()
             .map(|r| r.calls.series.len() + r.durations.series.len() + r.events.series.len())
             .sum()
+    }
+}
+
+/// The span's scope name and version, when `include_instrumentation_scope` names it.
+fn scope_of<'a>(s: &Settings, span: &'a EncodedSpan) -> Option<(&'a str, &'a str)> {
+    if s.include_scopes.is_empty() {
+        return None;
+    }
+    let name = tailgate_otlp::string_field(&span.context.scope, 1).unwrap_or("");
+    let version = tailgate_otlp::string_field(&span.context.scope, 2).unwrap_or("");
+    (!name.is_empty() && s.include_scopes.iter().any(|s| s == name)).then_some((name, version))
+}
+
+/// One span into its series of every metric.
+#[allow(clippy::too_many_arguments)]
+fn record<'a>(
+    s: &'a Settings,
+    state: &mut ResourceState,
+    key: &mut Vec<u8>,
+    f: &SpanFacts<'a>,
+    now: Duration,
+    unix_nano: u64,
+    watched: &mut Vec<TraceId>,
+) {
+    let meta = &f.span.meta;
+    let traced = meta.trace_id.0 != [0; 16];
+    let duration_nanos = meta.duration_nanos() as f64;
+    let exemplar_slots = s.exemplars.map(|m| m * CANDIDATES_PER_EXEMPLAR);
+
+    build_key(key, s, f, &s.calls_dims, None);
+    let (calls, overflowed) = state.calls.get_or_create(
+        &*key,
+        || build_attributes(s, f, &s.calls_dims, None),
+        Count::default,
+        unix_nano,
+        now,
+    );
+    calls.value.0 += f.count;
+    let value = duration_nanos / s.unit_nanos;
+    if traced && !overflowed {
+        watch(calls, exemplar_slots, f, value, now, watched);
+    }
+
+    if let Some((bounds, _)) = &s.histogram {
+        // The same labels as `calls` unless either has dimensions of its own.
+        if !(s.calls_dims.is_empty() && s.histogram_dims.is_empty()) {
+            build_key(key, s, f, &s.histogram_dims, None);
+        }
+        let (h, overflowed) = state.durations.get_or_create(
+            &*key,
+            || build_attributes(s, f, &s.histogram_dims, None),
+            || Buckets::new(bounds.len()),
+            unix_nano,
+            now,
+        );
+        h.value.observe(bounds, value, f.count);
+        if traced && !overflowed {
+            watch(h, exemplar_slots, f, value, now, watched);
+        }
+    }
+
+    if s.events {
+        for event in f.span.events() {
+            build_key(key, s, f, &s.event_dims, Some(event));
+            let (e, overflowed) = state.events.get_or_create(
+                &*key,
+                || build_attributes(s, f, &s.event_dims, Some(event)),
+                Count::default,
+                unix_nano,
+                now,
+            );
+            e.value.0 += f.count;
+            if traced && !overflowed {
+                watch(e, exemplar_slots, f, value, now, watched);
+            }
+        }
     }
 }
 

@@ -126,6 +126,7 @@ fn instance_id() -> String {
 /// `spanmetrics`: a traces pipeline's exporter whose metrics go to metrics pipelines.
 pub struct SpanMetricsConnector {
     name: String,
+    spans_counted: metrics::Counter,
     aggregator: Mutex<SpanMetrics>,
     board: Option<Arc<ExemplarBoard>>,
     sinks: Vec<Arc<dyn MetricsSink>>,
@@ -142,6 +143,7 @@ impl SpanMetricsConnector {
         board: Option<Arc<ExemplarBoard>>,
     ) -> Arc<Self> {
         let me = Arc::new(SpanMetricsConnector {
+            spans_counted: counter!(SPANMETRICS_SPANS, "connector" => name.clone()),
             name,
             aggregator: Mutex::new(aggregator),
             board,
@@ -215,8 +217,7 @@ impl Consumer for SpanMetricsConnector {
                 unix_nano(),
                 &mut watched,
             );
-            counter!(SPANMETRICS_SPANS, "connector" => self.name.clone())
-                .increment(spans.len() as u64);
+            self.spans_counted.increment(spans.len() as u64);
             if let Some(b) = &self.board
                 && !watched.is_empty()
             {
