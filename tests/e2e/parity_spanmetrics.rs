@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::parity::{corpus, reference_collector, start};
-use crate::support::{BIN, Sink, free_port};
+use crate::support::{BIN, Sink, free_port, scrape};
 
 const CONFIG: &str = r"receivers:
   otlp:
@@ -136,15 +136,6 @@ fn split_labels(s: &str) -> Vec<&str> {
         out.push(&s[start..]);
     }
     out
-}
-
-async fn scrape(port: u16, open_metrics: bool) -> String {
-    tailgate_pipeline::install_crypto_provider();
-    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/metrics"));
-    if open_metrics {
-        req = req.header("Accept", "application/openmetrics-text; version=1.0.0");
-    }
-    req.send().await.unwrap().text().await.unwrap()
 }
 
 struct Outcome {

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::python_sdk::python_send_args;
-use crate::support::{Gateway, Sink, free_port};
+use crate::support::{Gateway, Sink, free_port, scrape};
 
 const TRACES: u32 = 5_000;
 const SPANS_PER_TRACE: u32 = 2;
@@ -111,14 +111,6 @@ service:
       exporters: [prometheus, otlp/metrics]
 "
     )
-}
-
-async fn scrape(port: u16, open_metrics: bool) -> String {
-    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/metrics"));
-    if open_metrics {
-        req = req.header("Accept", "application/openmetrics-text; version=1.0.0");
-    }
-    req.send().await.unwrap().text().await.unwrap()
 }
 
 /// The sum of `traces_span_metrics_calls_total` over every series, and the exemplars'

@@ -544,3 +544,13 @@ pub fn tests_path(rel: &str) -> PathBuf {
         .join("../../tests")
         .join(rel)
 }
+
+/// A Prometheus scrape of `127.0.0.1:{port}`, as OpenMetrics when `open_metrics`.
+pub async fn scrape(port: u16, open_metrics: bool) -> String {
+    tailgate_pipeline::install_crypto_provider();
+    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/metrics"));
+    if open_metrics {
+        req = req.header("Accept", "application/openmetrics-text; version=1.0.0");
+    }
+    req.send().await.unwrap().text().await.unwrap()
+}

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::{Cluster, MemberConfig, config};
-use crate::support::free_port;
+use crate::support::{free_port, scrape};
 
 const TARGET_PER_SEC: f64 = 60.0;
 
@@ -51,15 +51,9 @@ fn with_red_metrics(ports: Arc<Mutex<BTreeMap<String, u16>>>) -> MemberConfig {
 
 /// `traces_span_metrics_calls_total` of one gateway, over its series.
 async fn calls(port: u16) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
+    scrape(port, false)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("traces_span_metrics_calls_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()

@@ -135,7 +135,7 @@ fn load_pipeline(
                 &p.processors,
                 &cfg.processors,
             ),
-            exporters: traces_exporters(l, &base, &p.exporters, cfg),
+            exporters: exporters(l, &base, &p.exporters, cfg, Signal::Traces),
         },
         Signal::Metrics => {
             if !p.processors.is_empty() {
@@ -149,7 +149,7 @@ fn load_pipeline(
                 signal,
                 receivers: metrics_receivers(l, &base, &p.receivers, cfg),
                 processors: Vec::new(),
-                exporters: metrics_exporters(l, &base, &p.exporters, cfg),
+                exporters: exporters(l, &base, &p.exporters, cfg, Signal::Metrics),
             }
         }
     };
@@ -168,36 +168,45 @@ fn load_pipeline(
     Some(pipeline)
 }
 
-/// A traces pipeline's exporters: exporters of traces, or connectors.
-fn traces_exporters(
+/// A pipeline's exporters: those exporting its signal, and for traces also connectors.
+fn exporters(
     l: &mut Loader<'_>,
     base: &str,
     names: &[String],
     cfg: &Config,
+    signal: Signal,
 ) -> Vec<ComponentId> {
     let mut out: Vec<(usize, ComponentId)> = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        if let Ok(id) = ComponentId::parse(name)
+        if signal == Signal::Traces
+            && let Ok(id) = ComponentId::parse(name)
             && cfg.connectors.contains_key(&id)
         {
             out.push((i, id));
             continue;
         }
         let path = format!("{base}.exporters[{i}]");
-        if let Some(id) = one_ref(l, &path, "exporter", name, &cfg.exporters) {
-            if cfg.exporters[&id].signals().contains(&Signal::Traces) {
-                out.push((i, id));
-            } else {
-                l.error(
-                    path,
-                    format!(
-                        "exporter `{id}` exports metrics, not traces; use it in a metrics pipeline"
-                    ),
-                );
-            }
+        let Some(id) = one_ref(l, &path, "exporter", name, &cfg.exporters) else {
+            continue;
+        };
+        if cfg.exporters[&id].signals().contains(&signal) {
+            out.push((i, id));
+        } else if signal == Signal::Traces {
+            l.error(
+                path,
+                format!(
+                    "exporter `{id}` exports metrics, not traces; use it in a metrics pipeline"
+                ),
+            );
+        } else {
+            l.error(
+                path,
+                format!(
+                    "exporter `{id}` does not export metrics; metrics exporters: otlp, prometheus"
+                ),
+            );
         }
     }
-    out.sort();
     dedup(l, base, "exporters", "exporter", out)
 }
 
@@ -225,27 +234,6 @@ fn metrics_receivers(
         }
     }
     dedup(l, base, "receivers", "receiver", out)
-}
-
-/// A metrics pipeline's exporters: those that export metrics.
-fn metrics_exporters(
-    l: &mut Loader<'_>,
-    base: &str,
-    names: &[String],
-    cfg: &Config,
-) -> Vec<ComponentId> {
-    let mut out = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let path = format!("{base}.exporters[{i}]");
-        if let Some(id) = one_ref(l, &path, "exporter", name, &cfg.exporters) {
-            if cfg.exporters[&id].signals().contains(&Signal::Metrics) {
-                out.push((i, id));
-            } else {
-                l.error(path, format!("exporter `{id}` does not export metrics; metrics exporters: otlp, prometheus"));
-            }
-        }
-    }
-    dedup(l, base, "exporters", "exporter", out)
 }
 
 /// One reference, resolved; `None` (reported) when it names nothing defined.
