@@ -7,7 +7,7 @@ use std::time::Duration;
 use tailgate_otlp::TraceId;
 
 use super::series::{Buckets, Count, Series, Table};
-use super::{Fate, SCOPE_NAME, Settings, SpanMetrics};
+use super::{Fate, SCOPE_NAME, SpanMetrics};
 use crate::model::*;
 
 impl SpanMetrics {
@@ -22,9 +22,17 @@ impl SpanMetrics {
     ) -> MetricsBatch {
         let s = &self.settings;
         let mut batch = MetricsBatch::default();
+        let mut at = Interval {
+            temporality: s.temporality,
+            max_exemplars: s.exemplars.unwrap_or(0),
+            now,
+            unix_nano,
+            fate,
+            finished,
+        };
         for state in self.resources.values_mut() {
             let mut metrics = Vec::with_capacity(3);
-            let calls = sum_points(s, &mut state.calls, now, unix_nano, fate, finished);
+            let calls = sum_points(&mut state.calls, &mut at);
             metrics.push(Metric {
                 name: s.calls_name.clone(),
                 unit: "",
@@ -32,8 +40,7 @@ impl SpanMetrics {
                 data: MetricData::Sum(calls),
             });
             if let Some((bounds, unit)) = &s.histogram {
-                let points =
-                    histogram_points(s, &mut state.durations, now, unix_nano, fate, finished);
+                let points = histogram_points(&mut state.durations, &mut at);
                 metrics.push(Metric {
                     name: s.duration_name.clone(),
                     unit,
@@ -45,7 +52,7 @@ impl SpanMetrics {
                 });
             }
             if s.events {
-                let events = sum_points(s, &mut state.events, now, unix_nano, fate, finished);
+                let events = sum_points(&mut state.events, &mut at);
                 metrics.push(Metric {
                     name: s.events_name.clone(),
                     unit: "",
@@ -109,77 +116,74 @@ pub(super) fn forget<V>(gone: &[Series<V>], finished: &mut Vec<TraceId>) {
     }
 }
 
-/// The exemplars of kept traces among a series' candidates; undecided ones wait (cumulative)
-/// unless the series is reset (delta), the rest are finished.
-pub(super) fn resolve<V>(
-    series: &mut Series<V>,
-    max: usize,
-    keep_waiting: bool,
+/// What every series' data point of one flush needs.
+pub(super) struct Interval<'f> {
+    temporality: Temporality,
+    max_exemplars: usize,
     now: Duration,
     unix_nano: u64,
-    fate: &mut dyn FnMut(&TraceId, Duration) -> Fate,
-    finished: &mut Vec<TraceId>,
-) -> Vec<Exemplar> {
-    let mut exemplars = Vec::new();
-    let mut waiting = Vec::new();
-    for c in series.candidates.drain(..) {
-        match fate(&c.trace_id, now.saturating_sub(c.seen_at)) {
-            Fate::Kept if exemplars.len() < max => {
-                exemplars.push(Exemplar {
-                    trace_id: c.trace_id,
-                    span_id: c.span_id,
-                    value: c.value,
-                    time_unix_nano: unix_nano,
-                });
-                finished.push(c.trace_id);
-            }
-            Fate::Undecided if keep_waiting => waiting.push(c),
-            _ => finished.push(c.trace_id),
-        }
-    }
-    series.candidates = waiting;
-    exemplars
+    fate: &'f mut dyn FnMut(&TraceId, Duration) -> Fate,
+    finished: &'f mut Vec<TraceId>,
 }
 
-pub(super) fn sum_points(
-    s: &Settings,
-    table: &mut Table<Count>,
-    now: Duration,
-    unix_nano: u64,
-    fate: &mut dyn FnMut(&TraceId, Duration) -> Fate,
-    finished: &mut Vec<TraceId>,
-) -> Vec<SumPoint> {
-    let max = s.exemplars.unwrap_or(0);
+impl Interval<'_> {
+    /// The exemplars of kept traces among a series' candidates; undecided ones wait
+    /// (cumulative) unless the series is reset (delta), the rest are finished.
+    fn exemplars<V>(&mut self, series: &mut Series<V>) -> Vec<Exemplar> {
+        let keep_waiting = self.temporality == Temporality::Cumulative;
+        let mut exemplars = Vec::new();
+        let mut waiting = Vec::new();
+        for c in series.candidates.drain(..) {
+            match (self.fate)(&c.trace_id, self.now.saturating_sub(c.seen_at)) {
+                Fate::Kept if exemplars.len() < self.max_exemplars => {
+                    exemplars.push(Exemplar {
+                        trace_id: c.trace_id,
+                        span_id: c.span_id,
+                        value: c.value,
+                        time_unix_nano: self.unix_nano,
+                    });
+                    self.finished.push(c.trace_id);
+                }
+                Fate::Undecided if keep_waiting => waiting.push(c),
+                _ => self.finished.push(c.trace_id),
+            }
+        }
+        series.candidates = waiting;
+        exemplars
+    }
+
+    /// The point's start: the series' for cumulative, the last flush for delta (and the
+    /// next interval starts now).
+    fn start<V>(&self, series: &mut Series<V>) -> u64 {
+        match self.temporality {
+            Temporality::Cumulative => series.start_unix_nano,
+            Temporality::Delta => {
+                std::mem::replace(&mut series.interval_start_unix_nano, self.unix_nano)
+            }
+        }
+    }
+}
+
+pub(super) fn sum_points(table: &mut Table<Count>, at: &mut Interval<'_>) -> Vec<SumPoint> {
     let mut out = Vec::with_capacity(table.series.len());
     for series in &mut table.series {
-        let exemplars = resolve(
-            series,
-            max,
-            s.temporality == Temporality::Cumulative,
-            now,
-            unix_nano,
-            fate,
-            finished,
-        );
-        let (start, value) = match s.temporality {
+        let exemplars = at.exemplars(series);
+        let start = at.start(series);
+        let value = match at.temporality {
             Temporality::Cumulative => {
                 let value = if series.first { 0 } else { series.value.0 };
                 series.first = false;
-                (series.start_unix_nano, value)
+                value
             }
-            Temporality::Delta => {
-                let value = std::mem::take(&mut series.value.0);
-                let start = std::mem::replace(&mut series.interval_start_unix_nano, unix_nano);
-                if value == 0 {
-                    continue;
-                }
-                (start, value)
-            }
+            Temporality::Delta => std::mem::take(&mut series.value.0),
         };
+        if value == 0 && at.temporality == Temporality::Delta {
+            continue;
+        }
         out.push(SumPoint {
             attributes: Arc::clone(&series.attributes),
             start_unix_nano: start,
-            time_unix_nano: unix_nano,
+            time_unix_nano: at.unix_nano,
             value,
             exemplars,
         });
@@ -188,44 +192,26 @@ pub(super) fn sum_points(
 }
 
 pub(super) fn histogram_points(
-    s: &Settings,
     table: &mut Table<Buckets>,
-    now: Duration,
-    unix_nano: u64,
-    fate: &mut dyn FnMut(&TraceId, Duration) -> Fate,
-    finished: &mut Vec<TraceId>,
+    at: &mut Interval<'_>,
 ) -> Vec<HistogramPoint> {
-    let max = s.exemplars.unwrap_or(0);
     let mut out = Vec::with_capacity(table.series.len());
     for series in &mut table.series {
-        let exemplars = resolve(
-            series,
-            max,
-            s.temporality == Temporality::Cumulative,
-            now,
-            unix_nano,
-            fate,
-            finished,
-        );
-        let start = match s.temporality {
-            Temporality::Cumulative => series.start_unix_nano,
-            Temporality::Delta => {
-                std::mem::replace(&mut series.interval_start_unix_nano, unix_nano)
-            }
-        };
-        if series.value.count == 0 && s.temporality == Temporality::Delta {
+        let exemplars = at.exemplars(series);
+        let start = at.start(series);
+        if series.value.count == 0 && at.temporality == Temporality::Delta {
             continue;
         }
         out.push(HistogramPoint {
             attributes: Arc::clone(&series.attributes),
             start_unix_nano: start,
-            time_unix_nano: unix_nano,
+            time_unix_nano: at.unix_nano,
             count: series.value.count,
             sum: series.value.sum,
             bucket_counts: series.value.counts.clone(),
             exemplars,
         });
-        if s.temporality == Temporality::Delta {
+        if at.temporality == Temporality::Delta {
             let bounds = series.value.counts.len() - 1;
             series.value = Buckets::new(bounds);
         }
