@@ -31,6 +31,7 @@ fn article_config(sink_port: u16) -> String {
 }
 
 /// What `tailgate loadgen` reported.
+#[derive(Debug)]
 struct LoadReport {
     spans: u64,
     spans_failed: u64,
@@ -322,7 +323,9 @@ async fn a_limiter_that_refused_lets_go_once_memory_is_free_and_sdk_retries_deli
     let gw = Gateway::start(&config).await;
 
     let endpoint = gw.grpc_url();
-    let load = loadgen(&endpoint, &["--duration", "60s", "--traces", "8000"]);
+    // 24,000 traces of 20 spans are several times the soft limit: the load cannot end before
+    // the limiter refuses unless the limiter is broken (or the queue filled first).
+    let load = loadgen(&endpoint, &["--duration", "120s", "--traces", "24000"]);
     let filled = async {
         while gw.metric("tailgate_memory_limiter_refusing", "").await == 0.0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -330,7 +333,13 @@ async fn a_limiter_that_refused_lets_go_once_memory_is_free_and_sdk_retries_deli
     };
     tokio::select! {
         () = filled => {}
-        _ = load => panic!("8,000 traces went through a stalled backend without the limiter refusing"),
+        report = load => panic!(
+            "the load went through a stalled backend without the limiter refusing: {report:?}, \
+             memory {:?}, queue {} batches, log:\n{}",
+            memory(&gw).await,
+            gw.metric("otelcol_exporter_queue_size", "").await,
+            gw.log()
+        ),
     }
     let full = memory(&gw).await;
     eprintln!("limiter refusing at {full:?}");
