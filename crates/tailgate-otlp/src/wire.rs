@@ -116,15 +116,26 @@ impl<'a> FieldReader<'a> {
         self.pos
     }
 
-    #[inline]
+    /// A varint. Keys and most lengths take one or two bytes: those are read inline, the
+    /// rest out of line (every span field goes through here; a call per field was a third
+    /// of the receive path's scan).
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
-        // Fast path: keys and most lengths fit in one byte.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(u64::from(b));
+        match self.buf.get(self.pos..) {
+            Some(&[b0, ..]) if b0 < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b0))
+            }
+            Some(&[b0, b1, ..]) if b1 < 0x80 => {
+                self.pos += 2;
+                Ok(u64::from(b0 & 0x7f) | (u64::from(b1) << 7))
+            }
+            _ => self.varint_slow(),
         }
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, WireError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for i in 0..10 {
@@ -143,22 +154,28 @@ impl<'a> FieldReader<'a> {
         Err(WireError::VarintOverflow { offset: start })
     }
 
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        let available = self.buf.len() - self.pos;
-        if n > available {
-            return Err(WireError::Truncated {
-                offset: self.pos,
-                needed: n - available,
-            });
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
+            Some(out) => {
+                self.pos += n;
+                Ok(out)
+            }
+            None => Err(self.truncated(n)),
         }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, n: usize) -> WireError {
+        WireError::Truncated {
+            offset: self.pos,
+            needed: n.saturating_sub(self.buf.len() - self.pos),
+        }
     }
 
     /// The next `(field number, value)`, `None` at the end of the message.
-    #[inline]
+    #[inline(always)]
     pub fn next_field(&mut self) -> Option<Result<(u32, FieldValue<'a>), WireError>> {
         if self.pos >= self.buf.len() {
             return None;
@@ -166,7 +183,7 @@ impl<'a> FieldReader<'a> {
         Some(self.read_field())
     }
 
-    #[inline]
+    #[inline(always)]
     fn read_field(&mut self) -> Result<(u32, FieldValue<'a>), WireError> {
         let offset = self.pos;
         let key = self.varint()?;
@@ -176,18 +193,15 @@ impl<'a> FieldReader<'a> {
             return Err(WireError::ZeroField { offset });
         }
         let value = match wire_type {
+            WIRE_LEN => {
+                let len = self.varint()?;
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                FieldValue::Len(self.take(len)?)
+            }
             WIRE_VARINT => FieldValue::Varint(self.varint()?),
             WIRE_FIXED64 => {
                 let b = self.take(8)?;
                 FieldValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes taken")))
-            }
-            WIRE_LEN => {
-                let len = self.varint()?;
-                let len = usize::try_from(len).map_err(|_| WireError::Truncated {
-                    offset: self.pos,
-                    needed: usize::MAX,
-                })?;
-                FieldValue::Len(self.take(len)?)
             }
             WIRE_FIXED32 => {
                 let b = self.take(4)?;
@@ -207,7 +221,7 @@ impl<'a> FieldReader<'a> {
 
 impl<'a> Iterator for FieldReader<'a> {
     type Item = Result<(u32, FieldValue<'a>), WireError>;
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.next_field();
         if matches!(item, Some(Err(_))) {

@@ -72,37 +72,64 @@ impl LabelValue<'_> {
     }
 }
 
-/// A span's fields the labels need, read in one pass over its bytes: its name, its trace
-/// state, and the span attribute of every dimension name (into `values`, by slot; scalar
-/// values only, as the collector labels only those).
+/// A span's fields the labels need, read in one pass over its bytes: its name and its trace
+/// state (raw bytes: UTF-8 is checked only when a new series is labelled), and the span
+/// attribute of every dimension name (into `values`, by slot; scalar values only, as the
+/// collector labels only those).
 pub(super) fn scan_span<'a>(
     span: &'a EncodedSpan,
     names: &[String],
     values: &mut Vec<Option<AnyValueRef<'a>>>,
-) -> (&'a str, &'a str) {
+) -> (&'a [u8], &'a [u8]) {
     values.clear();
     values.resize(names.len(), None);
-    let (mut name, mut trace_state) = ("", "");
+    let (mut name, mut trace_state): (&[u8], &[u8]) = (&[], &[]);
     for field in FieldReader::new(&span.bytes) {
         let Ok((num, FieldValue::Len(b))) = field else {
             continue;
         };
         match num {
-            SPAN_NAME => name = std::str::from_utf8(b).unwrap_or(""),
-            SPAN_TRACE_STATE => trace_state = std::str::from_utf8(b).unwrap_or(""),
+            SPAN_NAME => name = b,
+            SPAN_TRACE_STATE => trace_state = b,
             SPAN_ATTRIBUTES if !names.is_empty() => {
-                let (key, value) = key_value(b);
-                if let Some(slot) = names.iter().position(|n| n.as_bytes() == key) {
-                    let v = AnyValueRef::parse(value);
-                    if attr_value(v).is_some() {
-                        values[slot] = Some(v);
-                    }
+                let Some(slot) = dimension_slot(b, names) else {
+                    continue;
+                };
+                let v = AnyValueRef::parse(key_value(b).1);
+                if is_scalar(v) {
+                    values[slot] = Some(v);
                 }
             }
             _ => {}
         }
     }
     (name, trace_state)
+}
+
+/// Which dimension name an encoded `KeyValue` is for, if any. Most attributes are not: their
+/// key is compared where it lies (tag 0x0a, one-byte length) without parsing the value.
+fn dimension_slot(kv: &[u8], names: &[String]) -> Option<usize> {
+    if let [0x0a, len, rest @ ..] = kv
+        && *len < 0x80
+    {
+        let len = *len as usize;
+        return names
+            .iter()
+            .position(|n| n.len() == len && rest.starts_with(n.as_bytes()));
+    }
+    let key = key_value(kv).0;
+    names.iter().position(|n| n.as_bytes() == key)
+}
+
+/// Whether the collector would label the value (strings, booleans, integers, doubles).
+pub(super) fn is_scalar(v: AnyValueRef<'_>) -> bool {
+    matches!(
+        v,
+        AnyValueRef::String(_)
+            | AnyValueRef::Int(_)
+            | AnyValueRef::Double(_)
+            | AnyValueRef::Bool(_)
+    )
 }
 
 /// An encoded `KeyValue`'s key and encoded value. Fast path: it almost always starts with its
@@ -139,7 +166,7 @@ fn dimension_value<'a>(
         .or_else(|| {
             let e = event?;
             tailgate_otlp::find_attribute(e, tailgate_otlp::EVENT_ATTRIBUTES, &d.name)
-                .filter(|v| attr_value(*v).is_some())
+                .filter(|v| is_scalar(*v))
         })
         .or(f.resource_values[d.slot])
         .map(LabelValue::Read)
@@ -181,14 +208,14 @@ pub(super) fn build_key<'a>(
 ) {
     out.clear();
     let intrinsic = [
-        f.service,
+        f.service.as_bytes(),
         f.name,
-        kind_name(f.span.meta.kind),
-        status_name(f.span.meta.status_code.0),
+        kind_name(f.span.meta.kind).as_bytes(),
+        status_name(f.span.meta.status_code.0).as_bytes(),
     ];
     for (value, excluded) in intrinsic.iter().zip(s.exclude) {
         if !excluded {
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(value);
             out.push(KEY_SEPARATOR);
         }
     }
@@ -219,9 +246,10 @@ pub(super) fn build_attributes<'a>(
     event: Option<&'a [u8]>,
 ) -> Attributes {
     let mut out: Vec<(String, AttrValue)> = Vec::with_capacity(6 + s.dims.len() + extra.len());
+    let name = String::from_utf8_lossy(f.name);
     let intrinsic = [
         ("service.name", f.service),
-        ("span.name", f.name),
+        ("span.name", &*name),
         ("span.kind", kind_name(f.span.meta.kind)),
         ("status.code", status_name(f.span.meta.status_code.0)),
     ];

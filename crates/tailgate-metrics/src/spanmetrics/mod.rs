@@ -29,7 +29,7 @@ use tailgate_otlp::{AnyValueRef, EncodedSpan, RESOURCE_ATTRIBUTES, ResourceScope
 
 use crate::model::*;
 use crate::tracestate_count::adjusted_count;
-use labels::{Dim, attr_value, build_attributes, build_key, scan_span};
+use labels::{Dim, attr_value, build_attributes, build_key, is_scalar, scan_span};
 use series::{Buckets, Candidate, Count, Series, Table};
 
 pub use series::OVERFLOW_ATTRIBUTE;
@@ -73,6 +73,9 @@ struct Settings {
     dims: Vec<Dim>,
     calls_dims: Vec<Dim>,
     histogram_dims: Vec<Dim>,
+    /// Neither `calls` nor `duration` has dimensions of its own: both are keyed alike, and
+    /// the durations table follows the calls table (one lookup per span).
+    durations_follow_calls: bool,
     event_dims: Vec<Dim>,
     /// `exclude_dimensions` of service.name, span.name, span.kind, status.code.
     exclude: [bool; 4],
@@ -120,7 +123,8 @@ pub struct SpanMetrics {
 /// Per-span facts every metric's key and labels start from.
 struct SpanFacts<'a> {
     service: &'a str,
-    name: &'a str,
+    /// Raw bytes: not checked for UTF-8 unless a new series is labelled with it.
+    name: &'a [u8],
     span: &'a EncodedSpan,
     scope: Option<(&'a str, &'a str)>,
     /// Each dimension name's span attribute, by slot.
@@ -176,6 +180,7 @@ impl SpanMetrics {
                 events_name: name("events"),
                 dim_names,
                 dims: plain,
+                durations_follow_calls: calls.is_empty() && histogram.is_empty(),
                 calls_dims: calls,
                 histogram_dims: histogram,
                 event_dims: events,
@@ -239,7 +244,7 @@ impl SpanMetrics {
                 .iter()
                 .map(|n| {
                     tailgate_otlp::find_attribute(&context.resource, RESOURCE_ATTRIBUTES, n)
-                        .filter(|v| attr_value(*v).is_some())
+                        .filter(|v| is_scalar(*v))
                 })
                 .collect();
             let scope = scope_of(settings, &run[0]);
@@ -360,13 +365,15 @@ fn record<'a>(
     let exemplar_slots = s.exemplars.map(|m| m * CANDIDATES_PER_EXEMPLAR);
 
     build_key(key, s, f, &s.calls_dims, None);
-    let (calls, overflowed) = state.calls.get_or_create(
-        &*key,
+    let (i, overflowed) = state.calls.index_of(
+        key,
         || build_attributes(s, f, &s.calls_dims, None),
         Count::default,
         unix_nano,
         now,
     );
+    let calls = &mut state.calls.series[i];
+    calls.last_seen = now;
     calls.value.0 += f.count;
     let value = duration_nanos / s.unit_nanos;
     if traced && !overflowed {
@@ -374,17 +381,27 @@ fn record<'a>(
     }
 
     if let Some((bounds, _)) = &s.histogram {
-        // The same labels as `calls` unless either has dimensions of its own.
-        if !(s.calls_dims.is_empty() && s.histogram_dims.is_empty()) {
+        let h = if s.durations_follow_calls {
+            let attributes = &state.calls.series[i].attributes;
+            let h = state.durations.follow(
+                i,
+                attributes,
+                || Buckets::new(bounds.len()),
+                unix_nano,
+                now,
+            );
+            (h, overflowed)
+        } else {
             build_key(key, s, f, &s.histogram_dims, None);
-        }
-        let (h, overflowed) = state.durations.get_or_create(
-            &*key,
-            || build_attributes(s, f, &s.histogram_dims, None),
-            || Buckets::new(bounds.len()),
-            unix_nano,
-            now,
-        );
+            state.durations.get_or_create(
+                &*key,
+                || build_attributes(s, f, &s.histogram_dims, None),
+                || Buckets::new(bounds.len()),
+                unix_nano,
+                now,
+            )
+        };
+        let (h, overflowed) = h;
         h.value.observe(bounds, value, f.count);
         if traced && !overflowed {
             watch(h, exemplar_slots, f, value, now, watched);

@@ -38,6 +38,20 @@ pub struct Series<V> {
     pub candidates: Vec<Candidate>,
 }
 
+impl<V> Series<V> {
+    fn new(attributes: Attributes, value: V, start_unix_nano: u64, now: Duration) -> Series<V> {
+        Series {
+            attributes,
+            start_unix_nano,
+            interval_start_unix_nano: start_unix_nano,
+            last_seen: now,
+            first: true,
+            value,
+            candidates: Vec::new(),
+        }
+    }
+}
+
 /// A monotonic count.
 #[derive(Debug, Default)]
 pub struct Count(pub u64);
@@ -95,7 +109,22 @@ impl<V> Table<V> {
         start_unix_nano: u64,
         now: Duration,
     ) -> (&mut Series<V>, bool) {
-        let (i, overflowed) = match self.index.get(key) {
+        let (i, overflowed) = self.index_of(key, attributes, value, start_unix_nano, now);
+        let series = &mut self.series[i];
+        series.last_seen = now;
+        (series, overflowed)
+    }
+
+    /// [`Table::get_or_create`]'s series, by its index.
+    pub fn index_of(
+        &mut self,
+        key: &[u8],
+        attributes: impl FnOnce() -> Attributes,
+        value: impl FnOnce() -> V,
+        start_unix_nano: u64,
+        now: Duration,
+    ) -> (usize, bool) {
+        match self.index.get(key) {
             Some(i) => (*i, false),
             None if self.limit > 0 && self.index.len() >= self.limit => {
                 let i = match self.index.get(OVERFLOW_KEY) {
@@ -114,10 +143,36 @@ impl<V> Table<V> {
                 self.insert(key, attributes(), value(), start_unix_nano, now),
                 false,
             ),
-        };
+        }
+    }
+
+    /// A follower table's series `i`: a table kept in lockstep with a leader table keyed the
+    /// same (every span updates both, in the same order, so a new key gets the same index in
+    /// both, and they expire together). It has no index of its own; a new series takes the
+    /// leader's attributes.
+    pub fn follow(
+        &mut self,
+        i: usize,
+        attributes: &Attributes,
+        value: impl FnOnce() -> V,
+        start_unix_nano: u64,
+        now: Duration,
+    ) -> &mut Series<V> {
+        assert!(
+            i <= self.series.len() && self.index.is_empty(),
+            "a follower table out of step with its leader"
+        );
+        if i == self.series.len() {
+            self.series.push(Series::new(
+                Arc::clone(attributes),
+                value(),
+                start_unix_nano,
+                now,
+            ));
+        }
         let series = &mut self.series[i];
         series.last_seen = now;
-        (series, overflowed)
+        series
     }
 
     fn insert(
@@ -129,15 +184,8 @@ impl<V> Table<V> {
         now: Duration,
     ) -> usize {
         let i = self.series.len();
-        self.series.push(Series {
-            attributes,
-            start_unix_nano,
-            interval_start_unix_nano: start_unix_nano,
-            last_seen: now,
-            first: true,
-            value,
-            candidates: Vec::new(),
-        });
+        self.series
+            .push(Series::new(attributes, value, start_unix_nano, now));
         self.index.insert(key.into(), i);
         i
     }
@@ -150,6 +198,14 @@ impl<V> Table<V> {
     pub fn retain(&mut self, mut keep: impl FnMut(&Series<V>) -> bool) -> Vec<Series<V>> {
         if self.series.iter().all(&mut keep) {
             return Vec::new();
+        }
+        if self.index.is_empty() {
+            // A follower: its leader re-indexes; keeping the same series keeps them in step.
+            let (kept, removed) = std::mem::take(&mut self.series)
+                .into_iter()
+                .partition(|series| keep(series));
+            self.series = kept;
+            return removed;
         }
         let mut kept_index = Vec::with_capacity(self.series.len());
         let mut removed = Vec::new();

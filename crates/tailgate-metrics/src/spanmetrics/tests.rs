@@ -292,3 +292,78 @@ fn delta_temporality_reports_each_interval_once() {
         "nothing new, nothing sent"
     );
 }
+
+/// Each point's labels (as one string) and count, per metric of the first resource.
+fn counts_by_labels(batch: &MetricsBatch) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+    let labels = |attrs: &[(String, AttrValue)]| {
+        attrs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_label()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let metrics = &batch.resources[0].metrics;
+    let MetricData::Sum(calls) = &metrics[0].data else {
+        panic!("calls first")
+    };
+    let MetricData::Histogram { points, .. } = &metrics[1].data else {
+        panic!("duration second")
+    };
+    let mut calls: Vec<(String, u64)> = calls
+        .iter()
+        .map(|p| (labels(&p.attributes), p.value))
+        .collect();
+    let mut durations: Vec<(String, u64)> = points
+        .iter()
+        .map(|p| (labels(&p.attributes), p.count))
+        .collect();
+    calls.sort();
+    durations.sort();
+    (calls, durations)
+}
+
+#[test]
+fn durations_keep_step_with_calls_through_overflow_and_expiry() {
+    // Keyed alike, the duration histogram shares the calls table's lookup: the two must name
+    // the same series with the same counts whatever comes and goes.
+    let cfg = config(json!({
+        "aggregation_cardinality_limit": 2,
+        "aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA"
+    }));
+    let mut m = SpanMetrics::new(&cfg, "i".into(), 1);
+    let names = |list: &[&'static str], first: u8| -> Vec<SpanSpec<'static>> {
+        list.iter()
+            .enumerate()
+            .map(|(i, n)| (1, first + i as u8, *n, 1, 0, 1 + i as u64, vec![]))
+            .collect()
+    };
+    m.ingest(
+        &spans(&names(&["a", "b", "c", "d", "a"], 1)),
+        S,
+        10,
+        &mut Vec::new(),
+    );
+    let (calls, durations) = counts_by_labels(&flush_all_kept(&mut m, 2 * S));
+    assert_eq!(calls, durations);
+    assert_eq!(calls.iter().map(|c| c.1).sum::<u64>(), 5);
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.0.starts_with(OVERFLOW_ATTRIBUTE) && c.1 == 2)
+    );
+    // Delta: what was not seen since goes; new names take the freed places.
+    m.ingest(
+        &spans(&names(&["b", "e", "f", "b"], 10)),
+        3 * S,
+        20,
+        &mut Vec::new(),
+    );
+    let (calls, durations) = counts_by_labels(&flush_all_kept(&mut m, 4 * S));
+    assert_eq!(calls, durations);
+    assert_eq!(calls.iter().map(|c| c.1).sum::<u64>(), 4);
+    // `a` expired at that flush (the tables shifted); the next spans still land alike.
+    m.ingest(&spans(&names(&["b", "g"], 20)), 5 * S, 30, &mut Vec::new());
+    let (calls, durations) = counts_by_labels(&flush_all_kept(&mut m, 6 * S));
+    assert_eq!(calls, durations);
+    assert_eq!(calls.iter().map(|c| c.1).sum::<u64>(), 2);
+}
