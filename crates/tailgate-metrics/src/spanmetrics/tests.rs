@@ -293,8 +293,11 @@ fn delta_temporality_reports_each_interval_once() {
     );
 }
 
-/// Each point's labels (as one string) and count, per metric of the first resource.
-fn counts_by_labels(batch: &MetricsBatch) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+/// Each point's labels (as one string) and count.
+type CountsByLabels = Vec<(String, u64)>;
+
+/// The calls' and the durations' counts by labels, of the first resource.
+fn counts_by_labels(batch: &MetricsBatch) -> (CountsByLabels, CountsByLabels) {
     let labels = |attrs: &[(String, AttrValue)]| {
         attrs
             .iter()
@@ -309,11 +312,11 @@ fn counts_by_labels(batch: &MetricsBatch) -> (Vec<(String, u64)>, Vec<(String, u
     let MetricData::Histogram { points, .. } = &metrics[1].data else {
         panic!("duration second")
     };
-    let mut calls: Vec<(String, u64)> = calls
+    let mut calls: CountsByLabels = calls
         .iter()
         .map(|p| (labels(&p.attributes), p.value))
         .collect();
-    let mut durations: Vec<(String, u64)> = points
+    let mut durations: CountsByLabels = points
         .iter()
         .map(|p| (labels(&p.attributes), p.count))
         .collect();
