@@ -149,7 +149,7 @@ pub fn handoff_contents(
     for s in scanned.spans {
         match index.get(&s.meta.trace_id) {
             Some(&i) => {
-                traces[i].encoded_bytes += s.bytes.len() as u64;
+                traces[i].encoded_bytes += s.bytes().len() as u64;
                 traces[i].spans.push(s);
             }
             None => unlisted += 1,
@@ -253,7 +253,7 @@ mod tests {
             assert_eq!(ids(a), ids(b));
             assert_eq!(
                 b.encoded_bytes,
-                b.spans.iter().map(|s| s.bytes.len() as u64).sum::<u64>()
+                b.spans.iter().map(|s| s.bytes().len() as u64).sum::<u64>()
             );
         }
     }

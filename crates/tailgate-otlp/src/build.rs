@@ -60,7 +60,7 @@ fn group<'a>(spans: impl IntoIterator<Item = &'a EncodedSpan>) -> Vec<ResourceGr
                 (ri, si)
             }
         };
-        groups[ri].scopes[si].spans.push(&span.bytes);
+        groups[ri].scopes[si].spans.push(span.bytes());
     }
     groups
 }

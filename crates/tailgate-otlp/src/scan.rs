@@ -6,7 +6,8 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::span::{
-    EncodedSpan, RawMeta, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId, read_meta,
+    EncodedSpan, RawMeta, ResourceScope, SpanId, SpanLayout, SpanMeta, StatusCode, TraceId,
+    read_meta,
 };
 use crate::wire::{FieldReader, WireError};
 
@@ -106,11 +107,12 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
                 let span = value.as_len(num).map_err(at(&span_path))?;
                 let raw = read_meta(span).map_err(at(&span_path))?;
                 match span_meta(&raw) {
-                    Ok(meta) => out.spans.push(EncodedSpan {
-                        context: Arc::clone(&context),
-                        bytes: body.slice_ref(span),
+                    Ok(meta) => out.spans.push(EncodedSpan::scanned(
+                        Arc::clone(&context),
+                        body.slice_ref(span),
                         meta,
-                    }),
+                        SpanLayout::of(span, raw.name, raw.trace_state),
+                    )),
                     Err(reason) => {
                         out.rejected_spans += 1;
                         if reasons.len() < REJECTION_REASONS_MAX {

@@ -105,14 +105,123 @@ impl ResourceScope {
 }
 
 /// One span: its encoded `Span` message, the extracted [`SpanMeta`], and its shared context.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// **Invariant:** `layout`, when known, describes `bytes`: the bytes change only through
+/// [`EncodedSpan::set_bytes`], which forgets it.
+#[derive(Debug, Clone)]
 pub struct EncodedSpan {
     pub context: Arc<ResourceScope>,
-    pub bytes: Bytes,
+    bytes: Bytes,
     pub meta: SpanMeta,
+    layout: SpanLayout,
+}
+
+/// Where a span's name and trace state lie in its bytes, as the receive scan found them (it
+/// walks every field anyway), so readers need not walk the span again. Offsets and lengths
+/// are 16-bit: a span whose name or trace state lies further has no layout and is walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpanLayout {
+    name: (u16, u16),
+    trace_state: (u16, u16),
+}
+
+impl SpanLayout {
+    const UNKNOWN_AT: u16 = u16::MAX;
+    pub(crate) const UNKNOWN: SpanLayout = SpanLayout {
+        name: (Self::UNKNOWN_AT, 0),
+        trace_state: (Self::UNKNOWN_AT, 0),
+    };
+
+    /// The layout of `span` whose name and trace state are the subslices given (empty when
+    /// absent); unknown when either lies beyond 16-bit offsets.
+    pub(crate) fn of(span: &[u8], name: &[u8], trace_state: &[u8]) -> SpanLayout {
+        let range = |field: &[u8]| -> Option<(u16, u16)> {
+            if field.is_empty() {
+                return Some((0, 0));
+            }
+            let start = (field.as_ptr() as usize).checked_sub(span.as_ptr() as usize)?;
+            let start = u16::try_from(start)
+                .ok()
+                .filter(|s| *s != Self::UNKNOWN_AT)?;
+            Some((start, u16::try_from(field.len()).ok()?))
+        };
+        match (range(name), range(trace_state)) {
+            (Some(name), Some(trace_state)) => SpanLayout { name, trace_state },
+            _ => SpanLayout::UNKNOWN,
+        }
+    }
+
+    fn is_known(&self) -> bool {
+        self.name.0 != Self::UNKNOWN_AT
+    }
+
+    fn slice(bytes: &[u8], (start, len): (u16, u16)) -> &[u8] {
+        bytes
+            .get(usize::from(start)..usize::from(start) + usize::from(len))
+            .unwrap_or_default()
+    }
+}
+
+/// Spans are equal by content; whether a layout was recorded does not matter.
+impl PartialEq for EncodedSpan {
+    fn eq(&self, other: &Self) -> bool {
+        self.context == other.context && self.bytes == other.bytes && self.meta == other.meta
+    }
 }
 
 impl EncodedSpan {
+    pub fn new(context: Arc<ResourceScope>, bytes: Bytes, meta: SpanMeta) -> EncodedSpan {
+        EncodedSpan {
+            context,
+            bytes,
+            meta,
+            layout: SpanLayout::UNKNOWN,
+        }
+    }
+
+    /// A span as the receive scan found it, with its layout.
+    pub(crate) fn scanned(
+        context: Arc<ResourceScope>,
+        bytes: Bytes,
+        meta: SpanMeta,
+        layout: SpanLayout,
+    ) -> EncodedSpan {
+        EncodedSpan {
+            context,
+            bytes,
+            meta,
+            layout,
+        }
+    }
+
+    /// The encoded `Span` message.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Replaces the encoded message (a processor rewrote it); its meta stays the caller's.
+    pub fn set_bytes(&mut self, bytes: Bytes) {
+        self.bytes = bytes;
+        self.layout = SpanLayout::UNKNOWN;
+    }
+
+    /// The raw span name: from the layout when the scan recorded one, else read (the last
+    /// occurrence, as protobuf decoders take it).
+    pub fn name_bytes(&self) -> &[u8] {
+        if self.layout.is_known() {
+            return SpanLayout::slice(&self.bytes, self.layout.name);
+        }
+        last_len_field(&self.bytes, SPAN_NAME)
+    }
+
+    /// The raw W3C trace state (empty when absent), as [`EncodedSpan::name_bytes`] finds it.
+    pub fn trace_state_bytes(&self) -> &[u8] {
+        if self.layout.is_known() {
+            return SpanLayout::slice(&self.bytes, self.layout.trace_state);
+        }
+        last_len_field(&self.bytes, SPAN_TRACE_STATE)
+    }
+
     /// A span attribute by key, read from the encoded span.
     pub fn attribute(&self, key: &str) -> Option<AnyValueRef<'_>> {
         find_attribute(&self.bytes, SPAN_ATTRIBUTES, key)
@@ -130,12 +239,12 @@ impl EncodedSpan {
 
     /// The span name (empty if absent or not UTF-8).
     pub fn name(&self) -> &str {
-        string_field(&self.bytes, SPAN_NAME).unwrap_or("")
+        std::str::from_utf8(self.name_bytes()).unwrap_or("")
     }
 
-    /// The W3C trace state string (empty if absent).
+    /// The W3C trace state string (empty if absent or not UTF-8).
     pub fn trace_state(&self) -> &str {
-        string_field(&self.bytes, SPAN_TRACE_STATE).unwrap_or("")
+        std::str::from_utf8(self.trace_state_bytes()).unwrap_or("")
     }
 
     /// The span with its W3C trace state replaced (written where the old one was, or after
@@ -166,11 +275,7 @@ impl EncodedSpan {
         if !written && !trace_state.is_empty() {
             crate::wire::put_len_field(&mut out, SPAN_TRACE_STATE, trace_state.as_bytes());
         }
-        EncodedSpan {
-            context: Arc::clone(&self.context),
-            bytes: Bytes::from(out),
-            meta: self.meta,
-        }
+        EncodedSpan::new(Arc::clone(&self.context), Bytes::from(out), self.meta)
     }
 
     fn has_trace_state(&self) -> bool {
@@ -336,6 +441,19 @@ pub fn for_each_attribute<'a>(message: &'a [u8], field: u32, mut f: impl FnMut(&
 }
 
 /// The last occurrence of a string field, if present and UTF-8.
+/// The payload of the last length-delimited `field` of `message`; empty when absent.
+fn last_len_field(message: &[u8], field: u32) -> &[u8] {
+    let mut out: &[u8] = &[];
+    for entry in FieldReader::new(message) {
+        if let Ok((num, FieldValue::Len(b))) = entry
+            && num == field
+        {
+            out = b;
+        }
+    }
+    out
+}
+
 pub fn string_field(message: &[u8], field: u32) -> Option<&str> {
     let mut out = None;
     for entry in FieldReader::new(message) {
@@ -358,6 +476,10 @@ pub(crate) fn read_meta(span: &[u8]) -> Result<RawMeta<'_>, WireError> {
             SPAN_TRACE_ID => m.trace_id = Some(value.as_len(num)?),
             SPAN_SPAN_ID => m.span_id = Some(value.as_len(num)?),
             SPAN_PARENT_SPAN_ID => m.parent_span_id = Some(value.as_len(num)?),
+            // Read leniently, as before the layout was recorded: a name of another wire type
+            // reads as absent rather than failing the request.
+            SPAN_NAME => m.name = value.as_len(num).unwrap_or_default(),
+            SPAN_TRACE_STATE => m.trace_state = value.as_len(num).unwrap_or_default(),
             SPAN_KIND => m.kind = value.as_varint(num)? as i32,
             SPAN_START => m.start = value.as_fixed64(num)?,
             SPAN_END => m.end = value.as_fixed64(num)?,
@@ -381,6 +503,8 @@ pub(crate) struct RawMeta<'a> {
     pub trace_id: Option<&'a [u8]>,
     pub span_id: Option<&'a [u8]>,
     pub parent_span_id: Option<&'a [u8]>,
+    pub name: &'a [u8],
+    pub trace_state: &'a [u8],
     pub kind: i32,
     pub start: u64,
     pub end: u64,

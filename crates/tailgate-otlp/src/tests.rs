@@ -180,6 +180,37 @@ fn json_errors_name_the_problem() {
 
 proptest! {
     #[test]
+    fn the_scanned_layout_reads_what_a_walk_reads_and_a_rewrite_forgets_it(
+        name in "[a-z /{}]{0,40}",
+        trace_state in proptest::option::of("[a-z0-9=:,]{1,30}"),
+        padding in 0usize..70_000,
+    ) {
+        // Names anywhere in 16-bit offsets, and past them (a long trace state first).
+        let mut s = span(1, 2, None, 0);
+        s.name = name.clone();
+        s.trace_state = match &trace_state {
+            Some(ts) if padding > 0 => format!("{ts}{}", "x".repeat(padding)),
+            Some(ts) => ts.clone(),
+            None => String::new(),
+        };
+        let body = Bytes::from(request(vec![vec![s.clone()]]).encode_to_vec());
+        let scanned = scan_export_request(&body).unwrap().spans.remove(0);
+        prop_assert_eq!(scanned.name(), name.as_str());
+        prop_assert_eq!(scanned.trace_state(), s.trace_state.as_str());
+        // Rewritten: the old layout must not be read against the new bytes.
+        let mut rewritten = scanned.clone();
+        let mut other = s.clone();
+        other.trace_state = String::new();
+        other.name = format!("renamed-{name}");
+        rewritten.set_bytes(Bytes::from(other.encode_to_vec()));
+        prop_assert_eq!(rewritten.name(), other.name.as_str());
+        prop_assert_eq!(rewritten.trace_state(), "");
+        let with_state = scanned.with_trace_state("ot=th:8");
+        prop_assert_eq!(with_state.trace_state(), "ot=th:8");
+        prop_assert_eq!(with_state.name(), name.as_str());
+    }
+
+    #[test]
     fn scanning_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = scan_export_request(&Bytes::from(data));
     }
@@ -216,7 +247,7 @@ fn a_rewritten_trace_state_replaces_the_old_one_and_nothing_else() {
         let rewritten = s.with_trace_state("ot=th:8,vendor=x");
         assert_eq!(rewritten.trace_state(), "ot=th:8,vendor=x");
         assert_eq!(rewritten.meta, s.meta);
-        let decoded = Span::decode(rewritten.bytes.clone()).unwrap();
+        let decoded = Span::decode(rewritten.bytes().clone()).unwrap();
         assert_eq!(
             decoded,
             Span {

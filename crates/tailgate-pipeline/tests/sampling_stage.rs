@@ -164,7 +164,7 @@ async fn root_plus_quiet_period_deadline_and_late_spans_on_the_paused_clock() {
 
 #[tokio::test(start_paused = true)]
 async fn full_budget_refuses_retryably_and_shutdown_decides_what_is_pending() {
-    let one = spans(1, &[("x", true, true)])[0].bytes.len() as u64;
+    let one = spans(1, &[("x", true, true)])[0].bytes().len() as u64;
     let (stage, capture) = stage(config(ERRORS, ""), 3 * one).await;
     stage.consume(spans(1, &[("a", true, true)])).await.unwrap();
     stage.consume(spans(2, &[("b", true, true)])).await.unwrap();

@@ -27,9 +27,9 @@ impl SpanProcessor for AttributesProcessor {
         for span in spans.iter_mut() {
             if let Some(bytes) = self
                 .actions
-                .apply_encoded(&span.bytes, SPAN_ATTRIBUTES_FIELD)
+                .apply_encoded(span.bytes(), SPAN_ATTRIBUTES_FIELD)
             {
-                span.bytes = Bytes::from(bytes);
+                span.set_bytes(Bytes::from(bytes));
             }
         }
         Processed::default()

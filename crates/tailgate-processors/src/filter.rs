@@ -126,7 +126,7 @@ impl SpanProcessor for FilterProcessor {
                     .collect();
                 if drop.iter().any(|d| *d) {
                     events_dropped += drop.iter().filter(|d| **d).count();
-                    span.bytes = Bytes::from(without_events(&span.bytes, &drop));
+                    span.set_bytes(Bytes::from(without_events(span.bytes(), &drop)));
                 }
             }
         }

@@ -44,7 +44,7 @@ fn decode(spans: &[EncodedSpan]) -> ExportTraceServiceRequest {
 }
 
 fn attrs_of(span: &EncodedSpan) -> Vec<(String, Value)> {
-    Span::decode(span.bytes.clone())
+    Span::decode(span.bytes().clone())
         .unwrap()
         .attributes
         .into_iter()
@@ -73,7 +73,7 @@ fn attributes_redaction_as_in_the_reference_gateway() {
         ),
         span(2, vec![kv("keep", s("me"))]),
     ]);
-    let untouched = spans[1].bytes.clone();
+    let untouched = spans[1].bytes().clone();
     p.process(&mut spans);
     assert_eq!(
         attrs_of(&spans[0]),
@@ -83,11 +83,12 @@ fn attributes_redaction_as_in_the_reference_gateway() {
         ]
     );
     assert_eq!(
-        spans[1].bytes, untouched,
+        *spans[1].bytes(),
+        untouched,
         "a span no action applies to keeps its bytes"
     );
     assert_eq!(
-        spans[1].bytes.as_ptr(),
+        spans[1].bytes().as_ptr(),
         untouched.as_ptr(),
         "and is not even copied"
     );
@@ -204,7 +205,7 @@ fn filter_spanevent_conditions_drop_only_events() {
             events_dropped: 1
         }
     );
-    let events = Span::decode(spans[0].bytes.clone()).unwrap().events;
+    let events = Span::decode(spans[0].bytes().clone()).unwrap().events;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].name, "exception");
 }
@@ -268,7 +269,7 @@ mod wire_edits {
             let p = AttributesProcessor::new(&cfg);
             let mut spans = scan(vec![span(7, attrs.iter().map(|(k, v)| kv(k, s(v))).collect())]);
             p.process(&mut spans);
-            let out = Span::decode(spans[0].bytes.clone()).expect("edited span decodes");
+            let out = Span::decode(spans[0].bytes().clone()).expect("edited span decodes");
             let got: Vec<(String, String)> = out
                 .attributes
                 .into_iter()

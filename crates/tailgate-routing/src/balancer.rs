@@ -91,7 +91,7 @@ struct Part {
 fn size_of(spans: &[EncodedSpan]) -> u64 {
     spans
         .iter()
-        .map(|s| s.bytes.len() as u64 + SPAN_OVERHEAD_BYTES)
+        .map(|s| s.bytes().len() as u64 + SPAN_OVERHEAD_BYTES)
         .sum()
 }
 

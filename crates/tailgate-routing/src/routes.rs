@@ -103,10 +103,10 @@ mod tests {
         let mut t = [0u8; 16];
         t[15] = trace;
         t[3] = trace.wrapping_mul(31);
-        EncodedSpan {
-            context: Arc::new(ResourceScope::default()),
-            bytes: Default::default(),
-            meta: SpanMeta {
+        EncodedSpan::new(
+            Arc::new(ResourceScope::default()),
+            Default::default(),
+            SpanMeta {
                 trace_id: TraceId(t),
                 span_id: SpanId([id; 8]),
                 parent_span_id: None,
@@ -116,7 +116,7 @@ mod tests {
                 kind: 0,
                 flags: 0,
             },
-        }
+        )
     }
 
     #[test]

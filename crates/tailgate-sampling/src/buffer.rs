@@ -96,7 +96,7 @@ impl TraceBuffer {
                 || fresh.iter().any(|f| f.meta.span_id == s.meta.span_id);
             if dup {
                 out.duplicate_spans += 1;
-                out.duplicate_bytes += s.bytes.len() as u64;
+                out.duplicate_bytes += s.bytes().len() as u64;
             } else {
                 fresh.push(s);
             }
@@ -104,7 +104,7 @@ impl TraceBuffer {
         if fresh.is_empty() {
             return out;
         }
-        let total: usize = fresh.iter().map(|s| s.bytes.len()).sum();
+        let total: usize = fresh.iter().map(|s| s.bytes().len()).sum();
         // Exact sizes: growth slack would be most of the per-span overhead.
         self.spans.reserve_exact(fresh.len());
         self.chunks.reserve_exact(1);
@@ -125,11 +125,11 @@ impl TraceBuffer {
                 }
             };
             let offset = chunk.len();
-            chunk.extend_from_slice(&s.bytes);
+            chunk.extend_from_slice(s.bytes());
             self.spans.push(BufferedSpan {
                 chunk: chunk_index,
                 offset: offset as u32,
-                len: s.bytes.len() as u32,
+                len: s.bytes().len() as u32,
                 context: context as u32,
                 span_id: s.meta.span_id,
                 parent_span_id: s.meta.parent_span_id,
@@ -143,7 +143,7 @@ impl TraceBuffer {
                 ids.insert(s.meta.span_id);
             }
             out.spans += 1;
-            out.bytes += s.bytes.len() as u64;
+            out.bytes += s.bytes().len() as u64;
             out.root_seen |= s.meta.is_root();
         }
         if self.ids.is_none() && self.spans.len() > LINEAR_DEDUPE_SPANS_MAX {
@@ -161,11 +161,13 @@ impl TraceBuffer {
         };
         self.spans
             .iter()
-            .map(|s| EncodedSpan {
-                context: Arc::clone(&self.contexts[s.context as usize]),
-                bytes: self.chunks[s.chunk as usize]
-                    .slice(s.offset as usize..(s.offset + s.len) as usize),
-                meta: s.meta(trace_id),
+            .map(|s| {
+                EncodedSpan::new(
+                    Arc::clone(&self.contexts[s.context as usize]),
+                    self.chunks[s.chunk as usize]
+                        .slice(s.offset as usize..(s.offset + s.len) as usize),
+                    s.meta(trace_id),
+                )
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 
 use tailgate_config::connectors::Dimension;
 use tailgate_otlp::wire::{FieldReader, FieldValue};
-use tailgate_otlp::{AnyValueRef, EncodedSpan, SPAN_ATTRIBUTES, SPAN_NAME, SPAN_TRACE_STATE};
+use tailgate_otlp::{AnyValueRef, EncodedSpan, SPAN_ATTRIBUTES};
 
 use super::{KEY_SEPARATOR, SPAN_KIND_NAMES, STATUS_CODE_NAMES, Settings, SpanFacts};
 use crate::model::*;
@@ -72,38 +72,34 @@ impl LabelValue<'_> {
     }
 }
 
-/// A span's fields the labels need, read in one pass over its bytes: its name and its trace
-/// state (raw bytes: UTF-8 is checked only when a new series is labelled), and the span
+/// A span's fields the labels need: its name and trace state (raw bytes, placed by the
+/// receive scan; UTF-8 is checked only when a new series is labelled), and the span
 /// attribute of every dimension name (into `values`, by slot; scalar values only, as the
-/// collector labels only those).
+/// collector labels only those). The attributes are walked only when some dimension name
+/// occurs in the span's bytes at all (exact: an attribute's key is stored verbatim).
 pub(super) fn scan_span<'a>(
     span: &'a EncodedSpan,
-    names: &[String],
+    s: &Settings,
     values: &mut Vec<Option<AnyValueRef<'a>>>,
 ) -> (&'a [u8], &'a [u8]) {
     values.clear();
-    values.resize(names.len(), None);
-    let (mut name, mut trace_state): (&[u8], &[u8]) = (&[], &[]);
-    for field in FieldReader::new(&span.bytes) {
-        let Ok((num, FieldValue::Len(b))) = field else {
-            continue;
-        };
-        match num {
-            SPAN_NAME => name = b,
-            SPAN_TRACE_STATE => trace_state = b,
-            SPAN_ATTRIBUTES if !names.is_empty() => {
-                let Some(slot) = dimension_slot(b, names) else {
-                    continue;
-                };
-                let v = AnyValueRef::parse(key_value(b).1);
-                if is_scalar(v) {
-                    values[slot] = Some(v);
-                }
+    values.resize(s.dim_names.len(), None);
+    let bytes = span.bytes();
+    if s.dim_finders.iter().any(|f| f.find(bytes).is_some()) {
+        for field in FieldReader::new(bytes) {
+            let Ok((SPAN_ATTRIBUTES, FieldValue::Len(b))) = field else {
+                continue;
+            };
+            let Some(slot) = dimension_slot(b, &s.dim_names) else {
+                continue;
+            };
+            let v = AnyValueRef::parse(key_value(b).1);
+            if is_scalar(v) {
+                values[slot] = Some(v);
             }
-            _ => {}
         }
     }
-    (name, trace_state)
+    (span.name_bytes(), span.trace_state_bytes())
 }
 
 /// Which dimension name an encoded `KeyValue` is for, if any. Most attributes are not: their

@@ -70,6 +70,9 @@ struct Settings {
     events_name: String,
     /// Every dimension name, once: what is read per span.
     dim_names: Vec<String>,
+    /// A searcher per dimension name: a span whose bytes do not hold any name anywhere has
+    /// none of those attributes, and is not walked.
+    dim_finders: Vec<memchr::memmem::Finder<'static>>,
     dims: Vec<Dim>,
     calls_dims: Vec<Dim>,
     histogram_dims: Vec<Dim>,
@@ -178,6 +181,10 @@ impl SpanMetrics {
                 calls_name: name("calls"),
                 duration_name: name("duration"),
                 events_name: name("events"),
+                dim_finders: dim_names
+                    .iter()
+                    .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
+                    .collect(),
                 dim_names,
                 dims: plain,
                 durations_follow_calls: calls.is_empty() && histogram.is_empty(),
@@ -250,7 +257,7 @@ impl SpanMetrics {
             let scope = scope_of(settings, &run[0]);
             let state = resources.get_mut(&resource_key).expect("created above");
             for span in run {
-                let (name, trace_state) = scan_span(span, &settings.dim_names, &mut span_values);
+                let (name, trace_state) = scan_span(span, settings, &mut span_values);
                 let (count, adjusted) = adjusted_count(trace_state, rng);
                 let facts = SpanFacts {
                     service,

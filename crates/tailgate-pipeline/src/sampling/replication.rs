@@ -142,7 +142,7 @@ impl TailSamplingStage {
         traces: Vec<TraceTransfer>,
         decisions: Vec<DecisionTransfer>,
     ) -> Result<(), ConsumeError> {
-        let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = spans.iter().map(|s| s.bytes().len() as u64).sum();
         if !self.budget.try_reserve(bytes) {
             counter!(REPLICA_SPANS, "event" => "refused").increment(spans.len() as u64);
             return Err(self.refuse(0, "buffer_full"));
@@ -188,7 +188,7 @@ impl TailSamplingStage {
             if let Err(e) = shard.cast(msg) {
                 if let ractor::MessagingErr::SendErr(ShardMsg::Replica { spans, .. }) = e {
                     self.budget
-                        .release(spans.iter().map(|s| s.bytes.len() as u64).sum());
+                        .release(spans.iter().map(|s| s.bytes().len() as u64).sum());
                 }
                 return Err(ConsumeError::ShuttingDown);
             }

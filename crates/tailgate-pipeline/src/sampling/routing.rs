@@ -29,7 +29,7 @@ impl TailSamplingStage {
     /// Reserves budget for spans and sends them to their shards (`stray`: not owned here).
     pub(super) fn enqueue(&self, spans: Vec<EncodedSpan>, stray: bool) -> Result<(), ConsumeError> {
         let n = spans.len() as u64;
-        let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = spans.iter().map(|s| s.bytes().len() as u64).sum();
         if stray {
             // Spans are never lost for want of a reachable owner: over budget, early
             // decisions bring memory back down.
@@ -59,7 +59,7 @@ impl TailSamplingStage {
                 ) = e
                 {
                     self.budget
-                        .release(lost.iter().map(|s| s.bytes.len() as u64).sum());
+                        .release(lost.iter().map(|s| s.bytes().len() as u64).sum());
                 }
                 return Err(ConsumeError::ShuttingDown);
             }

@@ -121,7 +121,7 @@ fn any_attribute(
 ) -> bool {
     let mut seen: Vec<*const tailgate_otlp::ResourceScope> = Vec::new();
     for s in t.spans {
-        if key.maybe_in(&s.bytes) && pred(s.attribute(&key.key)) {
+        if key.maybe_in(s.bytes()) && pred(s.attribute(&key.key)) {
             return true;
         }
         let ctx = std::sync::Arc::as_ptr(&s.context);

@@ -372,7 +372,7 @@ fn rate_limiting_and_bytes_limiting_use_token_buckets() {
     );
     // The collector charges the trace's protobuf size, resource and scope included.
     let bytes = tailgate_otlp::export_request_len(&spans) as u64;
-    assert!(bytes > spans.iter().map(|s| s.bytes.len() as u64).sum::<u64>());
+    assert!(bytes > spans.iter().map(|s| s.bytes().len() as u64).sum::<u64>());
     let mut b = policy(
         json!({"name": "b", "type": "bytes_limiting", "bytes_limiting": {"bytes_per_second": bytes, "burst_capacity": bytes}}),
     );

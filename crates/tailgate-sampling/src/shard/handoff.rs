@@ -83,7 +83,7 @@ impl TraceShard {
     /// deadline resumes where it stood (no second full `decision_wait`).
     pub fn accept_trace(&mut self, t: TraceTransfer, now: Duration) -> Released {
         let mut out = Released::default();
-        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes().len() as u64).sum();
         // A handoff is never refused: early decisions bring the budget back down.
         self.budget.force_reserve(bytes);
         self.counters.traces_received_by_handoff += 1;
@@ -104,7 +104,7 @@ impl TraceShard {
     pub fn restore_trace(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
         let mut out = Released::default();
         let id = t.trace_id;
-        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes().len() as u64).sum();
         self.budget.force_reserve(bytes);
         self.counters.traces_handoff_returned += 1;
         self.ingest_trace(

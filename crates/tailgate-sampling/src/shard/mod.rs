@@ -286,7 +286,7 @@ impl TraceShard {
         now: Duration,
         out: &mut Released,
     ) {
-        let bytes: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = spans.iter().map(|s| s.bytes().len() as u64).sum();
         if let Some(d) = self.cache.get(&trace_id, now) {
             self.budget.release(bytes);
             self.follow_decision(trace_id, d, spans, now, out);

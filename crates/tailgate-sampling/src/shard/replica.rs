@@ -126,7 +126,7 @@ impl TraceShard {
     /// backed up an earlier owner, whose kept decision may still be on its way.
     pub fn replicate_trace(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
         let mut out = Released::default();
-        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes().len() as u64).sum();
         self.budget.force_reserve(bytes);
         self.replicas.counters.spans_received += t.spans.len() as u64;
         let id = t.trace_id;
@@ -172,7 +172,7 @@ impl TraceShard {
         if self.cache.get(&id, now).is_some() {
             let n = spans.len() as u64;
             self.budget
-                .release(spans.iter().map(|s| s.bytes.len() as u64).sum());
+                .release(spans.iter().map(|s| s.bytes().len() as u64).sum());
             self.replicas.counters.spans_settled += n;
             return;
         }
@@ -303,7 +303,7 @@ impl TraceShard {
     /// owns it now): buffered like a promoted copy, decided no earlier than `now + hold`.
     pub fn take_over(&mut self, t: TraceTransfer, now: Duration, hold: Duration) -> Released {
         let mut out = Released::default();
-        let bytes: u64 = t.spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes: u64 = t.spans.iter().map(|s| s.bytes().len() as u64).sum();
         self.budget.force_reserve(bytes);
         self.replicas.counters.traces_promoted += 1;
         self.replicas.counters.spans_promoted += t.spans.len() as u64;
@@ -353,7 +353,7 @@ impl TraceShard {
                 .partition(|s| !self.cache.was_released(&id, &s.meta.span_id));
             self.counters.spans_duplicate += released.len() as u64;
             self.budget
-                .release(released.iter().map(|s| s.bytes.len() as u64).sum());
+                .release(released.iter().map(|s| s.bytes().len() as u64).sum());
             if fresh.is_empty() {
                 return;
             }

@@ -95,7 +95,7 @@ impl Rig {
 
     /// Reserves like the pipeline stage does, then ingests.
     fn ingest(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Vec<EncodedSpan> {
-        let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes = spans.iter().map(|s| s.bytes().len() as u64).sum();
         assert!(self.budget.try_reserve(bytes), "budget full in test");
         self.shard.ingest(spans, now).kept
     }
@@ -200,7 +200,7 @@ fn duplicate_spans_merge_idempotently() {
 #[test]
 fn byte_budget_decides_oldest_traces_early_and_accounts_for_every_span() {
     let spans: Vec<EncodedSpan> = (0..10).map(|t| span(t, 1, 0, t == 9)).collect();
-    let limit: u64 = spans.iter().map(|s| s.bytes.len() as u64).sum();
+    let limit: u64 = spans.iter().map(|s| s.bytes().len() as u64).sum();
     let mut r = Rig::new(cfg(), limit);
     for (t, s) in spans.iter().take(9).enumerate() {
         r.ingest(vec![s.clone()], S + ms(t as u64));
@@ -250,7 +250,8 @@ fn num_traces_limit_decides_the_oldest_never_evicts_silently() {
 #[test]
 fn an_oversized_trace_is_decided_at_once() {
     let mut c = cfg();
-    c.trace_bytes_max = (span(1, 1, 0, true).bytes.len() + span(1, 2, 1, false).bytes.len()) as u64;
+    c.trace_bytes_max =
+        (span(1, 1, 0, true).bytes().len() + span(1, 2, 1, false).bytes().len()) as u64;
     let mut r = Rig::new(c, 1 << 20);
     assert!(
         r.ingest(vec![span(1, 1, 0, true), span(1, 2, 1, false)], S)
@@ -298,7 +299,7 @@ fn handoff_keeps_the_remaining_deadline_and_merges_with_local_spans() {
     assert_eq!(b.budget.bytes_used(), 0);
     assert_eq!(
         a.budget.bytes_used(),
-        span(2, 1, 0, false).bytes.len() as u64
+        span(2, 1, 0, false).bytes().len() as u64
     );
 }
 
@@ -424,12 +425,10 @@ fn malformed_nested_content_is_carried_not_decoded() {
     // A span whose attribute entry is garbage inside but well-formed at the top level: the
     // scanner accepts it, and nothing on the way (decision, record_policy) may fail on it.
     let good = span(1, 1, 0, true);
-    let mut bytes = good.bytes.to_vec();
+    let mut bytes = good.bytes().to_vec();
     bytes.extend_from_slice(&[0x4a, 0x03, 0x0a, 0x09, b'x']); // field 9, KeyValue with a truncated key
-    let odd = EncodedSpan {
-        bytes: Bytes::from(bytes),
-        ..good
-    };
+    let mut odd = good;
+    odd.set_bytes(Bytes::from(bytes));
     let mut c = cfg();
     c.record_policy = true;
     let mut r = Rig::new(c, 1 << 20);
@@ -437,7 +436,7 @@ fn malformed_nested_content_is_carried_not_decoded() {
     let kept = r.shard.poll(20 * S).kept;
     assert_eq!(kept.len(), 1);
     assert!(
-        kept[0].bytes.starts_with(&odd.bytes),
+        kept[0].bytes().starts_with(odd.bytes()),
         "original bytes carried as they are"
     );
 }
@@ -548,7 +547,7 @@ fn a_held_stray_waits_at_least_the_hold_then_is_decided() {
     let mut a = Rig::new(cfg(), 1 << 20);
     let bytes: u64 = [span(9, 1, 0, true)]
         .iter()
-        .map(|s| s.bytes.len() as u64)
+        .map(|s| s.bytes().len() as u64)
         .sum();
     assert!(a.budget.try_reserve(bytes));
     a.shard.ingest_held(vec![span(9, 1, 0, true)], S, 8 * S);
@@ -569,7 +568,7 @@ fn held_spans_of_a_trace_decided_here_go_to_the_owner_not_out_again() {
     a.ingest(vec![span(5, 1, 0, true)], S);
     assert_eq!(a.shard.poll(3 * S).kept.len(), 1);
     let children = vec![span(5, 2, 1, false), span(5, 3, 1, false)];
-    let bytes: u64 = children.iter().map(|s| s.bytes.len() as u64).sum();
+    let bytes: u64 = children.iter().map(|s| s.bytes().len() as u64).sum();
     assert!(a.budget.try_reserve(bytes));
     let now = a.shard.ingest_held(children, 4 * S, 8 * S);
     assert!(
@@ -597,7 +596,7 @@ fn held_spans_of_a_trace_decided_here_go_to_the_owner_not_out_again() {
     b.ingest(vec![span(6, 1, 0, true), span(6, 2, 1, false)], S);
     assert_eq!(b.shard.poll(3 * S).kept.len(), 2);
     let again = vec![span(6, 2, 1, false), span(6, 3, 1, false)];
-    let bytes: u64 = again.iter().map(|s| s.bytes.len() as u64).sum();
+    let bytes: u64 = again.iter().map(|s| s.bytes().len() as u64).sum();
     assert!(b.budget.try_reserve(bytes));
     assert!(b.shard.ingest_held(again, 4 * S, 8 * S).kept.is_empty());
     assert_eq!(names(&b.shard.poll(20 * S).kept), vec!["7:s3"]);

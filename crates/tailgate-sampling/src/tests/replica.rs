@@ -7,7 +7,7 @@ use super::*;
 impl Rig {
     /// Reserves like the pipeline stage does, then takes the spans as replica copies.
     fn replicate(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
-        let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes = spans.iter().map(|s| s.bytes().len() as u64).sum();
         assert!(self.budget.try_reserve(bytes), "budget full in test");
         self.shard.replicate(spans, now)
     }
@@ -94,7 +94,7 @@ fn copies_nobody_confirms_expire_after_the_grace_counted() {
 
 #[test]
 fn under_memory_pressure_copies_go_before_buffered_traces() {
-    let one = span(1, 1, 7, false).bytes.len() as u64;
+    let one = span(1, 1, 7, false).bytes().len() as u64;
     let mut r = Rig::new(cfg(), one * 12);
     r.ingest(vec![span(1, 1, 7, false)], S);
     r.replicate((0..6).map(|n| span(2, n, 7, false)).collect(), S);
@@ -217,7 +217,7 @@ fn a_copy_of_a_trace_buffered_here_is_held_until_the_takeover_hold() {
         remaining: S,
         age: S,
         root_seen: false,
-        encoded_bytes: span(t, n, 7, false).bytes.len() as u64,
+        encoded_bytes: span(t, n, 7, false).bytes().len() as u64,
     };
     // A copy from a member that backed up an earlier owner merges, and the trace waits out
     // the hold (that owner's kept decision may be on its way).
@@ -234,7 +234,7 @@ fn a_copy_of_a_trace_buffered_here_is_held_until_the_takeover_hold() {
 
 impl Rig {
     fn ingest_moved(&mut self, spans: Vec<EncodedSpan>, now: Duration, hold: Duration) -> Released {
-        let bytes = spans.iter().map(|s| s.bytes.len() as u64).sum();
+        let bytes = spans.iter().map(|s| s.bytes().len() as u64).sum();
         assert!(self.budget.try_reserve(bytes), "budget full in test");
         self.shard.ingest_moved(spans, now, hold)
     }
@@ -326,7 +326,7 @@ fn copies_of_spans_this_owner_released_are_duplicates_not_held() {
     let mut r = Rig::new(cfg(), 1 << 20);
     r.shard.accept_decision(kept_decision(&[0]), S);
     let late = vec![span(1, 1, 0, false), span(1, 2, 0, false)];
-    let bytes: u64 = late.iter().map(|s| s.bytes.len() as u64).sum();
+    let bytes: u64 = late.iter().map(|s| s.bytes().len() as u64).sum();
     assert!(r.budget.try_reserve(bytes));
     assert_eq!(
         names(&r.shard.ingest(late, 2 * S).kept),

@@ -238,7 +238,7 @@ impl RequestTemplate {
                 }
             };
             let (mut trace_id_at, mut span_id_at, mut parent_at) = (0, 0, None);
-            for field in tailgate_otlp::wire::FieldReader::new(&s.bytes).flatten() {
+            for field in tailgate_otlp::wire::FieldReader::new(s.bytes()).flatten() {
                 if let (n, tailgate_otlp::wire::FieldValue::Len(b)) = field {
                     match n {
                         1 => trace_id_at = offset(b),
