@@ -380,7 +380,6 @@ fn record<'a>(
         now,
     );
     let calls = &mut state.calls.series[i];
-    calls.last_seen = now;
     calls.value.0 += f.count;
     let value = duration_nanos / s.unit_nanos;
     if traced && !overflowed {

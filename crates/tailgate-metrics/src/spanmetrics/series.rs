@@ -110,12 +110,10 @@ impl<V> Table<V> {
         now: Duration,
     ) -> (&mut Series<V>, bool) {
         let (i, overflowed) = self.index_of(key, attributes, value, start_unix_nano, now);
-        let series = &mut self.series[i];
-        series.last_seen = now;
-        (series, overflowed)
+        (&mut self.series[i], overflowed)
     }
 
-    /// [`Table::get_or_create`]'s series, by its index.
+    /// [`Table::get_or_create`]'s series, by its index (seen `now`).
     pub fn index_of(
         &mut self,
         key: &[u8],
@@ -124,7 +122,7 @@ impl<V> Table<V> {
         start_unix_nano: u64,
         now: Duration,
     ) -> (usize, bool) {
-        match self.index.get(key) {
+        let (i, overflowed) = match self.index.get(key) {
             Some(i) => (*i, false),
             None if self.limit > 0 && self.index.len() >= self.limit => {
                 let i = match self.index.get(OVERFLOW_KEY) {
@@ -143,7 +141,9 @@ impl<V> Table<V> {
                 self.insert(key, attributes(), value(), start_unix_nano, now),
                 false,
             ),
-        }
+        };
+        self.series[i].last_seen = now;
+        (i, overflowed)
     }
 
     /// A follower table's series `i`: a table kept in lockstep with a leader table keyed the
