@@ -372,7 +372,7 @@ fn record<'a>(
     let exemplar_slots = s.exemplars.map(|m| m * CANDIDATES_PER_EXEMPLAR);
 
     build_key(key, s, f, &s.calls_dims, None);
-    let (i, overflowed) = state.calls.index_of(
+    let (i, overflowed) = state.calls.get_or_create(
         key,
         || build_attributes(s, f, &s.calls_dims, None),
         Count::default,
@@ -387,16 +387,13 @@ fn record<'a>(
     }
 
     if let Some((bounds, _)) = &s.histogram {
-        let h = if s.durations_follow_calls {
+        let (j, overflowed) = if s.durations_follow_calls {
             let attributes = &state.calls.series[i].attributes;
-            let h = state.durations.follow(
-                i,
-                attributes,
-                || Buckets::new(bounds.len()),
-                unix_nano,
-                now,
-            );
-            (h, overflowed)
+            let bucket_count = bounds.len();
+            state
+                .durations
+                .follow(i, attributes, || Buckets::new(bucket_count), unix_nano, now);
+            (i, overflowed)
         } else {
             build_key(key, s, f, &s.histogram_dims, None);
             state.durations.get_or_create(
@@ -407,7 +404,7 @@ fn record<'a>(
                 now,
             )
         };
-        let (h, overflowed) = h;
+        let h = &mut state.durations.series[j];
         h.value.observe(bounds, value, f.count);
         if traced && !overflowed {
             watch(h, exemplar_slots, f, value, now, watched);
@@ -417,13 +414,14 @@ fn record<'a>(
     if s.events {
         for event in f.span.events() {
             build_key(key, s, f, &s.event_dims, Some(event));
-            let (e, overflowed) = state.events.get_or_create(
+            let (j, overflowed) = state.events.get_or_create(
                 &*key,
                 || build_attributes(s, f, &s.event_dims, Some(event)),
                 Count::default,
                 unix_nano,
                 now,
             );
+            let e = &mut state.events.series[j];
             e.value.0 += f.count;
             if traced && !overflowed {
                 watch(e, exemplar_slots, f, value, now, watched);

@@ -99,22 +99,10 @@ impl<V> Table<V> {
         }
     }
 
-    /// The series for `key`, created with `attributes()` and `value()` when new; the flag
-    /// says the limit sent it to the overflow series (which takes no exemplars).
+    /// The index of the series for `key` (marked seen `now`), created with `attributes()` and
+    /// `value()` when new; the flag says the limit sent it to the overflow series (which
+    /// takes no exemplars).
     pub fn get_or_create(
-        &mut self,
-        key: &[u8],
-        attributes: impl FnOnce() -> Attributes,
-        value: impl FnOnce() -> V,
-        start_unix_nano: u64,
-        now: Duration,
-    ) -> (&mut Series<V>, bool) {
-        let (i, overflowed) = self.index_of(key, attributes, value, start_unix_nano, now);
-        (&mut self.series[i], overflowed)
-    }
-
-    /// [`Table::get_or_create`]'s series, by its index (seen `now`).
-    pub fn index_of(
         &mut self,
         key: &[u8],
         attributes: impl FnOnce() -> Attributes,
@@ -146,7 +134,7 @@ impl<V> Table<V> {
         (i, overflowed)
     }
 
-    /// A follower table's series `i`: a table kept in lockstep with a leader table keyed the
+    /// Makes sure a follower table has series `i`: a table kept in lockstep with a leader table keyed the
     /// same (every span updates both, in the same order, so a new key gets the same index in
     /// both, and they expire together). It has no index of its own; a new series takes the
     /// leader's attributes.
@@ -157,7 +145,7 @@ impl<V> Table<V> {
         value: impl FnOnce() -> V,
         start_unix_nano: u64,
         now: Duration,
-    ) -> &mut Series<V> {
+    ) {
         assert!(
             i <= self.series.len() && self.index.is_empty(),
             "a follower table out of step with its leader"
@@ -170,9 +158,7 @@ impl<V> Table<V> {
                 now,
             ));
         }
-        let series = &mut self.series[i];
-        series.last_seen = now;
-        series
+        self.series[i].last_seen = now;
     }
 
     fn insert(
@@ -242,8 +228,8 @@ mod tests {
         let mut t: Table<Count> = Table::new(2);
         let now = Duration::ZERO;
         for key in ["a", "b", "c", "d", "a"] {
-            let (s, over) = t.get_or_create(key.as_bytes(), || attrs(key), Count::default, 0, now);
-            s.value.0 += 1;
+            let (i, over) = t.get_or_create(key.as_bytes(), || attrs(key), Count::default, 0, now);
+            t.series[i].value.0 += 1;
             assert_eq!(over, key == "c" || key == "d", "{key}");
         }
         let counts: Vec<(String, u64)> = t
@@ -261,9 +247,9 @@ mod tests {
         );
         let removed = t.retain(|s| s.value.0 != 1);
         assert_eq!(removed.len(), 1);
-        let (s, over) = t.get_or_create(b"a", || attrs("a"), Count::default, 0, now);
+        let (i, over) = t.get_or_create(b"a", || attrs("a"), Count::default, 0, now);
         assert!(!over);
-        assert_eq!(s.value.0, 2, "the index follows the kept series");
+        assert_eq!(t.series[i].value.0, 2, "the index follows the kept series");
     }
 
     #[test]
