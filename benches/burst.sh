@@ -37,7 +37,7 @@ report() {
 
 report "idle"
 taskset -c 1 "$bin/tailgate" loadgen --endpoint "http://127.0.0.1:$grpc" --duration "${burst_seconds}s" \
-    --concurrency 8 --gzip false > "$work/loadgen.out" &
+    --concurrency 8 --compression none > "$work/loadgen.out" &
 loadgen=$!
 for t in $(seq 5 5 "$burst_seconds"); do sleep 5; report "burst ${t}s"; done
 wait "$loadgen" || true

@@ -269,14 +269,14 @@ fn run_once(
         args.concurrency,
         0,
         seed + 1000,
-        false,
+        "none",
     )?;
     for (_, p) in &sinks {
         wait_drained(*p, Duration::from_secs(2), Duration::from_secs(30));
     }
     let cpu0 = cpu_seconds(pid)?;
     let before = delivered();
-    let spans_in = loadgen(&[port], args.seconds, 0, args.concurrency, 0, seed, false)?;
+    let spans_in = loadgen(&[port], args.seconds, 0, args.concurrency, 0, seed, "none")?;
     for (_, p) in &sinks {
         wait_drained(*p, Duration::from_secs(2), Duration::from_secs(60));
     }

@@ -34,8 +34,8 @@ pub struct GatewayArgs {
     /// at benchmark rates without changing the per-span work).
     #[arg(long, default_value = "2s")]
     pub decision_wait: String,
-    /// Compression on every hop (loadgen → system → sink): `none` or `gzip`.
-    #[arg(long, default_value = "none")]
+    /// Compression on every hop (loadgen → system → sink): `none`, `gzip` or `zstd`.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "zstd"])]
     pub compression: String,
     /// rotel-agent binary; found through the `rotel` Python package when unset.
     #[arg(long)]
@@ -234,7 +234,6 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
     };
     wait_port(port, target.name.as_str())?;
     let pid = target.child.id();
-    let gzip = args.compression == "gzip";
     loadgen(
         &[port],
         args.warmup_seconds,
@@ -242,7 +241,7 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
         args.concurrency,
         0,
         seed + 1000,
-        gzip,
+        &args.compression,
     )?;
     wait_drained(sink_port, quiet, Duration::from_secs(60));
     let cpu0 = cpu_seconds(pid)?;
@@ -255,7 +254,7 @@ fn run_once(system: &System, args: &GatewayArgs, seed: u64) -> anyhow::Result<Ru
         args.concurrency,
         0,
         seed,
-        gzip,
+        &args.compression,
     )?;
     let sink1 = wait_drained(sink_port, quiet, Duration::from_secs(120));
     let cpu1 = cpu_seconds(pid)?;

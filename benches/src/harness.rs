@@ -259,9 +259,9 @@ pub(crate) fn loadgen(
     concurrency: usize,
     traces: u64,
     seed: u64,
-    gzip: bool,
+    compression: &str,
 ) -> anyhow::Result<u64> {
-    let line = loadgen_line(ports, seconds, rate, concurrency, traces, seed, gzip)?;
+    let line = loadgen_line(ports, seconds, rate, concurrency, traces, seed, compression)?;
     Ok((loadgen_field(&line, "spans") - loadgen_field(&line, "spans_failed")) as u64)
 }
 
@@ -281,7 +281,7 @@ pub(crate) fn loadgen_line(
     concurrency: usize,
     traces: u64,
     seed: u64,
-    gzip: bool,
+    compression: &str,
 ) -> anyhow::Result<String> {
     let out = Command::new("taskset")
         .args(["-c", "1"])
@@ -315,7 +315,7 @@ pub(crate) fn loadgen_line(
             "--seed",
             &seed.to_string(),
         ])
-        .args(["--gzip", if gzip { "true" } else { "false" }])
+        .args(["--compression", compression])
         .output()
         .context("cannot run tailgate loadgen")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -37,12 +37,12 @@ pub fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     wait_port(port, "tailgate")?;
     let pid = gw.child.id();
     // Warm the allocator and the connection with a small load first.
-    loadgen(&[port], 60, 0, 4, 1000, 7, false)?;
+    loadgen(&[port], 60, 0, 4, 1000, 7, "none")?;
     std::thread::sleep(Duration::from_secs(1));
     let rss0 = status_kib(pid, "VmRSS:")? * 1024;
     let bytes0 = metric(metrics, "tailgate_sampling_buffered_bytes");
     let spans0 = metric(metrics, "tailgate_sampling_buffered_spans");
-    let sent = loadgen(&[port], 600, 0, 4, args.traces, 8, false)?;
+    let sent = loadgen(&[port], 600, 0, 4, args.traces, 8, "none")?;
     std::thread::sleep(Duration::from_secs(2));
     let rss1 = status_kib(pid, "VmRSS:")? * 1024;
     let bytes = metric(metrics, "tailgate_sampling_buffered_bytes") - bytes0;
@@ -120,7 +120,7 @@ pub fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _gw = start_gateway(&dir, &cfg)?;
     wait_port(port, "tailgate")?;
-    let sent = loadgen(&[port], args.seconds, args.rate, 4, 0, 9, false)?;
+    let sent = loadgen(&[port], args.seconds, args.rate, 4, 0, 9, "none")?;
     std::thread::sleep(Duration::from_secs(3));
     let text = http_get(metrics, "/metrics")?;
     let name = "otelcol_processor_tail_sampling_sampling_decision_timer_latency";
@@ -274,7 +274,7 @@ pub fn handoff(args: HandoffArgs) -> anyhow::Result<()> {
     let metrics: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let cluster: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let mut procs = start_pair(&dir, &names, &grpc, &metrics, &cluster, sink_port)?;
-    let sent = loadgen(&grpc, 600, 0, 4, args.traces, 11, false)?;
+    let sent = loadgen(&grpc, 600, 0, 4, args.traces, 11, "none")?;
     let on_memory = "otelcol_processor_tail_sampling_sampling_traces_on_memory";
     let spans_gauge = "tailgate_sampling_buffered_spans";
     std::thread::sleep(Duration::from_secs(1));

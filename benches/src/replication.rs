@@ -114,7 +114,7 @@ fn run_once(args: &ReplicationArgs, replication_factor: u8) -> anyhow::Result<Fi
     let cpu0 = sum(&|p| cpu_seconds(p).unwrap_or(0.0));
     let (seconds, rate) = (args.seconds, args.rate);
     let ports = grpc.clone();
-    let load = std::thread::spawn(move || loadgen_line(&ports, seconds, rate, 8, 0, 13, false));
+    let load = std::thread::spawn(move || loadgen_line(&ports, seconds, rate, 8, 0, 13, "none"));
     // The fullest moment: most spans buffered as primaries (sampled while the load runs).
     let (mut buffered, mut copies, mut rss_then) = (0.0, 0.0, rss_base);
     while !load.is_finished() {

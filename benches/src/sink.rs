@@ -75,6 +75,7 @@ where
         Box::pin(async move {
             let mut enc = EnabledCompressionEncodings::default();
             enc.enable(CompressionEncoding::Gzip);
+            enc.enable(CompressionEncoding::Zstd);
             let mut grpc = tonic::server::Grpc::new(RawCodec::default())
                 .apply_compression_config(enc, enc)
                 .apply_max_message_size_config(Some(64 << 20), None);

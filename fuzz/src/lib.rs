@@ -20,6 +20,7 @@ use prost::Message;
 use tailgate_cluster::proto::{ForwardRequest, HandoffRequest, ReplicateRequest};
 use tailgate_cluster::transfer;
 use tailgate_config::components::AttributeAction;
+use tailgate_otlp::compression::{self, Encoding};
 use tailgate_otlp::{encode_export_request, scan_export_request};
 use tailgate_ottl::{Condition, Scope};
 use tailgate_processors::actions::AttributeActions;
@@ -31,7 +32,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("otlp_scan", otlp_scan),
     ("otlp_json", otlp_json),
-    ("gzip_body", gzip_body),
+    ("compressed_body", compressed_body),
     ("config", config),
     ("ottl", ottl),
     ("cluster_messages", cluster_messages),
@@ -76,13 +77,33 @@ pub fn otlp_json(data: &[u8]) {
     }
 }
 
-/// Largest body the gzip target inflates to.
-pub const GZIP_LIMIT_BYTES: usize = 64 * 1024;
+/// Largest body the compressed-body target inflates to.
+pub const INFLATE_LIMIT_BYTES: usize = 64 * 1024;
 
-/// gzip bodies of OTLP/HTTP: never more than the limit, whatever the input claims.
-pub fn gzip_body(data: &[u8]) {
-    if let Ok(out) = tailgate_pipeline::receiver::http::gunzip(data, GZIP_LIMIT_BYTES) {
-        assert!(out.len() <= GZIP_LIMIT_BYTES);
+/// The encodings the compressed-body target picks from, by its input's first byte.
+pub const COMPRESSED_ENCODINGS: [Encoding; 5] = [
+    Encoding::Gzip,
+    Encoding::Zstd,
+    Encoding::Snappy,
+    Encoding::SnappyFramed,
+    Encoding::Zlib,
+];
+
+/// Compressed OTLP/HTTP bodies and gRPC messages: the first byte picks the encoding, the rest
+/// is the body. Never more than the limit comes out, whatever the input claims, and a gRPC
+/// body that decodes is plain messages that decode to themselves.
+pub fn compressed_body(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let encoding = COMPRESSED_ENCODINGS[usize::from(pick) % COMPRESSED_ENCODINGS.len()];
+    if let Ok(out) = compression::decompress(encoding, body, INFLATE_LIMIT_BYTES) {
+        assert!(out.len() <= INFLATE_LIMIT_BYTES);
+    }
+    if let Ok(plain) = compression::decode_grpc_messages(encoding, body, INFLATE_LIMIT_BYTES) {
+        let again = compression::decode_grpc_messages(encoding, &plain, INFLATE_LIMIT_BYTES)
+            .expect("plain gRPC messages decode");
+        assert_eq!(again, plain);
     }
 }
 

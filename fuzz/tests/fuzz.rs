@@ -110,8 +110,8 @@ fn otlp_json() {
 }
 
 #[test]
-fn gzip_body() {
-    fuzz("gzip_body");
+fn compressed_body() {
+    fuzz("compressed_body");
 }
 
 #[test]

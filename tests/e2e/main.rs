@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod cluster_tls;
+mod compression;
 mod containers;
 mod crash_durability;
 mod exporters;

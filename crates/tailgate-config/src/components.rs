@@ -173,12 +173,21 @@ pub struct ClientTlsConfig {
     pub server_name_override: Option<String>,
 }
 
-/// Payload compression.
+/// An exporter's payload compression, by the collector's names. gRPC names it in
+/// `grpc-encoding`, OTLP/HTTP in `Content-Encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     #[default]
     Gzip,
+    Zstd,
+    /// gRPC: snappy's framing format (as grpc-go's compressor); OTLP/HTTP: the block format
+    /// (as the collector's `snappy`).
+    Snappy,
+    /// OTLP/HTTP only: snappy's framing format.
+    #[serde(rename = "x-snappy-framed")]
+    SnappyFramed,
+    #[serde(alias = "")]
     None,
 }
 

@@ -1,6 +1,7 @@
 //! Goal: every kind of config mistake yields one exact, actionable message naming the file,
 //! the YAML path and what is allowed. Method: table of (config text, expected errors).
 
+use crate::components::Compression;
 use crate::*;
 
 fn no_env(_: &str) -> Option<String> {
@@ -495,6 +496,41 @@ fn the_span_metrics_form_users_write_loads_and_its_mistakes_are_named() {
         errors(&unused),
         [
             "test.yaml: connectors.spanmetrics: connector `spanmetrics` is a metrics pipeline's receiver but no traces pipeline's exporter"
+        ]
+    );
+}
+
+#[test]
+fn every_collector_compression_name_loads_and_framed_snappy_on_grpc_is_refused() {
+    let config = |otlp: &str, otlphttp: &str| {
+        format!(
+            "receivers:\n  otlp:\nexporters:\n  otlp:\n    endpoint: backend:4317\n    compression: {otlp}\n  otlphttp:\n    endpoint: http://backend:4318\n    compression: {otlphttp}\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [otlp, otlphttp]\n"
+        )
+    };
+    for (name, want) in [
+        ("gzip", Compression::Gzip),
+        ("zstd", Compression::Zstd),
+        ("snappy", Compression::Snappy),
+        ("none", Compression::None),
+        ("\"\"", Compression::None),
+    ] {
+        let cfg = load_str(&config(name, name), "test.yaml", &no_env)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for exporter in cfg.exporters.values() {
+            let got = match exporter {
+                ExporterConfig::Otlp(c) => c.compression,
+                ExporterConfig::OtlpHttp(c) => c.compression,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+    load_str(&config("zstd", "x-snappy-framed"), "test.yaml", &no_env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        errors(&config("x-snappy-framed", "zstd")),
+        vec![
+            "test.yaml: exporters.otlp.compression: x-snappy-framed is an OTLP/HTTP encoding; gRPC's snappy is already the framing format: use snappy"
         ]
     );
 }

@@ -277,6 +277,12 @@ pub(crate) fn exporter(e: &ExporterConfig) -> Problems {
 
 /// The client settings `otlp` shares with `loadbalancing`'s `protocol.otlp`.
 fn otlp_client(c: &OtlpExporterConfig, out: &mut Problems) {
+    if c.compression == Compression::SnappyFramed {
+        out.push((
+            "compression".into(),
+            "x-snappy-framed is an OTLP/HTTP encoding; gRPC's snappy is already the framing format: use snappy".into(),
+        ));
+    }
     tls(&c.tls, out);
     retry(&c.retry_on_failure, out);
     queue(&c.sending_queue, out);

@@ -9,12 +9,13 @@
 //! - [`EncodedSpan::attribute`] and friends read single attributes straight off the wire.
 //! - [`encode_export_request`] writes spans back into a request, regrouped by resource and scope.
 //! - [`codec::RawCodec`] carries bodies through tonic as [`bytes::Bytes`]; [`json`] converts
-//!   OTLP/JSON.
+//!   OTLP/JSON; [`compression`] reads and writes compressed bodies and gRPC messages.
 //!
 //! **Invariant:** no I/O and no clock here; every function is a pure transform of bytes.
 
 mod build;
 pub mod codec;
+pub mod compression;
 pub mod json;
 mod scan;
 mod span;

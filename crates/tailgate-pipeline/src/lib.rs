@@ -9,6 +9,7 @@
 //! - [`stages`]: processor stages as [`consumer::Consumer`]s.
 //! - [`memory`]: memory readings (live, resident, accounted) and the `memory_limiter` stage.
 //! - [`exporter`]: exporters, retry, sending queues, fan-out.
+//! - [`grpc_snappy`]: gRPC's snappy message encoding, which tonic lacks.
 //! - [`extension`]: `health_check`, `pprof`.
 //! - [`telemetry`]: metric names (see `docs/metrics.md`).
 //! - [`service`]: start and ordered shutdown.
@@ -24,6 +25,7 @@ pub mod connector;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;
+pub mod grpc_snappy;
 pub mod memory;
 pub mod net;
 pub mod receiver;

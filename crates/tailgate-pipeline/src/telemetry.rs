@@ -14,6 +14,9 @@ pub const RECEIVER_ACCEPTED_SPANS: &str = "otelcol_receiver_accepted_spans_total
 pub const RECEIVER_REFUSED_SPANS: &str = "otelcol_receiver_refused_spans_total";
 /// Spans rejected one by one for bad IDs (OTLP partial success). Labels: receiver, transport.
 pub const RECEIVER_REJECTED_SPANS: &str = "tailgate_receiver_rejected_spans_total";
+/// Requests received, by the compression their sender named. Labels: receiver, transport,
+/// encoding.
+pub const RECEIVER_REQUESTS: &str = "tailgate_receiver_requests_total";
 /// Whole requests refused as undecodable or too large. Labels: receiver, transport, reason.
 pub const RECEIVER_BAD_REQUESTS: &str = "tailgate_receiver_bad_requests_total";
 /// TLS handshakes a receiver refused or that timed out (no certificate, an untrusted one, a

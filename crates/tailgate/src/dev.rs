@@ -343,7 +343,7 @@ fn demo_load(args: &DevArgs, agent_port: u16) -> LoadgenArgs {
         slow_percent: 2.0,
         slow_ms: 2500,
         flagged_percent: 1.0,
-        gzip: true,
+        compression: crate::loadgen::LoadCompression::Gzip,
         seed: 42,
         service_name: "checkout".into(),
     }

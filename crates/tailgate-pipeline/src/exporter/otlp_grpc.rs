@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 
 use super::{ExportBatch, ExportError, ExportOutcome, Exporter};
 use crate::consumer::BoxFuture;
+use crate::grpc_snappy::SnappyChannel;
 use crate::rpc;
 
 pub struct OtlpGrpcExporter {
@@ -28,7 +29,7 @@ pub struct OtlpGrpcExporter {
         MetadataKey<tonic::metadata::Ascii>,
         MetadataValue<tonic::metadata::Ascii>,
     )>,
-    gzip: bool,
+    compression: Compression,
 }
 
 /// `host:port` gets a scheme from the TLS settings; URLs keep theirs.
@@ -122,7 +123,7 @@ impl OtlpGrpcExporter {
             path,
             channel: net.channel(endpoint),
             headers,
-            gzip: cfg.compression == Compression::Gzip,
+            compression: cfg.compression,
         })
     }
 }
@@ -133,39 +134,70 @@ impl Exporter for OtlpGrpcExporter {
         batch: &'a ExportBatch,
     ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
         Box::pin(async move {
+            let request = batch.request.clone();
+            if self.compression == Compression::Snappy {
+                let grpc = tonic::client::Grpc::new(SnappyChannel::new(self.channel.clone()));
+                return self.unary(grpc, request).await;
+            }
             let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-            if self.gzip {
-                grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+            match self.compression {
+                Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
+                Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
+                // x-snappy-framed is refused by config validation (gRPC's snappy is framed).
+                Compression::None | Compression::Snappy | Compression::SnappyFramed => {}
             }
-            grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
-            grpc.ready().await.map_err(|e| ExportError::Retryable {
-                message: format!("{}: not connected: {}", self.uri, super::error_chain(&e)),
-                retry_after: None,
-            })?;
-            let mut req = tonic::Request::new(batch.request.clone());
-            for (k, v) in &self.headers {
-                req.metadata_mut().insert(k.clone(), v.clone());
-            }
-            let path = PathAndQuery::from_static(self.path);
-            match grpc
-                .unary::<Bytes, Bytes, _>(req, path, RawCodec::default())
-                .await
-            {
-                Ok(resp) => Ok(partial_success(resp.get_ref())),
-                Err(status) => Err(match classify(&status) {
-                    ExportError::Retryable {
-                        message,
-                        retry_after,
-                    } => ExportError::Retryable {
-                        message: format!("{}: {message}", self.uri),
-                        retry_after,
-                    },
-                    ExportError::Permanent { message } => ExportError::Permanent {
-                        message: format!("{}: {message}", self.uri),
-                    },
-                }),
-            }
+            self.unary(grpc, request).await
         })
+    }
+}
+
+impl OtlpGrpcExporter {
+    /// One `Export` call through `grpc`, its status classified for the retry loop.
+    async fn unary<T>(
+        &self,
+        mut grpc: tonic::client::Grpc<T>,
+        body: Bytes,
+    ) -> Result<ExportOutcome, ExportError>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        grpc = grpc
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
+        grpc.ready().await.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            ExportError::Retryable {
+                message: format!("{}: not connected: {}", self.uri, super::error_chain(&*e)),
+                retry_after: None,
+            }
+        })?;
+        let mut req = tonic::Request::new(body);
+        for (k, v) in &self.headers {
+            req.metadata_mut().insert(k.clone(), v.clone());
+        }
+        let path = PathAndQuery::from_static(self.path);
+        match grpc
+            .unary::<Bytes, Bytes, _>(req, path, RawCodec::default())
+            .await
+        {
+            Ok(resp) => Ok(partial_success(resp.get_ref())),
+            Err(status) => Err(match classify(&status) {
+                ExportError::Retryable {
+                    message,
+                    retry_after,
+                } => ExportError::Retryable {
+                    message: format!("{}: {message}", self.uri),
+                    retry_after,
+                },
+                ExportError::Permanent { message } => ExportError::Permanent {
+                    message: format!("{}: {message}", self.uri),
+                },
+            }),
+        }
     }
 }
 

@@ -1,14 +1,12 @@
 //! `otlphttp` exporter: OTLP/HTTP, protobuf or JSON bodies.
 
-use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::Compression as GzLevel;
-use flate2::write::GzEncoder;
 use prost::Message;
 use tailgate_config::ComponentId;
-use tailgate_config::components::{Compression, HttpEncoding, OtlpHttpExporterConfig};
+use tailgate_config::components::{HttpEncoding, OtlpHttpExporterConfig};
+use tailgate_otlp::compression::{self, Encoding};
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceResponse;
 
 use super::otlp_grpc::read_pem;
@@ -18,7 +16,8 @@ use crate::consumer::BoxFuture;
 pub struct OtlpHttpExporter {
     client: reqwest::Client,
     url: String,
-    gzip: bool,
+    /// The body's `Content-Encoding`.
+    compression: Encoding,
     json: bool,
 }
 
@@ -62,7 +61,7 @@ impl OtlpHttpExporter {
         Ok(OtlpHttpExporter {
             client,
             url,
-            gzip: cfg.compression == Compression::Gzip,
+            compression: crate::grpc_snappy::payload_encoding(cfg.compression),
             json: cfg.encoding == HttpEncoding::Json,
         })
     }
@@ -102,20 +101,16 @@ impl Exporter for OtlpHttpExporter {
                 .client
                 .post(&self.url)
                 .header(reqwest::header::CONTENT_TYPE, content_type);
-            let body = if self.gzip {
-                let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzLevel::fast());
-                enc.write_all(&body)
-                    .and_then(|()| enc.finish())
+            let body = if self.compression == Encoding::Identity {
+                body
+            } else {
+                req = req.header(reqwest::header::CONTENT_ENCODING, self.compression.name());
+                compression::compress(self.compression, &body)
                     .map(Bytes::from)
                     .map_err(|e| ExportError::Permanent {
-                        message: format!("gzip: {e}"),
+                        message: format!("{}: {e}", self.compression.name()),
                     })?
-            } else {
-                body
             };
-            if self.gzip {
-                req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-            }
             let resp = req
                 .body(body)
                 .send()

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tailgate_otlp::codec::{RawCodec, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME};
+use tailgate_otlp::compression::Encoding;
 use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
@@ -13,11 +14,20 @@ use tonic::{Code, Status};
 use super::{Ingest, IngestError};
 use crate::consumer::{BoxFuture, Client};
 use crate::exporter::grpc_status_with_retry_info;
+use crate::grpc_snappy;
 use crate::net::PeerAddr;
 
 /// tonic buffers up to this multiple of the configured limit before our codec answers
 /// INVALID_ARGUMENT; beyond it tonic itself refuses. Bounds memory per request.
 const TRANSPORT_LIMIT_FACTOR: usize = 4;
+
+/// The `grpc-encoding`s this receiver reads: tonic's gzip and zstd, and snappy in front of it.
+const GRPC_ENCODINGS: [Encoding; 4] = [
+    Encoding::Identity,
+    Encoding::Gzip,
+    Encoding::Zstd,
+    Encoding::Snappy,
+];
 
 /// `opentelemetry.proto.collector.trace.v1.TraceService` over raw bytes.
 #[derive(Clone)]
@@ -95,6 +105,7 @@ where
             }
             let mut encodings = EnabledCompressionEncodings::default();
             encodings.enable(CompressionEncoding::Gzip);
+            encodings.enable(CompressionEncoding::Zstd);
             let mut grpc = tonic::server::Grpc::new(RawCodec {
                 max_decode_bytes: Some(max),
             })
@@ -107,7 +118,29 @@ where
                     .and_then(|p| p.0)
                     .map(|a| a.ip()),
             };
-            Ok(grpc.unary(Export(ingest, client), req).await)
+            let encoding = req
+                .headers()
+                .get(grpc_snappy::GRPC_ENCODING)
+                .map_or(Some(Encoding::Identity), |v| {
+                    v.to_str().ok().and_then(Encoding::from_name)
+                })
+                .filter(|e| GRPC_ENCODINGS.contains(e));
+            ingest.count_request("grpc", encoding);
+            if encoding.is_none() {
+                // tonic answers UNIMPLEMENTED, naming the encoding.
+                ingest.count_bad_request("grpc", "unsupported_encoding");
+            }
+            if encoding != Some(Encoding::Snappy) {
+                return Ok(grpc.unary(Export(ingest, client), req).await);
+            }
+            // tonic has no snappy: decode the messages before it reads them.
+            match grpc_snappy::plain_request(req, max * TRANSPORT_LIMIT_FACTOR, max).await {
+                Ok(plain) => Ok(grpc.unary(Export(ingest, client), plain).await),
+                Err((reason, status)) => {
+                    ingest.count_bad_request("grpc", reason);
+                    Ok(status.into_http())
+                }
+            }
         })
     }
 }

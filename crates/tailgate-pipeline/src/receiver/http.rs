@@ -1,6 +1,6 @@
-//! OTLP/HTTP front end: `POST /v1/traces` with protobuf or JSON bodies, optionally gzipped.
+//! OTLP/HTTP front end: `POST /v1/traces` with protobuf or JSON bodies, plain or compressed
+//! (gzip, zstd, snappy in either format, deflate), as the collector's receiver takes them.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,36 +9,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use flate2::read::GzDecoder;
 use prost::Message;
 use tailgate_config::components::HttpServerConfig;
+use tailgate_otlp::compression::{self, DecompressError, HTTP_ENCODINGS};
 
 use super::{Accepted, Ingest, IngestError};
 use crate::consumer::Client;
 use crate::net::PeerAddr;
 use crate::rpc::RpcStatus;
-
-#[derive(Debug, thiserror::Error)]
-pub enum GunzipError {
-    #[error("invalid gzip body: {0}")]
-    Invalid(std::io::Error),
-    #[error("decompressed body exceeds max_request_body_size ({0} bytes)")]
-    TooLarge(usize),
-}
-
-/// A gzip body decompressed, at most `max_bytes` of it: a small body that inflates to
-/// gigabytes (a zip bomb) stops at the limit, never allocating more than `max_bytes + 1`.
-pub fn gunzip(body: &[u8], max_bytes: usize) -> Result<Vec<u8>, GunzipError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_bytes + 1));
-    GzDecoder::new(body)
-        .take(max_bytes as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(GunzipError::Invalid)?;
-    if out.len() > max_bytes {
-        return Err(GunzipError::TooLarge(max_bytes));
-    }
-    Ok(out)
-}
 
 #[derive(Clone)]
 struct HttpState {
@@ -88,22 +66,33 @@ async fn traces(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity");
-    let raw = match content_encoding {
-        "gzip" => match gunzip(&body, st.max_bytes) {
+    let compressed = compression::Encoding::from_name(content_encoding);
+    st.ingest.count_request("http", compressed);
+    let raw = match compressed {
+        Some(compression::Encoding::Identity) => body,
+        Some(compressed) => match compression::decompress(compressed, &body, st.max_bytes) {
             Ok(out) => Bytes::from(out),
-            Err(e @ GunzipError::Invalid(_)) => {
+            Err(e @ DecompressError::Invalid { .. }) => {
+                st.ingest.count_bad_request("http", "bad_compression");
                 return error(encoding, StatusCode::BAD_REQUEST, &e.to_string());
             }
-            Err(e @ GunzipError::TooLarge(_)) => {
-                return error(encoding, StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+            Err(DecompressError::TooLarge { limit }) => {
+                st.ingest.count_bad_request("http", "too_large");
+                return error(
+                    encoding,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("decompressed body exceeds max_request_body_size ({limit} bytes)"),
+                );
             }
         },
-        "identity" | "" => body,
-        other => {
+        None => {
+            st.ingest.count_bad_request("http", "unsupported_encoding");
             return error(
                 encoding,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("unsupported content encoding `{other}`; use gzip"),
+                &format!(
+                    "unsupported content encoding `{content_encoding}`; use one of {HTTP_ENCODINGS}"
+                ),
             );
         }
     };

@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics::counter;
 use prost::Message;
+use tailgate_otlp::compression::Encoding;
 use tailgate_otlp::proto::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
@@ -77,6 +78,35 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Counts a request by the compression its sender named (`grpc-encoding` or
+    /// `Content-Encoding`): `identity`, `gzip`, `zstd`, `snappy`, `x-snappy-framed`,
+    /// `deflate`, or `unsupported`.
+    pub fn count_request(&self, transport: &'static str, encoding: Option<Encoding>) {
+        let encoding = encoding.map_or("unsupported", Encoding::name);
+        counter!(
+            RECEIVER_REQUESTS,
+            &[
+                ("receiver", self.receiver.clone()),
+                ("transport", transport.to_string()),
+                ("encoding", encoding.to_string()),
+            ]
+        )
+        .increment(1);
+    }
+
+    /// Counts a request refused whole, before any span in it was looked at.
+    pub fn count_bad_request(&self, transport: &'static str, reason: &'static str) {
+        counter!(
+            RECEIVER_BAD_REQUESTS,
+            &[
+                ("receiver", self.receiver.clone()),
+                ("transport", transport.to_string()),
+                ("reason", reason.to_string())
+            ]
+        )
+        .increment(1);
+    }
+
     /// Takes one protobuf-encoded request body.
     pub async fn accept(
         &self,
@@ -92,15 +122,7 @@ impl Ingest {
         let scanned = match scan_export_request(body) {
             Ok(s) => s,
             Err(e) => {
-                counter!(
-                    RECEIVER_BAD_REQUESTS,
-                    &[
-                        ("receiver", self.receiver.clone()),
-                        ("transport", transport.to_string()),
-                        ("reason", "malformed".to_string())
-                    ]
-                )
-                .increment(1);
+                self.count_bad_request(transport, "malformed");
                 return Err(IngestError::Malformed(e.to_string()));
             }
         };

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tailgate_otlp::codec::{RawCodec, TRACE_EXPORT_PATH};
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceResponse;
+use tailgate_pipeline::grpc_snappy::SnappyChannel;
 mod generate;
 
 use generate::{RequestTemplate, TraceGenerator};
@@ -59,9 +60,9 @@ pub struct LoadgenArgs {
     /// Percent of traces flagged `sampling.priority=always_on`.
     #[arg(long, default_value_t = 0.0)]
     pub flagged_percent: f64,
-    /// gzip request bodies, as real senders do.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub gzip: bool,
+    /// Request compression (`grpc-encoding`); gzip by default, as real senders do.
+    #[arg(long, value_enum, default_value_t = LoadCompression::Gzip)]
+    pub compression: LoadCompression,
     /// Seeds the trace shapes and IDs, the mix and the retry waits (timestamps come from the
     /// clock).
     #[arg(long, default_value_t = 1)]
@@ -69,6 +70,15 @@ pub struct LoadgenArgs {
     /// Service name on the resource.
     #[arg(long, default_value = "loadgen")]
     pub service_name: String,
+}
+
+/// How loadgen compresses its requests: an exporter's `compression`, by the same names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadCompression {
+    None,
+    Gzip,
+    Zstd,
+    Snappy,
 }
 
 /// What a run did, counted by the workers.
@@ -162,13 +172,34 @@ fn is_transport_error(s: &tonic::Status) -> bool {
         || (s.code() == Code::Unknown && s.message().contains("transport error"))
 }
 
+/// One `Export` call through `grpc`.
+async fn export<T>(mut grpc: tonic::client::Grpc<T>, body: Bytes) -> Result<Bytes, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.into().to_string()))?;
+    grpc.unary::<Bytes, Bytes, _>(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+        RawCodec::default(),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
 /// Sends one request, retrying refusals (RESOURCE_EXHAUSTED / UNAVAILABLE) with a bounded backoff.
 async fn send(
     channels: &[Channel],
     first: usize,
     body: Bytes,
     spans: u64,
-    gzip: bool,
+    compression: LoadCompression,
     stats: &LoadStats,
     stop_at: Instant,
 ) {
@@ -179,20 +210,27 @@ async fn send(
         // A retry goes to the next endpoint, as an agent re-routes around a gateway that is
         // restarting.
         let channel = &channels[(first + attempt as usize) % channels.len()];
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
-        if gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-        }
-        let result = match grpc.ready().await {
-            Ok(()) => grpc
-                .unary::<Bytes, Bytes, _>(
-                    tonic::Request::new(body.clone()),
-                    http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-                    RawCodec::default(),
+        let grpc = tonic::client::Grpc::new(channel.clone());
+        let result = match compression {
+            LoadCompression::Snappy => {
+                let snappy = tonic::client::Grpc::new(SnappyChannel::new(channel.clone()));
+                export(snappy, body.clone()).await
+            }
+            LoadCompression::Gzip => {
+                export(
+                    grpc.send_compressed(CompressionEncoding::Gzip),
+                    body.clone(),
                 )
                 .await
-                .map(tonic::Response::into_inner),
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            }
+            LoadCompression::Zstd => {
+                export(
+                    grpc.send_compressed(CompressionEncoding::Zstd),
+                    body.clone(),
+                )
+                .await
+            }
+            LoadCompression::None => export(grpc, body.clone()).await,
         };
         match result {
             Ok(resp) => {
@@ -313,7 +351,7 @@ pub async fn run_load(args: LoadgenArgs, stats: Arc<LoadStats>) -> anyhow::Resul
                     w + round,
                     body,
                     n,
-                    args.gzip,
+                    args.compression,
                     &stats,
                     stop_at + Duration::from_secs(10),
                 )
