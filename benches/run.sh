@@ -4,7 +4,9 @@
 # collector's tail_sampling on the same YAML, and rotel), P2, P4, P3 (handoff), replication's cost
 # (replication_factor 2 beside 1) and the agent's
 # cost (the Tailgate agent beside the collector on the same agent YAML, a forward-only agent and
-# rotel). Extra arguments go to the P1 run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
+# rotel), then P1 at a fixed rate under each compression (none, gzip, zstd) and `scale` (the
+# gateway on 1, 2, 4, 8 cores where the machine has them, with P4's lateness at 80% of each
+# maximum). Extra arguments go to the first P1 run, e.g. `benches/run.sh --seconds 10 --rounds 1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +30,8 @@ fi
 ./target/release/tailgate-bench handoff
 ./target/release/tailgate-bench replication
 ./target/release/tailgate-bench agent "${rotel_flag[@]}" "${collector_flag[@]}"
+for compression in none gzip zstd; do
+    ./target/release/tailgate-bench gateway "${rotel_flag[@]}" "${collector_flag[@]}" \
+        --rate 3000 --seconds 15 --rounds 2 --compression "$compression"
+done
+./target/release/tailgate-bench scale

@@ -90,6 +90,8 @@ pub(crate) struct MemoryPeaks {
     /// The allocator's live bytes (`otelcol_process_runtime_heap_alloc_bytes`).
     pub(crate) live_bytes: f64,
     pub(crate) rss_bytes: f64,
+    /// Encoded spans buffered by the sampling engine alone, at their largest.
+    pub(crate) buffered_bytes: f64,
 }
 
 const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
@@ -108,7 +110,8 @@ impl MemoryWatch {
         let thread = std::thread::spawn(move || {
             let mut peaks = MemoryPeaks::default();
             while !flag.load(Ordering::Relaxed) {
-                let accounted = metric(metrics_port, "tailgate_sampling_buffered_bytes")
+                let buffered = metric(metrics_port, "tailgate_sampling_buffered_bytes");
+                let accounted = buffered
                     + metric(metrics_port, "tailgate_exporter_queue_bytes")
                     + metric(metrics_port, "tailgate_receiver_inflight_bytes");
                 let live = metric(metrics_port, "otelcol_process_runtime_heap_alloc_bytes");
@@ -116,6 +119,7 @@ impl MemoryWatch {
                 peaks.accounted_bytes = peaks.accounted_bytes.max(accounted);
                 peaks.live_bytes = peaks.live_bytes.max(live);
                 peaks.rss_bytes = peaks.rss_bytes.max(rss);
+                peaks.buffered_bytes = peaks.buffered_bytes.max(buffered);
                 std::thread::sleep(MEMORY_SAMPLE_INTERVAL);
             }
             peaks
@@ -296,7 +300,12 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         systems.push(System::Collector(c.clone()));
     }
     if !args.no_rotel {
-        systems.push(System::Rotel(rotel_path(&args)?));
+        if args.compression == "zstd" {
+            // rotel's OTLP exporter compresses with gzip or not at all.
+            println!("rotel: not run, its exporter has no zstd (gzip or none)");
+        } else {
+            systems.push(System::Rotel(rotel_path(&args)?));
+        }
     }
     print_header(&args);
     let mut results = Vec::new();

@@ -113,9 +113,14 @@ pub(crate) fn pinned(
 
 /// The counting sink on core 1; returns it and its gRPC port.
 pub(crate) fn start_sink() -> anyhow::Result<(Proc, u16)> {
+    start_sink_on("1")
+}
+
+/// The counting sink on `core`.
+pub(crate) fn start_sink_on(core: &str) -> anyhow::Result<(Proc, u16)> {
     let port = free_port();
     let args = ["sink".to_string(), "--port".to_string(), port.to_string()];
-    let sink = pinned("1", &sibling_binary("tailgate-bench"), &args, "sink")?;
+    let sink = pinned(core, &sibling_binary("tailgate-bench"), &args, "sink")?;
     wait_port(port, "sink")?;
     Ok((sink, port))
 }
@@ -154,6 +159,16 @@ pub(crate) fn start_gateway_binary(
     dir: &std::path::Path,
     config: &str,
 ) -> anyhow::Result<Proc> {
+    start_gateway_on("0", binary, dir, config)
+}
+
+/// A gateway on the cores `cores` names (a `taskset -c` list).
+pub(crate) fn start_gateway_on(
+    cores: &str,
+    binary: &PathBuf,
+    dir: &std::path::Path,
+    config: &str,
+) -> anyhow::Result<Proc> {
     let path = dir.join("gateway.yaml");
     std::fs::write(&path, config)?;
     let args = [
@@ -161,7 +176,7 @@ pub(crate) fn start_gateway_binary(
         "--config".to_string(),
         path.display().to_string(),
     ];
-    pinned("0", binary, &args, "tailgate")
+    pinned(cores, binary, &args, "tailgate")
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -283,46 +298,58 @@ pub(crate) fn loadgen_line(
     seed: u64,
     compression: &str,
 ) -> anyhow::Result<String> {
-    let out = Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(sibling_binary("tailgate"))
-        .args(["loadgen", "--endpoint", &endpoints(ports)])
-        .args([
-            "--duration",
-            &format!("{seconds}s"),
-            "--rate",
-            &rate.to_string(),
-        ])
-        .args([
-            "--traces",
-            &traces.to_string(),
-            "--concurrency",
-            &concurrency.to_string(),
-        ])
-        .args([
-            "--spans-per-trace",
-            "20",
-            "--attributes",
-            "10",
-            "--spans-per-request",
-            "512",
-        ])
-        .args([
-            "--error-percent",
-            "1",
-            "--slow-percent",
-            "1",
-            "--seed",
-            &seed.to_string(),
-        ])
-        .args(["--compression", compression])
-        .output()
-        .context("cannot run tailgate loadgen")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.starts_with("LOADGEN"))
-        .map(str::to_string)
-        .with_context(|| format!("loadgen printed no summary: {text}"))
+    Loadgen {
+        core: "1",
+        ports,
+        seconds,
+        rate,
+        concurrency,
+        traces,
+        seed,
+        compression,
+    }
+    .run()
+}
+
+/// One `tailgate loadgen` process: the P1 shape (20 spans per trace, 10 attributes, 512
+/// spans per request, 1% error and 1% slow traces) on `core`.
+pub(crate) struct Loadgen<'a> {
+    pub(crate) core: &'a str,
+    pub(crate) ports: &'a [u16],
+    pub(crate) seconds: u64,
+    /// Traces per second; 0 = as fast as the target takes them.
+    pub(crate) rate: u64,
+    pub(crate) concurrency: usize,
+    /// Stop after this many traces; 0 = no limit.
+    pub(crate) traces: u64,
+    pub(crate) seed: u64,
+    pub(crate) compression: &'a str,
+}
+
+impl Loadgen<'_> {
+    /// Runs it to the end and returns its `LOADGEN` summary line.
+    pub(crate) fn run(&self) -> anyhow::Result<String> {
+        let out = Command::new("taskset")
+            .args(["-c", self.core])
+            .arg(sibling_binary("tailgate"))
+            .args(["loadgen", "--endpoint", &endpoints(self.ports)])
+            .args(["--duration", &format!("{}s", self.seconds)])
+            .args(["--rate", &self.rate.to_string()])
+            .args(["--traces", &self.traces.to_string()])
+            .args(["--concurrency", &self.concurrency.to_string()])
+            .args(["--spans-per-trace", "20", "--attributes", "10"])
+            .args(["--spans-per-request", "512"])
+            .args(["--error-percent", "1", "--slow-percent", "1"])
+            .args(["--seed", &self.seed.to_string()])
+            .args(["--compression", self.compression])
+            .output()
+            .context("cannot run tailgate loadgen")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find(|l| l.starts_with("LOADGEN"))
+            .map(str::to_string)
+            .with_context(|| format!("loadgen printed no summary: {text}"))
+    }
 }
 
 /// Waits until the sink's count has not moved for `quiet`.

@@ -15,6 +15,9 @@
 //!   per buffered span and ingest latency of a two-gateway cluster (`replication.rs`).
 //! - `agent`: the agent's CPU-seconds per million spans with enrichment, health-check filter
 //!   and routing, beside a forward-only agent and rotel (`agent.rs`).
+//! - `scale`: the gateway pinned to 1, 2, 4, 8... cores, each with its own load generator
+//!   cores: maximum sustained rate, CPU per span, memory and decision lateness, then the
+//!   same at 80% of that rate (`scale.rs`).
 //! - `sink`: the OTLP sink both use (counts spans, keeps nothing).
 //!
 //! Nothing here asserts: it prints. The machine is shared and noisy; compare ratios from one run.
@@ -29,6 +32,7 @@ mod gateway;
 mod harness;
 mod measure;
 mod replication;
+mod scale;
 mod sink;
 
 use std::path::PathBuf;
@@ -57,6 +61,9 @@ enum Command {
     Replication(replication::ReplicationArgs),
     /// The agent's CPU per million spans: enrichment, filter, routing; beside forward-only and rotel.
     Agent(agent::AgentArgs),
+    /// The gateway on 1, 2, 4, 8... cores: maximum sustained rate, CPU per span, memory and
+    /// decision lateness at that rate and at 80% of it.
+    Scale(scale::ScaleArgs),
     /// An OTLP/gRPC sink that counts spans (used by the other commands).
     Sink {
         #[arg(long)]
@@ -89,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::Handoff(args) => measure::handoff(args),
         Command::Replication(args) => replication::replication(args),
         Command::Agent(args) => agent::agent(args),
+        Command::Scale(args) => scale::scale(args),
     }
 }
 

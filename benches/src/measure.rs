@@ -77,6 +77,11 @@ pub struct LatencyArgs {
 /// The `q` quantile from a Prometheus histogram's cumulative buckets (upper bound of the
 /// first bucket holding it).
 fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    quantile(&histogram_buckets(text, name), q)
+}
+
+/// A histogram's cumulative buckets `(upper bound, count)`, by bound.
+pub(crate) fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     let bucket = format!("{name}_bucket");
     let mut buckets: Vec<(f64, f64)> = text
         .lines()
@@ -92,6 +97,11 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    buckets
+}
+
+/// The `q` quantile of cumulative buckets: the upper bound of the first bucket holding it.
+pub(crate) fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total == 0.0 {
         return None;

@@ -156,7 +156,7 @@ fn write_seed_corpus() {
     let packed = compression::encode_grpc_messages(Encoding::Snappy, &grpc_body).unwrap();
     let mut seed = vec![2u8];
     seed.extend(packed.iter());
-    write("compressed_body", "grpc_snappy_messages", &seed);
+    write("compressed_body", "grpc_compression_messages", &seed);
 
     let spans = scan_export_request(&Bytes::from(many.clone()))
         .unwrap()

@@ -278,7 +278,7 @@ async fn zstd_and_snappy_cross_between_tailgate_and_the_collector_both_ways_on_b
     };
     let paths = [
         path("grpc_zstd", "grpc", "zstd", "zstd"),
-        path("grpc_snappy", "grpc", "snappy", "snappy"),
+        path("grpc_compression", "grpc", "snappy", "snappy"),
         path("http_zstd", "http", "zstd", "zstd"),
         // The collector sends `snappy` in the block format and `x-snappy-framed` framed; it
         // reads either under `snappy`.

@@ -9,7 +9,8 @@
 //! - [`stages`]: processor stages as [`consumer::Consumer`]s.
 //! - [`memory`]: memory readings (live, resident, accounted) and the `memory_limiter` stage.
 //! - [`exporter`]: exporters, retry, sending queues, fan-out.
-//! - [`grpc_snappy`]: gRPC's snappy message encoding, which tonic lacks.
+//! - [`grpc_compression`]: compressed gRPC messages in front of tonic (snappy, which tonic
+//!   lacks; gzip at the fastest level).
 //! - [`extension`]: `health_check`, `pprof`.
 //! - [`telemetry`]: metric names (see `docs/metrics.md`).
 //! - [`service`]: start and ordered shutdown.
@@ -25,7 +26,7 @@ pub mod connector;
 pub mod consumer;
 pub mod exporter;
 pub mod extension;
-pub mod grpc_snappy;
+pub mod grpc_compression;
 pub mod memory;
 pub mod net;
 pub mod receiver;

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost::Message;
 use tailgate_config::ComponentId;
-use tailgate_config::components::{ClientTlsConfig, Compression, OtlpExporterConfig};
+use tailgate_config::components::{ClientTlsConfig, OtlpExporterConfig};
 use tailgate_otlp::codec::{RawCodec, TRACE_EXPORT_PATH};
+use tailgate_otlp::compression::Encoding;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
@@ -16,7 +17,7 @@ use tonic::{Code, Status};
 
 use super::{ExportBatch, ExportError, ExportOutcome, Exporter};
 use crate::consumer::BoxFuture;
-use crate::grpc_snappy::SnappyChannel;
+use crate::grpc_compression::{CompressingChannel, payload_encoding};
 use crate::rpc;
 
 pub struct OtlpGrpcExporter {
@@ -29,7 +30,8 @@ pub struct OtlpGrpcExporter {
         MetadataKey<tonic::metadata::Ascii>,
         MetadataValue<tonic::metadata::Ascii>,
     )>,
-    compression: Compression,
+    /// Request messages' encoding (responses: whatever the server sends).
+    compression: Encoding,
 }
 
 /// `host:port` gets a scheme from the TLS settings; URLs keep theirs.
@@ -123,7 +125,7 @@ impl OtlpGrpcExporter {
             path,
             channel: net.channel(endpoint),
             headers,
-            compression: cfg.compression,
+            compression: payload_encoding(cfg.compression),
         })
     }
 }
@@ -134,19 +136,11 @@ impl Exporter for OtlpGrpcExporter {
         batch: &'a ExportBatch,
     ) -> BoxFuture<'a, Result<ExportOutcome, ExportError>> {
         Box::pin(async move {
-            let request = batch.request.clone();
-            if self.compression == Compression::Snappy {
-                let grpc = tonic::client::Grpc::new(SnappyChannel::new(self.channel.clone()));
-                return self.unary(grpc, request).await;
-            }
-            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-            match self.compression {
-                Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
-                Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
-                // x-snappy-framed is refused by config validation (gRPC's snappy is framed).
-                Compression::None | Compression::Snappy | Compression::SnappyFramed => {}
-            }
-            self.unary(grpc, request).await
+            let grpc = tonic::client::Grpc::new(CompressingChannel::new(
+                self.channel.clone(),
+                self.compression,
+            ));
+            self.unary(grpc, batch.request.clone()).await
         })
     }
 }

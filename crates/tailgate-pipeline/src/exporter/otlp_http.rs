@@ -61,7 +61,7 @@ impl OtlpHttpExporter {
         Ok(OtlpHttpExporter {
             client,
             url,
-            compression: crate::grpc_snappy::payload_encoding(cfg.compression),
+            compression: crate::grpc_compression::payload_encoding(cfg.compression),
             json: cfg.encoding == HttpEncoding::Json,
         })
     }

@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use super::{Ingest, IngestError};
 use crate::consumer::{BoxFuture, Client};
 use crate::exporter::grpc_status_with_retry_info;
-use crate::grpc_snappy;
+use crate::grpc_compression;
 use crate::net::PeerAddr;
 
 /// tonic buffers up to this multiple of the configured limit before our codec answers
@@ -120,7 +120,7 @@ where
             };
             let encoding = req
                 .headers()
-                .get(grpc_snappy::GRPC_ENCODING)
+                .get(grpc_compression::GRPC_ENCODING)
                 .map_or(Some(Encoding::Identity), |v| {
                     v.to_str().ok().and_then(Encoding::from_name)
                 })
@@ -134,7 +134,7 @@ where
                 return Ok(grpc.unary(Export(ingest, client), req).await);
             }
             // tonic has no snappy: decode the messages before it reads them.
-            match grpc_snappy::plain_request(req, max * TRANSPORT_LIMIT_FACTOR, max).await {
+            match grpc_compression::plain_request(req, max * TRANSPORT_LIMIT_FACTOR, max).await {
                 Ok(plain) => Ok(grpc.unary(Export(ingest, client), plain).await),
                 Err((reason, status)) => {
                     ingest.count_bad_request("grpc", reason);

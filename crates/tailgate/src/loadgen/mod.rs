@@ -12,8 +12,9 @@ use prost::Message;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tailgate_otlp::codec::{RawCodec, TRACE_EXPORT_PATH};
+use tailgate_otlp::compression::Encoding;
 use tailgate_otlp::proto::collector::trace::v1::ExportTraceServiceResponse;
-use tailgate_pipeline::grpc_snappy::SnappyChannel;
+use tailgate_pipeline::grpc_compression::CompressingChannel;
 mod generate;
 
 use generate::{RequestTemplate, TraceGenerator};
@@ -181,6 +182,11 @@ where
     <T::ResponseBody as tonic::codegen::Body>::Error:
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
+    // grpc-go servers (the collector) answer in the request's encoding, whatever the client
+    // listed as accepted.
+    grpc = grpc
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(e.into().to_string()))?;
@@ -210,28 +216,14 @@ async fn send(
         // A retry goes to the next endpoint, as an agent re-routes around a gateway that is
         // restarting.
         let channel = &channels[(first + attempt as usize) % channels.len()];
-        let grpc = tonic::client::Grpc::new(channel.clone());
-        let result = match compression {
-            LoadCompression::Snappy => {
-                let snappy = tonic::client::Grpc::new(SnappyChannel::new(channel.clone()));
-                export(snappy, body.clone()).await
-            }
-            LoadCompression::Gzip => {
-                export(
-                    grpc.send_compressed(CompressionEncoding::Gzip),
-                    body.clone(),
-                )
-                .await
-            }
-            LoadCompression::Zstd => {
-                export(
-                    grpc.send_compressed(CompressionEncoding::Zstd),
-                    body.clone(),
-                )
-                .await
-            }
-            LoadCompression::None => export(grpc, body.clone()).await,
+        let encoding = match compression {
+            LoadCompression::None => Encoding::Identity,
+            LoadCompression::Gzip => Encoding::Gzip,
+            LoadCompression::Zstd => Encoding::Zstd,
+            LoadCompression::Snappy => Encoding::Snappy,
         };
+        let grpc = tonic::client::Grpc::new(CompressingChannel::new(channel.clone(), encoding));
+        let result = export(grpc, body.clone()).await;
         match result {
             Ok(resp) => {
                 stats.requests_ok.fetch_add(1, Ordering::Relaxed);

@@ -1,13 +1,14 @@
-//! gRPC's `snappy` message encoding, which the collector's gRPC exporters and receivers speak
-//! (grpc-go's compressor: snappy's framing format) and tonic lacks; tonic does gzip and zstd
-//! itself. Two adapters in front of tonic rewrite bodies between snappy and plain messages
-//! ([`tailgate_otlp::compression`]):
+//! Compression of gRPC messages in front of tonic.
 //!
-//! - [`SnappyChannel`] (clients): sends each request's messages snappy-compressed, and turns a
-//!   snappy response back into plain messages — grpc-go servers answer in the request's
-//!   encoding, whatever the client listed in `grpc-accept-encoding`.
+//! - [`CompressingChannel`] (clients): sends each request's messages compressed by one
+//!   encoding — gzip at its fastest level, zstd at level 3, or snappy, which tonic lacks and
+//!   the collector speaks (grpc-go's compressor: snappy's framing format) — the same code and
+//!   levels as OTLP/HTTP bodies ([`tailgate_otlp::compression`]); tonic's own gzip has a fixed
+//!   level 6, several times the CPU for a few percent fewer bytes. A snappy response is turned
+//!   back into plain messages: grpc-go servers answer in the request's encoding, whatever the
+//!   client listed in `grpc-accept-encoding` (tonic reads gzip and zstd responses itself).
 //! - [`plain_request`] (servers): decodes the messages of a request whose `grpc-encoding` is
-//!   `snappy` before tonic reads it.
+//!   `snappy` before tonic reads it (tonic decodes gzip and zstd itself).
 //!
 //! Both hold the whole body, as unary OTLP calls do anyway (one message each way).
 
@@ -53,19 +54,21 @@ pub fn is_snappy(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"snappy"))
 }
 
-/// A gRPC client transport (a tonic `Channel`) whose requests go out snappy-compressed.
+/// A gRPC client transport (a tonic `Channel`) whose requests go out compressed by
+/// `encoding` (plain with [`Encoding::Identity`]).
 #[derive(Debug, Clone)]
-pub struct SnappyChannel<S> {
+pub struct CompressingChannel<S> {
     inner: S,
+    encoding: Encoding,
 }
 
-impl<S> SnappyChannel<S> {
-    pub fn new(inner: S) -> Self {
-        SnappyChannel { inner }
+impl<S> CompressingChannel<S> {
+    pub fn new(inner: S, encoding: Encoding) -> Self {
+        CompressingChannel { inner, encoding }
     }
 }
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for SnappyChannel<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for CompressingChannel<S>
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -88,15 +91,19 @@ where
         // The instance polled ready is the one that must take the call.
         let fresh = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, fresh);
+        let encoding = self.encoding;
         Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            let plain = body.collect().await?.to_bytes();
-            let packed = encode_grpc_messages(Encoding::Snappy, &plain)?;
-            parts
-                .headers
-                .insert(GRPC_ENCODING, HeaderValue::from_static("snappy"));
-            let request =
-                http::Request::from_parts(parts, tonic::body::Body::new(Full::new(packed)));
+            let request = if encoding == Encoding::Identity {
+                request
+            } else {
+                let (mut parts, body) = request.into_parts();
+                let plain = body.collect().await?.to_bytes();
+                let packed = encode_grpc_messages(encoding, &plain)?;
+                parts
+                    .headers
+                    .insert(GRPC_ENCODING, HeaderValue::from_static(encoding.name()));
+                http::Request::from_parts(parts, tonic::body::Body::new(Full::new(packed)))
+            };
             let response = ready.call(request).await.map_err(Into::into)?;
             plain_response(response).await
         })
