@@ -194,6 +194,8 @@ pub enum GrpcMessageError {
     Truncated(usize),
     #[error("invalid gRPC compressed flag {0}")]
     Flag(u8),
+    #[error("more than one message in a unary call")]
+    Trailing,
     #[error(transparent)]
     Decompress(#[from] DecompressError),
     #[error("compressing a gRPC message: {0}")]
@@ -243,25 +245,53 @@ pub fn decode_grpc_messages(
         match message? {
             (0, plain) => put_grpc_message(&mut out, false, plain),
             (1, compressed) => {
-                let plain = decompress(
-                    grpc_stream_encoding(encoding),
-                    compressed,
-                    max_message_bytes,
-                )
-                .map_err(|e| match e {
-                    // Named as the sender named it, not by its snappy format.
-                    DecompressError::Invalid { message, .. } => DecompressError::Invalid {
-                        encoding: encoding.name(),
-                        message,
-                    },
-                    too_large => too_large,
-                })?;
+                let plain = decompress_grpc_message(encoding, compressed, max_message_bytes)?;
                 put_grpc_message(&mut out, false, &plain);
             }
             (flag, _) => return Err(GrpcMessageError::Flag(flag)),
         }
     }
     Ok(out.freeze())
+}
+
+/// One gRPC message compressed by `encoding` (as its `grpc-encoding` names it), decoded: at
+/// most `max_bytes`.
+pub fn decompress_grpc_message(
+    encoding: Encoding,
+    message: &[u8],
+    max_bytes: usize,
+) -> Result<Vec<u8>, DecompressError> {
+    decompress(grpc_stream_encoding(encoding), message, max_bytes).map_err(|e| match e {
+        // Named as the sender named it, not by its snappy format.
+        DecompressError::Invalid { message, .. } => DecompressError::Invalid {
+            encoding: encoding.name(),
+            message,
+        },
+        too_large => too_large,
+    })
+}
+
+/// The one message of a unary call's body: whether it is compressed, and the message, a
+/// slice of `body` (no copy).
+pub fn single_grpc_message(body: &Bytes) -> Result<(bool, Bytes), GrpcMessageError> {
+    let mut messages = grpc_messages(body);
+    let (flag, message) = messages.next().ok_or(GrpcMessageError::Truncated(0))??;
+    if messages.next().is_some() {
+        return Err(GrpcMessageError::Trailing);
+    }
+    let compressed = match flag {
+        0 => false,
+        1 => true,
+        other => return Err(GrpcMessageError::Flag(other)),
+    };
+    Ok((compressed, body.slice_ref(message)))
+}
+
+/// `message` framed as a gRPC body of one plain message.
+pub fn grpc_message(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(GRPC_MESSAGE_HEADER_BYTES + message.len());
+    put_grpc_message(&mut out, false, message);
+    out.freeze()
 }
 
 /// A gRPC body of plain messages rewritten with every message compressed by `encoding`.
@@ -424,6 +454,30 @@ mod tests {
             decode_grpc_messages(Encoding::Snappy, &plain, 1 << 20).unwrap(),
             plain
         );
+    }
+
+    #[test]
+    fn a_unary_body_holds_exactly_one_message_taken_without_a_copy() {
+        let body = Bytes::from(grpc_body(&[(0, b"hello")]));
+        let (compressed, message) = single_grpc_message(&body).unwrap();
+        assert!(!compressed);
+        assert_eq!(&message[..], b"hello");
+        assert_eq!(message.as_ptr(), body[5..].as_ptr(), "a slice of the body");
+        assert_eq!(grpc_message(b"hello"), body);
+        let packed = Bytes::from(grpc_body(&[(1, b"xyz")]));
+        assert!(single_grpc_message(&packed).unwrap().0);
+        assert!(matches!(
+            single_grpc_message(&Bytes::from(grpc_body(&[(0, b"a"), (0, b"b")]))),
+            Err(GrpcMessageError::Trailing)
+        ));
+        assert!(matches!(
+            single_grpc_message(&Bytes::new()),
+            Err(GrpcMessageError::Truncated(0))
+        ));
+        assert!(matches!(
+            single_grpc_message(&Bytes::from(grpc_body(&[(2, b"a")]))),
+            Err(GrpcMessageError::Flag(2))
+        ));
     }
 
     #[test]

@@ -7,10 +7,9 @@
 //!   level 6, several times the CPU for a few percent fewer bytes. A snappy response is turned
 //!   back into plain messages: grpc-go servers answer in the request's encoding, whatever the
 //!   client listed in `grpc-accept-encoding` (tonic reads gzip and zstd responses itself).
-//! - [`plain_request`] (servers): decodes the messages of a request whose `grpc-encoding` is
-//!   `snappy` before tonic reads it (tonic decodes gzip and zstd itself).
 //!
-//! Both hold the whole body, as unary OTLP calls do anyway (one message each way).
+//! It holds the whole body, as unary OTLP calls do anyway (one message each way). The
+//! receiver reads every encoding itself (`receiver::grpc`).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -18,12 +17,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body::Frame;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use tailgate_config::components::Compression;
-use tailgate_otlp::compression::{
-    DecompressError, Encoding, GrpcMessageError, decode_grpc_messages, encode_grpc_messages,
-};
-use tonic::Status;
+use tailgate_otlp::compression::{Encoding, decode_grpc_messages, encode_grpc_messages};
 
 use crate::consumer::BoxFuture;
 
@@ -129,50 +125,4 @@ async fn plain_response(
         parts,
         tonic::body::Body::new(body),
     ))
-}
-
-/// Why [`plain_request`] refused a request: the `reason` of
-/// `tailgate_receiver_bad_requests_total`, and the status answered.
-pub type Refusal = (&'static str, Status);
-
-/// A server request whose messages are snappy-compressed, with them decoded to plain ones:
-/// at most `max_body_bytes` read, each message at most `max_message_bytes` once decoded.
-pub async fn plain_request<B>(
-    request: http::Request<B>,
-    max_body_bytes: usize,
-    max_message_bytes: usize,
-) -> Result<http::Request<Full<Bytes>>, Refusal>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let (mut parts, body) = request.into_parts();
-    parts.headers.remove(GRPC_ENCODING);
-    let body = Limited::new(body, max_body_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                let message = format!("snappy request body exceeds {max_body_bytes} bytes");
-                ("too_large", Status::invalid_argument(message))
-            } else {
-                ("transport", Status::from_error(e))
-            }
-        })?
-        .to_bytes();
-    let plain =
-        decode_grpc_messages(Encoding::Snappy, &body, max_message_bytes).map_err(|e| match e {
-            GrpcMessageError::Decompress(DecompressError::TooLarge { .. }) => {
-                let message = format!(
-                    "decompressed message exceeds the receiver's max_recv_msg_size_mib ({} MiB)",
-                    max_message_bytes / (1024 * 1024)
-                );
-                ("too_large", Status::invalid_argument(message))
-            }
-            other => (
-                "bad_compression",
-                Status::invalid_argument(other.to_string()),
-            ),
-        })?;
-    Ok(http::Request::from_parts(parts, Full::new(plain)))
 }
