@@ -76,7 +76,7 @@ where
             let mut enc = EnabledCompressionEncodings::default();
             enc.enable(CompressionEncoding::Gzip);
             enc.enable(CompressionEncoding::Zstd);
-            let mut grpc = tonic::server::Grpc::new(RawCodec::default())
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .apply_compression_config(enc, enc)
                 .apply_max_message_size_config(Some(64 << 20), None);
             Ok(grpc.unary(Export(counts), req).await)

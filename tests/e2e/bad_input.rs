@@ -24,7 +24,7 @@ async fn raw_grpc(url: &str, body: Vec<u8>) -> Result<Bytes, tonic::Status> {
     grpc.unary::<Bytes, Bytes, _>(
         tonic::Request::new(Bytes::from(body)),
         http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-        RawCodec::default(),
+        RawCodec,
     )
     .await
     .map(tonic::Response::into_inner)

@@ -13,20 +13,17 @@ pub const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.Tra
 /// gRPC service name of OTLP traces.
 pub const TRACE_SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 
-/// Bodies in and out as [`Bytes`]. `max_decode_bytes` refuses larger messages with
-/// `INVALID_ARGUMENT` (tonic's own limit answers `OUT_OF_RANGE`, which OTLP clients retry).
+/// Bodies in and out as [`Bytes`], for gRPC clients (exporters, loadgen, the cluster's
+/// peers). The OTLP receiver reads its requests without tonic (`receiver::grpc` in
+/// tailgate-pipeline), and bounds them there.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RawCodec {
-    pub max_decode_bytes: Option<usize>,
-}
+pub struct RawCodec;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RawEncoder;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RawDecoder {
-    max_decode_bytes: Option<usize>,
-}
+pub struct RawDecoder;
 
 impl Codec for RawCodec {
     type Encode = Bytes;
@@ -39,9 +36,7 @@ impl Codec for RawCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder {
-            max_decode_bytes: self.max_decode_bytes,
-        }
+        RawDecoder
     }
 }
 
@@ -61,14 +56,6 @@ impl Decoder for RawDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         let n = src.remaining();
-        if let Some(max) = self.max_decode_bytes
-            && n > max
-        {
-            return Err(Status::invalid_argument(format!(
-                "request of {n} bytes exceeds the receiver's max_recv_msg_size_mib ({} MiB)",
-                max / (1024 * 1024)
-            )));
-        }
         Ok(Some(src.copy_to_bytes(n)))
     }
 }

@@ -174,10 +174,7 @@ impl OtlpGrpcExporter {
             req.metadata_mut().insert(k.clone(), v.clone());
         }
         let path = PathAndQuery::from_static(self.path);
-        match grpc
-            .unary::<Bytes, Bytes, _>(req, path, RawCodec::default())
-            .await
-        {
+        match grpc.unary::<Bytes, Bytes, _>(req, path, RawCodec).await {
             Ok(resp) => Ok(partial_success(resp.get_ref())),
             Err(status) => Err(match classify(&status) {
                 ExportError::Retryable {

@@ -193,7 +193,7 @@ where
     grpc.unary::<Bytes, Bytes, _>(
         tonic::Request::new(body),
         http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-        RawCodec::default(),
+        RawCodec,
     )
     .await
     .map(tonic::Response::into_inner)
