@@ -90,28 +90,31 @@ impl TraceBuffer {
     /// Copies `spans` (all of this trace) in, skipping span IDs already present.
     pub fn append(&mut self, spans: &[EncodedSpan]) -> Appended {
         let mut out = Appended::default();
-        let mut fresh: Vec<&EncodedSpan> = Vec::with_capacity(spans.len());
-        for s in spans {
-            let dup = self.contains(&s.meta.span_id)
-                || fresh.iter().any(|f| f.meta.span_id == s.meta.span_id);
-            if dup {
-                out.duplicate_spans += 1;
-                out.duplicate_bytes += s.bytes().len() as u64;
-            } else {
-                fresh.push(s);
-            }
-        }
-        if fresh.is_empty() {
+        let fresh = self.fresh_spans(spans);
+        let is_fresh = |i: usize| fresh.as_ref().is_none_or(|f| f[i]);
+        let total: usize = (0..spans.len())
+            .filter(|&i| is_fresh(i))
+            .map(|i| spans[i].bytes().len())
+            .sum();
+        let count = fresh
+            .as_ref()
+            .map_or(spans.len(), |f| f.iter().filter(|&&x| x).count());
+        out.duplicate_spans = spans.len() - count;
+        out.duplicate_bytes =
+            spans.iter().map(|s| s.bytes().len() as u64).sum::<u64>() - total as u64;
+        if count == 0 {
             return out;
         }
-        let total: usize = fresh.iter().map(|s| s.bytes().len()).sum();
         // Exact sizes: growth slack would be most of the per-span overhead.
-        self.spans.reserve_exact(fresh.len());
+        self.spans.reserve_exact(count);
         self.chunks.reserve_exact(1);
-        let trace_id = *self.trace_id.get_or_insert(fresh[0].meta.trace_id);
+        let trace_id = *self.trace_id.get_or_insert(spans[0].meta.trace_id);
         let mut chunk = Vec::with_capacity(total);
         let chunk_index = u32::try_from(self.chunks.len()).expect("chunks per trace fit u32");
-        for s in fresh {
+        for (i, s) in spans.iter().enumerate() {
+            if !is_fresh(i) {
+                continue;
+            }
             debug_assert_eq!(s.meta.trace_id, trace_id, "one trace per buffer");
             let context = match self
                 .contexts
@@ -152,6 +155,38 @@ impl TraceBuffer {
         self.chunks.push(Bytes::from(chunk));
         self.encoded_bytes += out.bytes;
         out
+    }
+
+    /// Which of `spans` are new: `None` when all are (the usual case, found without
+    /// allocating), else a flag per span — not buffered already and not an earlier span's
+    /// repeat within the batch.
+    fn fresh_spans(&self, spans: &[EncodedSpan]) -> Option<Vec<bool>> {
+        let mut batch: Option<IdSet<SpanId>> = None;
+        let mut repeated_in_batch = |i: usize| {
+            let id = spans[i].meta.span_id;
+            if spans.len() <= LINEAR_DEDUPE_SPANS_MAX {
+                return spans[..i].iter().any(|s| s.meta.span_id == id);
+            }
+            let set = batch.get_or_insert_with(|| {
+                let mut set = IdSet::with_capacity_and_hasher(spans.len(), Default::default());
+                set.extend(spans[..i].iter().map(|s| s.meta.span_id));
+                set
+            });
+            !set.insert(id)
+        };
+        let first_duplicate = (0..spans.len())
+            .find(|&i| self.contains(&spans[i].meta.span_id) || repeated_in_batch(i))?;
+        let mut fresh = vec![true; spans.len()];
+        fresh[first_duplicate] = false;
+        for (i, flag) in fresh.iter_mut().enumerate().skip(first_duplicate + 1) {
+            *flag = !(self.contains(&spans[i].meta.span_id) || repeated_in_batch(i));
+        }
+        Some(fresh)
+    }
+
+    /// The buffers every span's bytes lie in.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
     }
 
     /// The spans as [`EncodedSpan`]s (zero-copy slices of the chunks), in arrival order.

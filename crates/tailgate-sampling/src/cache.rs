@@ -8,6 +8,7 @@
 //! whose acknowledgement was lost — is recognised and not exported twice.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use tailgate_otlp::{SpanId, TraceId};
@@ -57,9 +58,12 @@ impl Bounded {
             let Some((old, at)) = self.order.pop_front() else {
                 break;
             };
-            // Only evict if this queue entry is the live one (re-inserted IDs have newer entries).
-            if self.map.get(&old).is_some_and(|e| e.decided_at == at) {
-                self.map.remove(&old);
+            // Only evict if this queue entry is the live one (re-inserted IDs have newer
+            // entries). One lookup: the map is large and each probe a likely cache miss.
+            if let Entry::Occupied(e) = self.map.entry(old)
+                && e.get().decided_at == at
+            {
+                e.remove();
                 evicted.push(old);
             }
         }
@@ -71,8 +75,10 @@ impl Bounded {
                 break;
             }
             self.order.pop_front();
-            if self.map.get(&id).is_some_and(|e| e.decided_at == at) {
-                self.map.remove(&id);
+            if let Entry::Occupied(e) = self.map.entry(id)
+                && e.get().decided_at == at
+            {
+                e.remove();
                 evicted.push(id);
             }
         }
@@ -112,9 +118,12 @@ impl DecisionCache {
         self.len() == 0
     }
 
-    fn forget(&mut self, ids: Vec<TraceId>) {
+    /// Remembers evicted IDs as forgotten. `from_kept`: they left the kept map, so the span
+    /// IDs released for them go too; IDs leaving the dropped map never have any (released
+    /// IDs are recorded only while a trace is in the kept map, and dropped with it).
+    fn forget(&mut self, ids: Vec<TraceId>, from_kept: bool) {
         for id in ids {
-            if !self.kept.map.contains_key(&id) {
+            if from_kept {
                 self.released.remove(&id);
             }
             if self.forgotten.insert(id) {
@@ -135,8 +144,9 @@ impl DecisionCache {
         } else {
             self.dropped.insert(id, d, &mut evicted);
         }
-        self.forgotten.remove(&id);
-        self.forget(evicted);
+        // A forgotten ID decided again stays in `forgotten`: `was_forgotten` looks past it
+        // while the decision is remembered (cheaper than a removal per decision).
+        self.forget(evicted, d.keep);
     }
 
     /// The decision for `id` if remembered and not expired.
@@ -148,14 +158,18 @@ impl DecisionCache {
     /// True when `id` was decided once but its decision has been forgotten.
     pub fn was_forgotten(&self, id: &TraceId) -> bool {
         self.forgotten.contains(id)
+            && !self.kept.map.contains_key(id)
+            && !self.dropped.map.contains_key(id)
     }
 
     /// Drops expired entries.
     pub fn expire(&mut self, now: Duration) {
         let mut evicted = Vec::new();
         self.kept.expire(now, self.ttl, &mut evicted);
+        self.forget(evicted, true);
+        let mut evicted = Vec::new();
         self.dropped.expire(now, self.ttl, &mut evicted);
-        self.forget(evicted);
+        self.forget(evicted, false);
     }
 
     /// Remembers that these spans of a kept trace were released.

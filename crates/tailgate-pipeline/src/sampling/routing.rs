@@ -38,12 +38,7 @@ impl TailSamplingStage {
             self.update_gauges();
             return Err(self.refuse(n, "buffer_full"));
         }
-        let shards = self.shards.len();
-        let mut per_shard: Vec<Vec<EncodedSpan>> = (0..shards).map(|_| Vec::new()).collect();
-        for s in spans {
-            per_shard[shard_of(&s.meta.trace_id, shards)].push(s);
-        }
-        for (i, group) in per_shard.into_iter().enumerate() {
+        for (i, group) in split_by_shard(spans, self.shards.len()) {
             if group.is_empty() {
                 continue;
             }
@@ -205,4 +200,25 @@ impl TailSamplingStage {
         gauge!(SAMPLING_BUFFERED_BYTES, "processor" => self.name.clone())
             .set(self.budget.bytes_used() as f64);
     }
+}
+
+/// Spans by the shard that owns their trace, each moved once into a batch sized exactly (a
+/// single shard takes the batch as it is).
+fn split_by_shard(spans: Vec<EncodedSpan>, shards: usize) -> Vec<(usize, Vec<EncodedSpan>)> {
+    if shards == 1 {
+        return vec![(0, spans)];
+    }
+    let shard_of_span: Vec<usize> = spans
+        .iter()
+        .map(|s| shard_of(&s.meta.trace_id, shards))
+        .collect();
+    let mut sizes = vec![0usize; shards];
+    for &i in &shard_of_span {
+        sizes[i] += 1;
+    }
+    let mut per_shard: Vec<Vec<EncodedSpan>> = sizes.into_iter().map(Vec::with_capacity).collect();
+    for (s, i) in spans.into_iter().zip(shard_of_span) {
+        per_shard[i].push(s);
+    }
+    per_shard.into_iter().enumerate().collect()
 }

@@ -339,35 +339,35 @@ impl TraceShard {
         now: Duration,
         out: &mut Released,
     ) {
-        let is_new = !self.traces.contains_key(&trace_id);
-        if is_new {
-            if self.cache.was_forgotten(&trace_id) {
-                self.counters.late_spans_after_forget += spans.len() as u64;
-            }
-            let (first_seen, decide_at) = match transfer {
-                Some((remaining, age, _)) => (now.saturating_sub(age), now + remaining),
-                None => (now, now + self.cfg.decision_wait),
-            };
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.traces.insert(
-                trace_id,
-                TraceEntry {
+        // One lookup finds or makes the entry (the trace table is large: each lookup is a
+        // likely cache miss). Fields are borrowed apart so the index can be updated meanwhile.
+        let entry = match self.traces.entry(trace_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if self.cache.was_forgotten(&trace_id) {
+                    self.counters.late_spans_after_forget += spans.len() as u64;
+                }
+                let (first_seen, decide_at) = match transfer {
+                    Some((remaining, age, _)) => (now.saturating_sub(age), now + remaining),
+                    None => (now, now + self.cfg.decision_wait),
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.by_deadline.insert((decide_at, seq, trace_id));
+                self.by_arrival.insert(seq, trace_id);
+                self.budget.trace_added();
+                if transfer.is_none() {
+                    self.counters.traces_new += 1;
+                }
+                e.insert(TraceEntry {
                     buffer: TraceBuffer::default(),
                     first_seen,
                     decide_at,
                     root_seen: false,
                     seq,
-                },
-            );
-            self.by_deadline.insert((decide_at, seq, trace_id));
-            self.by_arrival.insert(seq, trace_id);
-            self.budget.trace_added();
-            if transfer.is_none() {
-                self.counters.traces_new += 1;
+                })
             }
-        }
-        let entry = self.traces.get_mut(&trace_id).expect("inserted above");
+        };
         let appended = entry.buffer.append(&spans);
         self.spans_buffered += appended.spans;
         if appended.duplicate_bytes > 0 {
@@ -492,19 +492,43 @@ fn group_by_trace_ids(spans: &[EncodedSpan]) -> Vec<TraceId> {
         .collect()
 }
 
-/// Groups spans by trace in order of first appearance (deterministic).
+/// Groups spans by trace in order of first appearance (deterministic). Each span moves once,
+/// into a group sized exactly: growing groups span by span moved each one several times
+/// (the ingest profile's largest copy after the span bytes themselves).
 fn group_by_trace(spans: Vec<EncodedSpan>) -> Vec<(TraceId, Vec<EncodedSpan>)> {
-    let mut index: IdMap<TraceId, usize> = IdMap::default();
-    let mut groups: Vec<(TraceId, Vec<EncodedSpan>)> = Vec::new();
-    for s in spans {
+    let Some(first) = spans.first().map(|s| s.meta.trace_id) else {
+        return Vec::new();
+    };
+    if spans.iter().all(|s| s.meta.trace_id == first) {
+        return vec![(first, spans)];
+    }
+    let mut index: IdMap<TraceId, u32> = IdMap::default();
+    let mut ids: Vec<TraceId> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut group_of: Vec<u32> = Vec::with_capacity(spans.len());
+    let mut previous: Option<(TraceId, u32)> = None;
+    for s in &spans {
         let id = s.meta.trace_id;
-        match index.get(&id) {
-            Some(&i) => groups[i].1.push(s),
-            None => {
-                index.insert(id, groups.len());
-                groups.push((id, vec![s]));
-            }
-        }
+        // Spans of a trace usually come together: only a change of trace is looked up.
+        let group = match previous {
+            Some((p, g)) if p == id => g,
+            _ => *index.entry(id).or_insert_with(|| {
+                ids.push(id);
+                sizes.push(0);
+                (ids.len() - 1) as u32
+            }),
+        };
+        previous = Some((id, group));
+        sizes[group as usize] += 1;
+        group_of.push(group);
+    }
+    let mut groups: Vec<(TraceId, Vec<EncodedSpan>)> = ids
+        .into_iter()
+        .zip(sizes)
+        .map(|(id, n)| (id, Vec::with_capacity(n)))
+        .collect();
+    for (s, g) in spans.into_iter().zip(group_of) {
+        groups[g as usize].1.push(s);
     }
     groups
 }

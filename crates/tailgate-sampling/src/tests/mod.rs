@@ -17,6 +17,7 @@ use tailgate_test_support::{encoded, kv, status, string};
 use crate::policy::PolicySet;
 use crate::*;
 
+mod ingest;
 mod replica;
 mod thresholds;
 mod throughput;
