@@ -113,15 +113,17 @@ impl AttributeKey {
 }
 
 /// True when some span's attribute `key`, or its resource's, satisfies `pred`. Each distinct
-/// resource is checked once, not once per span.
+/// resource is checked once, not once per span; spans are skipped at once when the chunks
+/// holding them lack the key.
 fn any_attribute(
     t: &TraceView<'_>,
     key: &AttributeKey,
     pred: impl Fn(Option<AnyValueRef<'_>>) -> bool,
 ) -> bool {
     let mut seen: Vec<*const tailgate_otlp::ResourceScope> = Vec::new();
+    let spans_may_have_it = t.spans_may_contain(|bytes| key.maybe_in(bytes));
     for s in t.spans {
-        if key.maybe_in(s.bytes()) && pred(s.attribute(&key.key)) {
+        if spans_may_have_it && key.maybe_in(s.bytes()) && pred(s.attribute(&key.key)) {
             return true;
         }
         let ctx = std::sync::Arc::as_ptr(&s.context);

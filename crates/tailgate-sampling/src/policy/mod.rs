@@ -20,6 +20,7 @@ mod throughput;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tailgate_config::sampling::Policy as PolicyConfig;
 use tailgate_otlp::{EncodedSpan, TraceId};
 
@@ -64,9 +65,14 @@ impl Decision {
 }
 
 /// What a policy sees: one trace's buffered spans and their totals.
+#[derive(Clone, Copy)]
 pub struct TraceView<'a> {
     pub trace_id: TraceId,
     pub spans: &'a [EncodedSpan],
+    /// Buffers that hold every span's bytes (the trace's chunks in the sampling buffer), when
+    /// known: a key absent from all of them is absent from every span, found by one
+    /// substring search per chunk instead of one per span.
+    span_bytes: Option<&'a [Bytes]>,
     /// What the spans' `tracestate` says about sampling; `None` when thresholds are off
     /// (filled in by [`PolicySet`]).
     pub sampling: Option<SamplingInfo>,
@@ -77,18 +83,35 @@ impl<'a> TraceView<'a> {
         TraceView {
             trace_id,
             spans,
+            span_bytes: None,
             sampling: None,
         }
+    }
+
+    /// The view of spans whose bytes all lie in `chunks`.
+    ///
+    /// **Invariant** (the caller's): every span's bytes are a slice of one of `chunks`.
+    pub fn within(self, chunks: &'a [Bytes]) -> TraceView<'a> {
+        TraceView {
+            span_bytes: Some(chunks),
+            ..self
+        }
+    }
+
+    /// False only when no span's bytes can satisfy `contains` because no chunk holding them
+    /// all does (a substring test); true when the chunks are unknown.
+    pub(crate) fn spans_may_contain(&self, contains: impl Fn(&[u8]) -> bool) -> bool {
+        self.span_bytes
+            .is_none_or(|chunks| chunks.iter().any(|c| contains(c)))
     }
 
     /// The view with the spans' sampling information read.
     fn with_sampling_info(&self) -> TraceView<'a> {
         TraceView {
-            trace_id: self.trace_id,
-            spans: self.spans,
             sampling: Some(SamplingInfo::scan(
                 self.spans.iter().map(EncodedSpan::trace_state),
             )),
+            ..*self
         }
     }
 }

@@ -172,11 +172,7 @@ impl PolicySet {
         if self.use_tracestate && t.sampling.is_none() {
             t.with_sampling_info()
         } else {
-            TraceView {
-                trace_id: t.trace_id,
-                spans: t.spans,
-                sampling: t.sampling,
-            }
+            *t
         }
     }
 

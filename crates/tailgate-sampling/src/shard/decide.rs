@@ -23,7 +23,8 @@ impl TraceShard {
         let Some((entry, spans)) = self.take_for_decision(id, now, out) else {
             return;
         };
-        let verdict = self.policies.decide(&TraceView::new(id, &spans), now);
+        let view = TraceView::new(id, &spans).within(entry.buffer.chunks());
+        let verdict = self.policies.decide(&view, now);
         self.apply_verdict(id, &entry, spans, verdict, early, now, out);
     }
 
@@ -47,7 +48,7 @@ impl TraceShard {
         }
         let views: Vec<TraceView<'_>> = due
             .iter()
-            .map(|(id, (_, spans))| TraceView::new(*id, spans))
+            .map(|(id, (entry, spans))| TraceView::new(*id, spans).within(entry.buffer.chunks()))
             .collect();
         let verdicts = self.policies.decide_batch(&views, now);
         drop(views);
