@@ -88,47 +88,8 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
             let ss_path = || format!("resource_spans[{ri}].scope_spans[{si}]");
             let (num, value) = f.map_err(at(&ss_path))?;
             let ss = value.as_len(num).map_err(at(&ss_path))?;
-            let mut scope: &[u8] = &[];
-            let mut scope_schema_url: &[u8] = &[];
-            for f in FieldReader::new(ss) {
-                let (num, value) = f.map_err(at(&ss_path))?;
-                match num {
-                    SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(at(&ss_path))?,
-                    SCOPE_SPANS_SCHEMA_URL => {
-                        scope_schema_url = value.as_len(num).map_err(at(&ss_path))?;
-                    }
-                    _ => {}
-                }
-            }
-            let context = Arc::new(ResourceScope {
-                resource: resource.clone(),
-                resource_schema_url: resource_schema_url.clone(),
-                scope: Bytes::copy_from_slice(scope),
-                scope_schema_url: Bytes::copy_from_slice(scope_schema_url),
-            });
-            for (pi, f) in FieldReader::new(ss)
-                .filter(is_field(SCOPE_SPANS_SPANS))
-                .enumerate()
-            {
-                let span_path = || format!("resource_spans[{ri}].scope_spans[{si}].spans[{pi}]");
-                let (num, value) = f.map_err(at(&span_path))?;
-                let span = value.as_len(num).map_err(at(&span_path))?;
-                let raw = read_meta(span).map_err(at(&span_path))?;
-                match span_meta(&raw) {
-                    Ok(meta) => out.spans.push(EncodedSpan::scanned(
-                        Arc::clone(&context),
-                        body.slice_ref(span),
-                        meta,
-                        SpanLayout::of(span, raw.name, raw.trace_state),
-                    )),
-                    Err(reason) => {
-                        out.rejected_spans += 1;
-                        if reasons.len() < REJECTION_REASONS_MAX {
-                            reasons.push(format!("{}: {reason}", span_path()));
-                        }
-                    }
-                }
-            }
+            let resource = (&resource, &resource_schema_url);
+            scan_scope_spans(body, ss, (ri, si), resource, &mut out, &mut reasons)?;
         }
     }
     if out.rejected_spans > 0 {
@@ -143,6 +104,89 @@ pub fn scan_export_request(body: &Bytes) -> Result<ScannedRequest, ScanError> {
         out.rejection_message = Some(msg);
     }
     Ok(out)
+}
+
+/// Scans one `ScopeSpans` (`ss`, at `(ri, si)` in the request) into `out`.
+///
+/// One pass over the scope's fields: a pass for the scope and schema URL first touched every
+/// span's first byte, a cache miss each, before the spans' own pass. The context is made at
+/// the first span from what came before it (the scope leads as encoders write it); a scope
+/// or schema URL after the spans (valid, if unusual) is patched in at the end, so every span
+/// gets the context a two-pass read would have given it.
+fn scan_scope_spans(
+    body: &Bytes,
+    ss: &[u8],
+    (ri, si): (usize, usize),
+    (resource, resource_schema_url): (&Bytes, &Bytes),
+    out: &mut ScannedRequest,
+    reasons: &mut Vec<String>,
+) -> Result<(), ScanError> {
+    let ss_path = || format!("resource_spans[{ri}].scope_spans[{si}]");
+    let first_span = out.spans.len();
+    let mut scope: &[u8] = &[];
+    let mut scope_schema_url: &[u8] = &[];
+    let mut context: Option<Arc<ResourceScope>> = None;
+    let mut pi = 0;
+    for f in FieldReader::new(ss) {
+        let (num, value) = f.map_err(at(&ss_path))?;
+        match num {
+            SCOPE_SPANS_SCOPE => scope = value.as_len(num).map_err(at(&ss_path))?,
+            SCOPE_SPANS_SCHEMA_URL => {
+                scope_schema_url = value.as_len(num).map_err(at(&ss_path))?;
+            }
+            SCOPE_SPANS_SPANS => {
+                let span_path = || format!("resource_spans[{ri}].scope_spans[{si}].spans[{pi}]");
+                let span = value.as_len(num).map_err(at(&span_path))?;
+                let raw = read_meta(span).map_err(at(&span_path))?;
+                match span_meta(&raw) {
+                    Ok(meta) => {
+                        let context = context.get_or_insert_with(|| {
+                            resource_scope(resource, resource_schema_url, scope, scope_schema_url)
+                        });
+                        out.spans.push(EncodedSpan::scanned(
+                            Arc::clone(context),
+                            body.slice_ref(span),
+                            meta,
+                            SpanLayout::of(span, raw.name, raw.trace_state),
+                        ));
+                    }
+                    Err(reason) => {
+                        out.rejected_spans += 1;
+                        if reasons.len() < REJECTION_REASONS_MAX {
+                            reasons.push(format!("{}: {reason}", span_path()));
+                        }
+                    }
+                }
+                pi += 1;
+            }
+            _ => {}
+        }
+    }
+    if let Some(made) = &context
+        && (*made.scope != *scope || *made.scope_schema_url != *scope_schema_url)
+    {
+        let context = resource_scope(resource, resource_schema_url, scope, scope_schema_url);
+        for s in &mut out.spans[first_span..] {
+            s.context = Arc::clone(&context);
+        }
+    }
+    Ok(())
+}
+
+/// A scope's context: the resource (shared by the resource's scopes) and the scope, copied
+/// out of the request.
+fn resource_scope(
+    resource: &Bytes,
+    resource_schema_url: &Bytes,
+    scope: &[u8],
+    scope_schema_url: &[u8],
+) -> Arc<ResourceScope> {
+    Arc::new(ResourceScope {
+        resource: resource.clone(),
+        resource_schema_url: resource_schema_url.clone(),
+        scope: Bytes::copy_from_slice(scope),
+        scope_schema_url: Bytes::copy_from_slice(scope_schema_url),
+    })
 }
 
 /// The span's indexed fields, or why its IDs make it unusable.

@@ -313,6 +313,7 @@ pub(crate) const SPAN_END: u32 = 8;
 /// `Span.attributes`.
 pub const SPAN_ATTRIBUTES: u32 = 9;
 pub(crate) const SPAN_EVENTS: u32 = 11;
+pub(crate) const SPAN_LINKS: u32 = 13;
 pub(crate) const SPAN_STATUS: u32 = 15;
 pub(crate) const SPAN_FLAGS: u32 = 16;
 pub(crate) const STATUS_CODE: u32 = 3;
@@ -470,9 +471,12 @@ pub fn string_field(message: &[u8], field: u32) -> Option<&str> {
 /// separately rejects well-formed spans whose IDs are missing.
 pub(crate) fn read_meta(span: &[u8]) -> Result<RawMeta<'_>, WireError> {
     let mut m = RawMeta::default();
-    for field in FieldReader::new(span) {
+    let mut fields = FieldReader::new(span);
+    while let Some(field) = fields.next() {
         let (num, value) = field?;
         match num {
+            // Most of a span's fields: skipped as runs, not dispatched one by one.
+            SPAN_ATTRIBUTES | SPAN_EVENTS | SPAN_LINKS => fields.skip_run(num),
             SPAN_TRACE_ID => m.trace_id = Some(value.as_len(num)?),
             SPAN_SPAN_ID => m.span_id = Some(value.as_len(num)?),
             SPAN_PARENT_SPAN_ID => m.parent_span_id = Some(value.as_len(num)?),

@@ -258,3 +258,82 @@ fn a_rewritten_trace_state_replaces_the_old_one_and_nothing_else() {
         assert_eq!(rewritten.with_trace_state("").trace_state(), "");
     }
 }
+
+/// A `ScopeSpans` written fields-last-first: spans, then scope, then schema URL (valid
+/// protobuf; encoders usually write the scope first).
+fn scope_spans_scope_after_spans(spans: &[Span], scope: &InstrumentationScope) -> Vec<u8> {
+    let mut ss = Vec::new();
+    for s in spans {
+        prost::encoding::message::encode(2, s, &mut ss);
+    }
+    prost::encoding::message::encode(1, scope, &mut ss);
+    prost::encoding::string::encode(
+        3,
+        &"https://opentelemetry.io/schemas/1.26.0".to_string(),
+        &mut ss,
+    );
+    let mut rs = Vec::new();
+    prost::encoding::bytes::encode(2, &ss, &mut rs);
+    let mut body = Vec::new();
+    prost::encoding::bytes::encode(1, &rs, &mut body);
+    body
+}
+
+#[test]
+fn a_scope_written_after_its_spans_still_reaches_every_span() {
+    let scope = InstrumentationScope {
+        name: "late-scope".into(),
+        version: "1.0".into(),
+        ..Default::default()
+    };
+    let body = Bytes::from(scope_spans_scope_after_spans(
+        &[
+            span(1, 1, None, 0),
+            span(1, 2, Some(1), 0),
+            span(2, 3, None, 2),
+        ],
+        &scope,
+    ));
+    let scanned = scan_export_request(&body).unwrap();
+    assert_eq!(scanned.spans.len(), 3);
+    for s in &scanned.spans {
+        assert_eq!(
+            InstrumentationScope::decode(s.context.scope.clone()).unwrap(),
+            scope
+        );
+        assert_eq!(
+            &s.context.scope_schema_url[..],
+            b"https://opentelemetry.io/schemas/1.26.0"
+        );
+    }
+    // Re-encoded, they come back under that scope.
+    let back = ExportTraceServiceRequest::decode(encode_export_request(&scanned.spans)).unwrap();
+    let scopes = &back.resource_spans[0].scope_spans;
+    assert_eq!(scopes.len(), 1);
+    assert_eq!(scopes[0].scope.as_ref(), Some(&scope));
+    assert_eq!(scopes[0].spans.len(), 3);
+}
+
+#[test]
+fn a_truncated_attribute_inside_a_run_is_a_scan_error_naming_the_span() {
+    // The span's third attribute (`ratio`, skipped as part of the attributes' run) is cut
+    // short, and every enclosing length says so: the run must stop and the read report it.
+    let mut bad_span = span(1, 1, None, 0).encode_to_vec();
+    let key_at = bad_span
+        .windows(5)
+        .position(|w| w == b"ratio")
+        .expect("the third attribute's key");
+    bad_span.truncate(key_at + 2);
+    let mut ss = Vec::new();
+    prost::encoding::bytes::encode(2, &bad_span, &mut ss);
+    let mut rs = Vec::new();
+    prost::encoding::bytes::encode(2, &ss, &mut rs);
+    let mut body = Vec::new();
+    prost::encoding::bytes::encode(1, &rs, &mut body);
+    let err = scan_export_request(&Bytes::from(body)).unwrap_err();
+    assert_eq!(err.path, "resource_spans[0].scope_spans[0].spans[0]");
+    assert!(
+        matches!(err.source, wire::WireError::Truncated { .. }),
+        "{err}"
+    );
+}

@@ -162,10 +162,16 @@ impl TraceBuffer {
     /// repeat within the batch.
     fn fresh_spans(&self, spans: &[EncodedSpan]) -> Option<Vec<bool>> {
         let mut batch: Option<IdSet<SpanId>> = None;
+        // Small batches: a 256-bit filter on each ID's last byte; only a hit walks back.
+        let mut last_bytes_seen = [0u64; 4];
         let mut repeated_in_batch = |i: usize| {
             let id = spans[i].meta.span_id;
             if spans.len() <= LINEAR_DEDUPE_SPANS_MAX {
-                return spans[..i].iter().any(|s| s.meta.span_id == id);
+                let last = usize::from(id.0[7]);
+                let (word, bit) = (last / 64, 1u64 << (last % 64));
+                let maybe = last_bytes_seen[word] & bit != 0;
+                last_bytes_seen[word] |= bit;
+                return maybe && spans[..i].iter().any(|s| s.meta.span_id == id);
             }
             let set = batch.get_or_insert_with(|| {
                 let mut set = IdSet::with_capacity_and_hasher(spans.len(), Default::default());
