@@ -90,7 +90,7 @@ impl TraceShard {
         self.counters.spans_received_by_handoff += t.spans.len() as u64;
         self.ingest_trace(
             t.trace_id,
-            t.spans,
+            &t.spans,
             Some((t.remaining, t.age, t.root_seen)),
             now,
             &mut out,
@@ -109,7 +109,7 @@ impl TraceShard {
         self.counters.traces_handoff_returned += 1;
         self.ingest_trace(
             t.trace_id,
-            t.spans,
+            &t.spans,
             Some((t.remaining, t.age, t.root_seen)),
             now,
             &mut out,

@@ -32,12 +32,12 @@ use std::time::Duration;
 
 use tailgate_otlp::{EncodedSpan, TraceId};
 
+use crate::IdMap;
 use crate::budget::BufferBudget;
 use crate::buffer::TraceBuffer;
 use crate::cache::{CachedDecision, DecisionCache};
 use crate::policy::PolicySet;
 use crate::record::DecisionRecord;
-use crate::{IdMap, IdSet};
 
 mod counters;
 mod decide;
@@ -216,7 +216,8 @@ impl TraceShard {
     pub fn ingest(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
         let mut out = Released::default();
         self.counters.spans_received += spans.len() as u64;
-        for (trace_id, group) in group_by_trace(spans) {
+        let grouped = TraceGroups::of(spans);
+        for (trace_id, group) in grouped.iter() {
             self.ingest_trace(trace_id, group, None, now, &mut out);
         }
         self.enforce_limits(now, &mut out);
@@ -233,17 +234,17 @@ impl TraceShard {
         now: Duration,
         hold: Duration,
     ) -> Released {
-        let ids: Vec<TraceId> = group_by_trace_ids(&spans);
         let mut out = Released::default();
         self.counters.spans_received += spans.len() as u64;
-        for (trace_id, group) in group_by_trace(spans) {
+        let grouped = TraceGroups::of(spans);
+        for (trace_id, group) in grouped.iter() {
             // Buffered even when this node decided the trace: its owner may hold these spans
             // already, and only the owner releases each span once. Following the cached
             // decision here exported them twice (asymmetric partition, seed 20983: a forward
             // whose reply broke, of a trace whose decision this node had handed on).
             self.buffer_trace(trace_id, group, None, now, &mut out);
         }
-        for id in ids {
+        for (id, _) in grouped.iter() {
             self.hold_until(&id, now + hold);
         }
         self.enforce_limits(now, &mut out);
@@ -281,7 +282,7 @@ impl TraceShard {
     fn ingest_trace(
         &mut self,
         trace_id: TraceId,
-        spans: Vec<EncodedSpan>,
+        spans: &[EncodedSpan],
         transfer: Option<(Duration, Duration, bool)>,
         now: Duration,
         out: &mut Released,
@@ -289,7 +290,7 @@ impl TraceShard {
         let bytes: u64 = spans.iter().map(|s| s.bytes().len() as u64).sum();
         if let Some(d) = self.cache.get(&trace_id, now) {
             self.budget.release(bytes);
-            self.follow_decision(trace_id, d, spans, now, out);
+            self.follow_decision(trace_id, d, spans.to_vec(), now, out);
             return;
         }
         self.buffer_trace(trace_id, spans, transfer, now, out);
@@ -334,7 +335,7 @@ impl TraceShard {
     fn buffer_trace(
         &mut self,
         trace_id: TraceId,
-        spans: Vec<EncodedSpan>,
+        spans: &[EncodedSpan],
         transfer: Option<(Duration, Duration, bool)>,
         now: Duration,
         out: &mut Released,
@@ -368,7 +369,7 @@ impl TraceShard {
                 })
             }
         };
-        let appended = entry.buffer.append(&spans);
+        let appended = entry.buffer.append(spans);
         self.spans_buffered += appended.spans;
         if appended.duplicate_bytes > 0 {
             self.budget.release(appended.duplicate_bytes);
@@ -482,53 +483,80 @@ impl TraceShard {
     }
 }
 
-/// Trace IDs in order of first appearance.
-fn group_by_trace_ids(spans: &[EncodedSpan]) -> Vec<TraceId> {
-    let mut seen = IdSet::default();
-    spans
-        .iter()
-        .map(|s| s.meta.trace_id)
-        .filter(|id| seen.insert(*id))
-        .collect()
+/// A batch's spans grouped by trace, each group contiguous, in order of first appearance
+/// (deterministic). Spans of a trace usually come together, and then nothing moves; else each
+/// span moves once into its group's place. Groups are slices: a group copied out span by
+/// span moved every span several times (the ingest profile's largest copy after the span
+/// bytes themselves).
+struct TraceGroups {
+    spans: Vec<EncodedSpan>,
+    /// Each trace and where its spans lie in `spans`.
+    groups: Vec<(TraceId, std::ops::Range<usize>)>,
 }
 
-/// Groups spans by trace in order of first appearance (deterministic). Each span moves once,
-/// into a group sized exactly: growing groups span by span moved each one several times
-/// (the ingest profile's largest copy after the span bytes themselves).
-fn group_by_trace(spans: Vec<EncodedSpan>) -> Vec<(TraceId, Vec<EncodedSpan>)> {
-    let Some(first) = spans.first().map(|s| s.meta.trace_id) else {
-        return Vec::new();
-    };
-    if spans.iter().all(|s| s.meta.trace_id == first) {
-        return vec![(first, spans)];
+impl TraceGroups {
+    fn of(spans: Vec<EncodedSpan>) -> TraceGroups {
+        let mut index: IdMap<TraceId, u32> = IdMap::default();
+        // (trace, start, end) of each run of one trace, and the group each run belongs to.
+        let mut runs: Vec<(usize, usize, u32)> = Vec::new();
+        let mut groups: Vec<(TraceId, usize)> = Vec::new();
+        for (i, s) in spans.iter().enumerate() {
+            let id = s.meta.trace_id;
+            if let Some(run) = runs.last_mut()
+                && groups[run.2 as usize].0 == id
+            {
+                run.1 = i + 1;
+                continue;
+            }
+            let group = *index.entry(id).or_insert_with(|| {
+                groups.push((id, 0));
+                (groups.len() - 1) as u32
+            });
+            runs.push((i, i + 1, group));
+        }
+        for &(start, end, g) in &runs {
+            groups[g as usize].1 += end - start;
+        }
+        let mut at = 0;
+        let ranges: Vec<(TraceId, std::ops::Range<usize>)> = groups
+            .iter()
+            .map(|&(id, n)| {
+                at += n;
+                (id, at - n..at)
+            })
+            .collect();
+        if runs.len() == groups.len() {
+            return TraceGroups {
+                spans,
+                groups: ranges,
+            };
+        }
+        // Runs of one trace apart from each other: each span moves once, to its group.
+        let mut next: Vec<usize> = ranges.iter().map(|(_, r)| r.start).collect();
+        let mut place: Vec<usize> = vec![0; spans.len()];
+        for &(start, end, g) in &runs {
+            for slot in &mut place[start..end] {
+                *slot = next[g as usize];
+                next[g as usize] += 1;
+            }
+        }
+        let mut slots: Vec<Option<EncodedSpan>> = (0..spans.len()).map(|_| None).collect();
+        for (s, p) in spans.into_iter().zip(place) {
+            slots[p] = Some(s);
+        }
+        TraceGroups {
+            spans: slots
+                .into_iter()
+                .map(|s| s.expect("every place filled once"))
+                .collect(),
+            groups: ranges,
+        }
     }
-    let mut index: IdMap<TraceId, u32> = IdMap::default();
-    let mut ids: Vec<TraceId> = Vec::new();
-    let mut sizes: Vec<usize> = Vec::new();
-    let mut group_of: Vec<u32> = Vec::with_capacity(spans.len());
-    let mut previous: Option<(TraceId, u32)> = None;
-    for s in &spans {
-        let id = s.meta.trace_id;
-        // Spans of a trace usually come together: only a change of trace is looked up.
-        let group = match previous {
-            Some((p, g)) if p == id => g,
-            _ => *index.entry(id).or_insert_with(|| {
-                ids.push(id);
-                sizes.push(0);
-                (ids.len() - 1) as u32
-            }),
-        };
-        previous = Some((id, group));
-        sizes[group as usize] += 1;
-        group_of.push(group);
+
+    /// Each trace with its spans.
+    fn iter(&self) -> impl Iterator<Item = (TraceId, &[EncodedSpan])> {
+        self.groups
+            .iter()
+            .map(|(id, range)| (*id, &self.spans[range.clone()]))
     }
-    let mut groups: Vec<(TraceId, Vec<EncodedSpan>)> = ids
-        .into_iter()
-        .zip(sizes)
-        .map(|(id, n)| (id, Vec::with_capacity(n)))
-        .collect();
-    for (s, g) in spans.into_iter().zip(group_of) {
-        groups[g as usize].1.push(s);
-    }
-    groups
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tailgate_otlp::{EncodedSpan, SpanId, TraceId};
 
-use super::{Released, TraceShard, group_by_trace};
+use super::{Released, TraceGroups, TraceShard};
 use crate::IdMap;
 use crate::buffer::TraceBuffer;
 use crate::shard::handoff::{DecisionTransfer, TraceTransfer};
@@ -112,7 +112,8 @@ impl TraceShard {
     pub fn replicate(&mut self, spans: Vec<EncodedSpan>, now: Duration) -> Released {
         let mut out = Released::default();
         self.replicas.counters.spans_received += spans.len() as u64;
-        for (id, group) in group_by_trace(spans) {
+        let grouped = TraceGroups::of(spans);
+        for (id, group) in grouped.iter() {
             self.hold_copy(id, group, None, now, &mut out);
         }
         self.enforce_limits(now, &mut out);
@@ -132,7 +133,7 @@ impl TraceShard {
         let id = t.trace_id;
         let merged = self.traces.contains_key(&id);
         let state = (t.remaining, t.age, t.root_seen);
-        self.hold_copy(id, t.spans, Some(state), now, &mut out);
+        self.hold_copy(id, &t.spans, Some(state), now, &mut out);
         if merged {
             self.hold_until(&id, now + hold);
         }
@@ -159,7 +160,7 @@ impl TraceShard {
     fn hold_copy(
         &mut self,
         id: TraceId,
-        spans: Vec<EncodedSpan>,
+        spans: &[EncodedSpan],
         state: Option<(Duration, Duration, bool)>,
         now: Duration,
         out: &mut Released,
@@ -198,7 +199,7 @@ impl TraceShard {
                 seq,
             }
         });
-        let appended = entry.buffer.append(&spans);
+        let appended = entry.buffer.append(spans);
         store.spans += appended.spans;
         self.budget.release(appended.duplicate_bytes);
         let mut decide_at = entry.decide_at;
@@ -264,7 +265,7 @@ impl TraceShard {
                 e.root_seen,
             );
             // Bytes stay reserved: they move from the copy to the buffer.
-            self.ingest_trace(*id, e.buffer.spans(), Some(state), now, &mut out);
+            self.ingest_trace(*id, &e.buffer.spans(), Some(state), now, &mut out);
             self.hold_until(id, now + hold);
         }
         self.enforce_limits(now, &mut out);
@@ -309,7 +310,7 @@ impl TraceShard {
         self.replicas.counters.spans_promoted += t.spans.len() as u64;
         let id = t.trace_id;
         let state = (t.remaining, t.age, t.root_seen);
-        self.ingest_moved_trace(id, t.spans, Some(state), now, hold, &mut out);
+        self.ingest_moved_trace(id, &t.spans, Some(state), now, hold, &mut out);
         self.hold_until(&id, now + hold);
         self.enforce_limits(now, &mut out);
         out
@@ -329,7 +330,8 @@ impl TraceShard {
     ) -> Released {
         let mut out = Released::default();
         self.counters.spans_received += spans.len() as u64;
-        for (id, group) in group_by_trace(spans) {
+        let grouped = TraceGroups::of(spans);
+        for (id, group) in grouped.iter() {
             self.ingest_moved_trace(id, group, None, now, hold, &mut out);
         }
         self.enforce_limits(now, &mut out);
@@ -339,7 +341,7 @@ impl TraceShard {
     fn ingest_moved_trace(
         &mut self,
         id: TraceId,
-        spans: Vec<EncodedSpan>,
+        spans: &[EncodedSpan],
         state: Option<(Duration, Duration, bool)>,
         now: Duration,
         hold: Duration,
@@ -349,7 +351,8 @@ impl TraceShard {
             // Spans this node released itself came back (a copy of what it accepted): they
             // are duplicates, not spans to hold (seed 50427 handed them on as undecided).
             let (fresh, released): (Vec<EncodedSpan>, Vec<EncodedSpan>) = spans
-                .into_iter()
+                .iter()
+                .cloned()
                 .partition(|s| !self.cache.was_released(&id, &s.meta.span_id));
             self.counters.spans_duplicate += released.len() as u64;
             self.budget
@@ -359,7 +362,7 @@ impl TraceShard {
             }
             // Decided (see `decide`) by the cached decision once the hold is over, or
             // settled by the sender's decision before (`accept_decision`).
-            self.buffer_trace(id, fresh, state, now, out);
+            self.buffer_trace(id, &fresh, state, now, out);
             self.hold_until(&id, now + hold);
         } else {
             self.ingest_trace(id, spans, state, now, out);
