@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tailgate_otlp::{EncodedSpan, ResourceScope, SpanId, SpanMeta, StatusCode, TraceId};
 
 use crate::IdSet;
+use crate::policy::KeyFilter;
 
 /// Above this many spans a trace keeps a hash set of its span IDs for de-duplication; below
 /// it a linear scan is cheaper.
@@ -58,6 +59,8 @@ pub struct TraceBuffer {
     spans: Vec<BufferedSpan>,
     ids: Option<IdSet<SpanId>>,
     encoded_bytes: u64,
+    /// The filter's keys found in the chunks, as bits ([`KeyFilter::keys_in`]).
+    keys_seen: u64,
 }
 
 /// What [`TraceBuffer::append`] did.
@@ -87,8 +90,9 @@ impl TraceBuffer {
         }
     }
 
-    /// Copies `spans` (all of this trace) in, skipping span IDs already present.
-    pub fn append(&mut self, spans: &[EncodedSpan]) -> Appended {
+    /// Copies `spans` (all of this trace) in, skipping span IDs already present, and runs
+    /// `keys` over the copied bytes while they are in the cache.
+    pub fn append(&mut self, spans: &[EncodedSpan], keys: &KeyFilter) -> Appended {
         let mut out = Appended::default();
         let fresh = self.fresh_spans(spans);
         let is_fresh = |i: usize| fresh.as_ref().is_none_or(|f| f[i]);
@@ -152,6 +156,7 @@ impl TraceBuffer {
         if self.ids.is_none() && self.spans.len() > LINEAR_DEDUPE_SPANS_MAX {
             self.ids = Some(self.spans.iter().map(|s| s.span_id).collect());
         }
+        self.keys_seen |= keys.keys_in(&chunk);
         self.chunks.push(Bytes::from(chunk));
         self.encoded_bytes += out.bytes;
         out
@@ -190,9 +195,9 @@ impl TraceBuffer {
         Some(fresh)
     }
 
-    /// The buffers every span's bytes lie in.
-    pub fn chunks(&self) -> &[Bytes] {
-        &self.chunks
+    /// The keys of the filter given to [`TraceBuffer::append`] found in the spans' bytes.
+    pub fn keys_seen(&self) -> u64 {
+        self.keys_seen
     }
 
     /// The spans as [`EncodedSpan`]s (zero-copy slices of the chunks), in arrival order.

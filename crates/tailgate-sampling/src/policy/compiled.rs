@@ -113,15 +113,15 @@ impl AttributeKey {
 }
 
 /// True when some span's attribute `key`, or its resource's, satisfies `pred`. Each distinct
-/// resource is checked once, not once per span; spans are skipped at once when the chunks
-/// holding them lack the key.
+/// resource is checked once, not once per span; spans are skipped at once when the trace's
+/// buffer found no such key in their bytes ([`super::KeyFilter`]).
 fn any_attribute(
     t: &TraceView<'_>,
     key: &AttributeKey,
     pred: impl Fn(Option<AnyValueRef<'_>>) -> bool,
 ) -> bool {
     let mut seen: Vec<*const tailgate_otlp::ResourceScope> = Vec::new();
-    let spans_may_have_it = t.spans_may_contain(|bytes| key.maybe_in(bytes));
+    let spans_may_have_it = t.may_contain_key(&key.key);
     for s in t.spans {
         if spans_may_have_it && key.maybe_in(s.bytes()) && pred(s.attribute(&key.key)) {
             return true;
@@ -229,6 +229,21 @@ impl CompiledPolicy {
             PolicyKind::ThroughputTarget(t) => {
                 CompiledPolicy::ThroughputTarget(ThroughputTarget::compile(t, rate_share))
             }
+        }
+    }
+
+    /// The span attribute keys this policy, or one below it, looks up.
+    pub(super) fn attribute_keys(&self, out: &mut Vec<String>) {
+        match self {
+            CompiledPolicy::NumericAttribute { key, .. }
+            | CompiledPolicy::StringAttribute { key, .. }
+            | CompiledPolicy::BooleanAttribute { key, .. } => out.push(key.key.clone()),
+            CompiledPolicy::And(subs) | CompiledPolicy::Drop(subs) => {
+                subs.iter().for_each(|s| s.policy.attribute_keys(out));
+            }
+            CompiledPolicy::Not(sub) => sub.policy.attribute_keys(out),
+            CompiledPolicy::Composite(c) => c.attribute_keys(out),
+            _ => {}
         }
     }
 

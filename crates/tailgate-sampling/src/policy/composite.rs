@@ -41,6 +41,13 @@ pub(super) struct Composite {
 }
 
 impl Composite {
+    /// The span attribute keys the sub-policies look up.
+    pub(super) fn attribute_keys(&self, out: &mut Vec<String>) {
+        for sub in &self.subs {
+            sub.policy.policy.attribute_keys(out);
+        }
+    }
+
     pub(super) fn compile(c: &CompositeConfig<PolicyConfig>, rate_share: f64) -> Composite {
         let total = c.max_total_spans_per_second as f64;
         let equal_share = total / c.composite_sub_policy.len().max(1) as f64;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use tailgate_config::sampling::Policy as PolicyConfig;
 
 use super::{
-    DEFAULT_HASH_SALT, Decision, NamedPolicy, TraceView, probabilistic_threshold, trace_id_hash,
+    DEFAULT_HASH_SALT, Decision, KeyFilter, NamedPolicy, TraceView, probabilistic_threshold,
+    trace_id_hash,
 };
 use crate::tracestate::Threshold;
 
@@ -108,6 +109,16 @@ impl PolicySet {
     }
 
     /// Policy names in evaluation order.
+    /// A filter for the span attribute keys these policies look up, for buffers to run over
+    /// their bytes as they arrive ([`TraceView::with_keys_seen`]).
+    pub fn key_filter(&self) -> KeyFilter {
+        let mut keys = Vec::new();
+        for p in &self.policies {
+            p.policy.attribute_keys(&mut keys);
+        }
+        KeyFilter::new(keys)
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
     }

@@ -23,7 +23,8 @@ impl TraceShard {
         let Some((entry, spans)) = self.take_for_decision(id, now, out) else {
             return;
         };
-        let view = TraceView::new(id, &spans).within(entry.buffer.chunks());
+        let view =
+            TraceView::new(id, &spans).with_keys_seen(&self.key_filter, entry.buffer.keys_seen());
         let verdict = self.policies.decide(&view, now);
         self.apply_verdict(id, &entry, spans, verdict, early, now, out);
     }
@@ -48,7 +49,10 @@ impl TraceShard {
         }
         let views: Vec<TraceView<'_>> = due
             .iter()
-            .map(|(id, (entry, spans))| TraceView::new(*id, spans).within(entry.buffer.chunks()))
+            .map(|(id, (entry, spans))| {
+                TraceView::new(*id, spans)
+                    .with_keys_seen(&self.key_filter, entry.buffer.keys_seen())
+            })
             .collect();
         let verdicts = self.policies.decide_batch(&views, now);
         drop(views);

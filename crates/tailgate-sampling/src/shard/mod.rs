@@ -36,7 +36,7 @@ use crate::IdMap;
 use crate::budget::BufferBudget;
 use crate::buffer::TraceBuffer;
 use crate::cache::{CachedDecision, DecisionCache};
-use crate::policy::PolicySet;
+use crate::policy::{KeyFilter, PolicySet};
 use crate::record::DecisionRecord;
 
 mod counters;
@@ -106,6 +106,8 @@ struct TraceEntry {
 pub struct TraceShard {
     cfg: ShardConfig,
     policies: PolicySet,
+    /// The policies' attribute keys, run over spans as they are buffered.
+    key_filter: KeyFilter,
     budget: Arc<BufferBudget>,
     shard_count: u64,
     traces: IdMap<TraceId, TraceEntry>,
@@ -137,6 +139,7 @@ impl TraceShard {
         );
         TraceShard {
             cfg,
+            key_filter: policies.key_filter(),
             policies,
             budget,
             shard_count: shard_count as u64,
@@ -369,7 +372,7 @@ impl TraceShard {
                 })
             }
         };
-        let appended = entry.buffer.append(spans);
+        let appended = entry.buffer.append(spans, &self.key_filter);
         self.spans_buffered += appended.spans;
         if appended.duplicate_bytes > 0 {
             self.budget.release(appended.duplicate_bytes);

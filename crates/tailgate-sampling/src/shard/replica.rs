@@ -178,6 +178,7 @@ impl TraceShard {
             return;
         }
         let grace = self.cfg.replica_grace;
+        let key_filter = &self.key_filter;
         let decision_wait = self.cfg.decision_wait;
         let store = &mut self.replicas;
         let entry = store.traces.entry(id).or_insert_with(|| {
@@ -199,7 +200,7 @@ impl TraceShard {
                 seq,
             }
         });
-        let appended = entry.buffer.append(spans);
+        let appended = entry.buffer.append(spans, key_filter);
         store.spans += appended.spans;
         self.budget.release(appended.duplicate_bytes);
         let mut decide_at = entry.decide_at;

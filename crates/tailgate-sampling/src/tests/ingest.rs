@@ -6,6 +6,7 @@ use serde_json::json;
 use tailgate_otlp::proto::trace::v1::Span;
 
 use super::*;
+use crate::policy::TraceView;
 
 /// Span `n` of trace `t` with the given span attributes, under a resource with `resource`.
 fn span_with(
@@ -113,4 +114,67 @@ fn an_attribute_policy_finds_its_key_in_any_span_or_resource_and_only_there() {
     }
     let kept = shard.poll(20 * S).kept;
     assert_eq!(names(&kept), vec!["2:s1", "2:s2", "2:s3", "4:s1"]);
+}
+
+#[test]
+fn keys_nested_in_and_and_composite_policies_are_filtered_and_still_found() {
+    let policy = |v: serde_json::Value| -> PolicyConfig { serde_json::from_value(v).unwrap() };
+    let flagged = json!({"name": "flag", "type": "string_attribute",
+        "string_attribute": {"key": "sampling.priority", "values": ["always_on"]}});
+    let routed = json!({"name": "route", "type": "string_attribute",
+        "string_attribute": {"key": "http.route", "values": ["/checkout"]}});
+    let set = PolicySet::compile(
+        &[
+            policy(
+                json!({"name": "both", "type": "and", "and": {"and_sub_policy": [flagged, routed]}}),
+            ),
+            policy(json!({"name": "mix", "type": "composite", "composite": {
+                "max_total_spans_per_second": 1000,
+                "policy_order": ["vip"],
+                "composite_sub_policy": [{"name": "vip", "type": "string_attribute",
+                    "string_attribute": {"key": "customer.tier", "values": ["gold"]}}],
+                "rate_allocation": [{"policy": "vip", "percent": 100}]}})),
+        ],
+        false,
+        1.0,
+    );
+    let filter = set.key_filter();
+    for key in ["sampling.priority", "http.route", "customer.tier"] {
+        assert!(
+            !TraceView::new(tid(9), &[])
+                .with_keys_seen(&filter, 0)
+                .may_contain_key(key)
+        );
+    }
+    assert!(
+        TraceView::new(tid(9), &[])
+            .with_keys_seen(&filter, 0)
+            .may_contain_key("not.filtered"),
+        "a key the filter does not look for is never ruled out"
+    );
+    let budget = Arc::new(BufferBudget::new(1 << 20));
+    let mut shard = TraceShard::new(cfg(), set, Arc::clone(&budget), 1);
+    let traces = vec![
+        vec![span_with(
+            1,
+            1,
+            vec![
+                ("http.route", "/checkout"),
+                ("sampling.priority", "always_on"),
+            ],
+            vec![],
+        )],
+        vec![span_with(2, 1, vec![("http.route", "/checkout")], vec![])],
+        vec![
+            span_with(3, 1, vec![], vec![]),
+            span_with(3, 2, vec![("customer.tier", "gold")], vec![]),
+        ],
+    ];
+    for spans in traces {
+        let bytes: u64 = spans.iter().map(|s| s.bytes().len() as u64).sum();
+        assert!(budget.try_reserve(bytes));
+        shard.ingest(spans, S);
+    }
+    let kept = shard.poll(20 * S).kept;
+    assert_eq!(names(&kept), vec!["2:s1", "4:s1", "4:s2"]);
 }
